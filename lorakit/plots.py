@@ -1,0 +1,92 @@
+"""Figures for run results and notebooks (matplotlib, Agg backend when headless)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib.pyplot as plt  # matplotlib falls back to Agg without a display
+
+
+def bars_normalized(results: Mapping, ax=None):
+    """Average normalized accuracy per method, one bar per init (mean ± std over seeds)."""
+    from .benchmark import summary_rows
+
+    rows = summary_rows(results)
+    methods = list(results["methods"])
+    inits = list(results["inits"])
+    ax = ax or plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.4))[1]
+    width = 0.8 / max(len(inits), 1)
+    for k, init in enumerate(inits):
+        vals = [next((r["normalized_mean"] for r in rows if r["method"] == m and r["init"] == init), float("nan")) for m in methods]
+        errs = [next((r["normalized_std"] for r in rows if r["method"] == m and r["init"] == init), 0.0) for m in methods]
+        xs = [i + (k - (len(inits) - 1) / 2) * width for i in range(len(methods))]
+        ax.bar(xs, vals, width, yerr=errs, label=init, capsize=3)
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods, rotation=30, ha="right")
+    ax.set_ylabel("avg normalized accuracy")
+    ax.set_title(f"merged ÷ individual ({results['profile']} profile)")
+    ax.legend(title="init")
+    return ax
+
+
+def per_task_accuracy(results: Mapping, init: str | None = None, ax=None):
+    """Per-task test accuracy: majority, individual, and each method's merged model."""
+    from .evaluate import mean
+
+    init = init or results["inits"][0]
+    tasks = list(results["tasks"])
+    ax = ax or plt.subplots(figsize=(1.5 + 1.2 * len(tasks), 3.4))[1]
+    series = {"majority": [results["tasks"][t]["majority"] for t in tasks],
+              "individual": [mean(r["test"] for r in results["tasks"][t]["individual"] if r["init"] == init) for t in tasks]}
+    for m in results["methods"]:
+        recs = [r for r in results["records"] if r["method"] == m and r["init"] == init]
+        series[f"merged: {m}"] = [mean(r["accuracy"][t] for r in recs) for t in tasks]
+    width = 0.8 / len(series)
+    for k, (label, vals) in enumerate(series.items()):
+        ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(tasks))], vals, width, label=label)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=30, ha="right")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"per-task accuracy (init {init})")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def lambda_curves(results: Mapping, method: str = "task_arithmetic", ax=None):
+    """Test normalized accuracy against λ for each init (the robustness curve)."""
+    ax = ax or plt.subplots(figsize=(4.2, 3.2))[1]
+    for init in results["inits"]:
+        recs = [r for r in results["records"] if r["method"] == method and r["init"] == init]
+        if not recs:
+            continue
+        points: dict[float, list[float]] = {}
+        for r in recs:
+            for c in r["curve"]:
+                if "lam" in c["params"]:
+                    points.setdefault(c["params"]["lam"], []).append(c["test_normalized"])
+        lams = sorted(points)
+        ax.plot(lams, [sum(points[x]) / len(points[x]) for x in lams], marker="o", label=init)
+    ax.set_xlabel("λ")
+    ax.set_ylabel("avg normalized test accuracy")
+    ax.set_title(f"{method}: λ robustness")
+    ax.legend(title="init")
+    return ax
+
+
+def plot_results(results: Mapping, folder: str | os.PathLike) -> list[Path]:
+    """Write the standard figures of a run folder; returns their paths."""
+    folder = Path(folder)
+    paths = []
+    for name, fn in (("normalized_accuracy.png", bars_normalized), ("per_task_accuracy.png", per_task_accuracy),
+                     ("lambda_curves.png", lambda_curves)):
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        fn(results, ax=ax)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        paths.append(folder / name)
+    return paths

@@ -1,0 +1,173 @@
+"""Run profiles: one set of sizes for CI, a learner's CPU and a GPU.
+
+Choose with the environment variable ``LORAKIT_PROFILE`` (``ci``, ``cpu``, ``gpu``) or the
+``profile`` argument that every entry point takes; without either, ``gpu`` when CUDA is
+available, else ``cpu``. Every field can be overridden by keyword::
+
+    >>> p = get_profile("ci", train_examples=64)
+    >>> (p.name, p.train_examples)
+    ('ci', 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from .errors import LorakitError
+
+ENV_PROFILE = "LORAKIT_PROFILE"
+ENV_THREADS = "LORAKIT_THREADS"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size that changes how long a run takes.
+
+    Attributes:
+        name: profile name.
+        model: base model alias or hub id (``minilm`` is packaged and offline).
+        tasks: default task names for ``lorakit run``.
+        train_examples / val_examples / test_examples: per-task split sizes (``None`` = all).
+        steps: optimisation steps per adapter.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size.
+        max_length: tokenizer truncation length.
+        lr: learning rate of the LoRA factors and the head.
+        rank / alpha / target_modules: LoRA configuration (peft's ``r``, ``lora_alpha``).
+        seeds: seeds for training and merging.
+        lam_grid: merge coefficients tried on the validation split.
+        device: ``cpu`` or ``cuda``.
+        threads: torch CPU threads (``LORAKIT_THREADS`` overrides).
+        inits: initialisations of the LoRA A matrix to compare (``standard``, ``osrm``).
+        methods: merge methods that ``lorakit run`` reports by default.
+    """
+
+    name: str
+    model: str = "minilm"
+    tasks: tuple[str, ...] = ()
+    train_examples: int | None = 512
+    val_examples: int | None = 200
+    test_examples: int | None = 500
+    steps: int = 64
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    max_length: int = 64
+    lr: float = 1e-3
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ("query", "value")
+    seeds: tuple[int, ...] = (0,)
+    lam_grid: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)
+    device: str = "cpu"
+    threads: int = 1
+    inits: tuple[str, ...] = ("standard",)
+    methods: tuple[str, ...] = ("task_arithmetic",)
+    extra: dict = field(default_factory=dict)
+
+    def replace(self, **overrides) -> "Profile":
+        return with_overrides(self, **overrides)
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(
+        name="ci",
+        tasks=("rt_subjectivity", "election_tweets", "reuters_r8"),
+        train_examples=192,
+        val_examples=64,
+        test_examples=128,
+        steps=24,
+        batch_size=16,
+        max_length=48,
+        lr=1e-2,
+        lam_grid=(0.5, 1.0),
+        threads=1,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        tasks=("rt_sentiment", "rt_subjectivity", "reuters_r8", "election_tweets", "fine_foods", "newsgroups20"),
+        train_examples=512,
+        val_examples=200,
+        test_examples=500,
+        steps=64,
+        batch_size=16,
+        max_length=64,
+        lr=5e-3,
+        lam_grid=(0.3, 0.5, 0.7, 1.0),
+        threads=1,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        tasks=(
+            "rt_sentiment", "rt_subjectivity", "reuters_r8", "election_tweets", "fine_foods",
+            "newsgroups20", "multiemo", "vitaminc", "intent",
+        ),
+        train_examples=None,
+        val_examples=500,
+        test_examples=2000,
+        steps=1000,
+        batch_size=32,
+        eval_batch_size=256,
+        max_length=128,
+        lr=5e-4,
+        seeds=(0, 1, 2),
+        lam_grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+        device="cuda",
+        threads=4,
+    ),
+}
+
+
+def default_profile_name() -> str:
+    """``LORAKIT_PROFILE`` if set, else ``gpu`` with CUDA, else ``cpu``."""
+    name = os.environ.get(ENV_PROFILE)
+    if name:
+        return name
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def with_overrides(profile: Profile, **overrides) -> Profile:
+    """A copy of ``profile`` with the given fields replaced (``None`` values are ignored)."""
+    known = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise LorakitError(f"unknown profile field(s) {unknown}; known: {sorted(known)}")
+    clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(profile, **clean)
+
+
+def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
+    """Resolve a profile by name (or the default), apply overrides and the thread variable."""
+    if isinstance(name, Profile):
+        profile = name
+    else:
+        name = name or default_profile_name()
+        if name not in PROFILES:
+            raise LorakitError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+        profile = PROFILES[name]
+    if os.environ.get(ENV_THREADS) and "threads" not in overrides:
+        try:
+            overrides["threads"] = int(os.environ[ENV_THREADS])
+        except ValueError:
+            raise LorakitError(f"{ENV_THREADS} must be an integer, got {os.environ[ENV_THREADS]!r}") from None
+    profile = with_overrides(profile, **overrides)
+    if profile.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            profile = dataclasses.replace(profile, device="cpu")
+    return profile
+
+
+def apply_threads(profile: Profile) -> None:
+    """Set torch's CPU thread count from the profile (2 threads collapse on a busy 2-core box)."""
+    import torch
+
+    if profile.threads and profile.threads > 0:
+        torch.set_num_threads(int(profile.threads))

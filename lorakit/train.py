@@ -1,0 +1,334 @@
+r"""Fine-tune one LoRA adapter (plus its own classification head) per task, with peft.
+
+The model is ``W_0`` (frozen, the packaged encoder) plus :math:`s\,B A` on every target module
+and a freshly initialised classification head that is trained with the adapter. Results are cached
+on disk under a key of everything that changes them, so notebooks and ``lorakit run`` reuse
+adapters instead of retraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from . import __version__
+from .assets import cache_dir, load_base, load_tokenizer, quiet
+from .errors import LorakitError
+from .lora import LoRAUpdate, read_adapter, read_head
+from .profiles import Profile, apply_threads, get_profile
+from .tasks import TaskData, load_task
+
+INITS = ("standard", "gaussian", "osrm")
+TRAIN_CACHE_VERSION = 1  # bump when the training loop changes what it produces
+
+
+@dataclass
+class TrainedAdapter:
+    """One task's fine-tuned LoRA adapter and head.
+
+    Attributes:
+        task: task name.
+        updates: ``{module name: LoRAUpdate}`` (module names of the base model).
+        head: ``{"classifier.weight": (K, d), "classifier.bias": (K,)}``.
+        label_names: the task's label names (K of them).
+        metrics: ``val_acc``, ``test_acc``, ``train_loss`` (per step), ``seconds``, ``steps``.
+        config: everything that went into the cache key.
+        path: the cached PEFT adapter folder.
+    """
+
+    task: str
+    updates: dict[str, LoRAUpdate]
+    head: dict[str, torch.Tensor]
+    label_names: list[str]
+    metrics: dict
+    config: dict
+    path: Path | None = None
+
+    @property
+    def deltas(self) -> dict[str, torch.Tensor]:
+        return {m: u.delta() for m, u in self.updates.items()}
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor] | None) -> str | None:
+    """A short content hash of named tensors (for cache keys)."""
+    if not tensors:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().float().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_config(task: str, profile: Profile, init: str, freeze_A: bool, seed: int, init_A=None, lr=None) -> dict:
+    """Everything that changes a trained adapter; its hash is the cache key."""
+    return {
+        "task": task,
+        "model": profile.model,
+        "train_examples": profile.train_examples,
+        "steps": profile.steps,
+        "batch_size": profile.batch_size,
+        "max_length": profile.max_length,
+        "lr": lr if lr is not None else profile.lr,
+        "rank": profile.rank,
+        "alpha": profile.alpha,
+        "target_modules": list(profile.target_modules),
+        "init": init,
+        "init_A": tensor_digest(init_A),
+        "freeze_A": bool(freeze_A),
+        "seed": seed,
+        "val_examples": profile.val_examples,
+        "test_examples": profile.test_examples,
+        "version": TRAIN_CACHE_VERSION,
+    }
+
+
+def cache_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenize once, padded to the longest text (≤ ``max_length``)."""
+    return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+
+@torch.no_grad()
+def predict(model, encodings: Mapping[str, torch.Tensor], batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+    """Predicted label ids of a sequence classifier for pre-tokenized inputs."""
+    model.eval()
+    n = encodings["input_ids"].shape[0]
+    preds = []
+    for i in range(0, n, batch_size):
+        batch = {k: v[i : i + batch_size].to(device) for k, v in encodings.items()}
+        # trim padding columns shared by the whole batch (faster, same result)
+        width = int(batch["attention_mask"].sum(1).max())
+        batch = {k: v[:, :width] for k, v in batch.items()}
+        preds.append(model(**batch).logits.argmax(-1).cpu())
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model, encodings, labels: list[int] | torch.Tensor, batch_size: int = 64, device: str = "cpu") -> float:
+    labels = torch.as_tensor(labels)
+    if len(labels) == 0:
+        return float("nan")
+    return float((predict(model, encodings, batch_size, device) == labels).float().mean())
+
+
+def _make_peft_model(profile: Profile, num_labels: int, init: str, seed: int):
+    from peft import LoraConfig, get_peft_model
+
+    set_seed(seed)
+    model = load_base(profile.model, num_labels=num_labels)
+    config = LoraConfig(
+        task_type="SEQ_CLS",
+        r=profile.rank,
+        lora_alpha=profile.alpha,
+        target_modules=list(profile.target_modules),
+        lora_dropout=0.0,
+        init_lora_weights="gaussian" if init == "gaussian" else True,
+    )
+    return get_peft_model(model, config)
+
+
+def set_lora_A(peft_model, A_by_module: Mapping[str, torch.Tensor], freeze_A: bool = False, adapter_name: str = "default") -> None:
+    """Set each module's ``lora_A`` to a given (r, d_in) matrix, ``lora_B`` to 0; optionally freeze A.
+
+    Module names are those of the base model. After this the model's output equals the base output.
+    """
+    modules = dict(peft_model.get_base_model().named_modules())
+    with torch.no_grad():
+        for name, A in A_by_module.items():
+            module = modules.get(name)
+            if module is None or not hasattr(module, "lora_A"):
+                raise LorakitError(f"module {name} has no LoRA layer; the init was computed for other target modules")
+            weight = module.lora_A[adapter_name].weight
+            if tuple(weight.shape) != tuple(A.shape):
+                raise LorakitError(f"init A for {name} has shape {tuple(A.shape)}, lora_A is {tuple(weight.shape)}; ranks differ")
+            weight.copy_(A.to(weight.dtype))
+            module.lora_B[adapter_name].weight.zero_()
+            if freeze_A:
+                weight.requires_grad_(False)
+
+
+def train_adapter(
+    task: str | TaskData,
+    profile: str | Profile | None = None,
+    init: str = "standard",
+    init_A: Mapping[str, torch.Tensor] | None = None,
+    freeze_A: bool = False,
+    seed: int = 0,
+    lr: float | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    **overrides,
+) -> TrainedAdapter:
+    """Fine-tune one LoRA adapter and its classification head on ``task``.
+
+    Args:
+        task: task name (or loaded :class:`TaskData` of the same profile sizes).
+        profile: profile name or object; ``overrides`` replace its fields (``steps=...``).
+        init: ``standard`` (peft's default: Kaiming-uniform A, B = 0), ``gaussian`` (peft's
+            gaussian: A ~ N(0, 1/r²), B = 0) or ``osrm`` (``init_A`` gives A per module, B = 0).
+        init_A: ``{module: A (r × d_in)}`` when ``init="osrm"``.
+        freeze_A: keep ``lora_A`` fixed during training (LoRA-FA style).
+        seed: seeds the head's init, A's init and the batch order.
+        lr: learning rate (default: the profile's).
+        cache: reuse / store the result in the cache folder.
+        progress: show a tqdm bar.
+    """
+    from tqdm.auto import tqdm
+
+    quiet()
+    if init not in INITS:
+        raise LorakitError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if init == "osrm" and not init_A:
+        raise LorakitError("init='osrm' needs init_A (compute it with lorakit.osrm.osrm_init)")
+    p = get_profile(profile, **overrides)
+    apply_threads(p)
+    data = task if isinstance(task, TaskData) else load_task(task, profile=p)
+    config = train_config(data.name, p, init, freeze_A, seed, init_A if init == "osrm" else None, lr)
+    key = cache_key(config)
+    folder = cache_dir() / "adapters" / f"{data.name}-{init}-s{seed}-{key}"
+    if cache and (folder / "lorakit.json").is_file():
+        return load_trained(folder)
+
+    t0 = time.perf_counter()
+    model = _make_peft_model(p, data.num_labels, init, seed)
+    if init == "osrm":
+        set_lora_A(model, init_A, freeze_A)
+    elif freeze_A:
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)
+    device = torch.device(p.device)
+    model.to(device)
+    tokenizer = load_tokenizer(p.model)
+    train_enc = encode_texts(tokenizer, data.train[0], p.max_length)
+    train_y = torch.tensor(data.train[1])
+    n = len(train_y)
+    if n == 0:
+        raise LorakitError(f"task {data.name} has no training examples in profile {p.name}")
+    params = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=0.0)
+    warmup = max(1, int(0.06 * p.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (p.steps - step) / max(1, p.steps - warmup)))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    cursor, losses = 0, []
+    model.train()
+    bar = tqdm(range(p.steps), desc=f"train {data.name} ({init})", disable=not progress, leave=False)
+    for _ in bar:
+        if cursor + p.batch_size > n:
+            order, cursor = torch.randperm(n, generator=gen), 0
+        idx = order[cursor : cursor + p.batch_size]
+        cursor += p.batch_size
+        batch = {k: v[idx] for k, v in train_enc.items()}
+        width = int(batch["attention_mask"].sum(1).max())
+        batch = {k: v[:, :width].to(device) for k, v in batch.items()}
+        out = model(**batch, labels=train_y[idx].to(device))
+        loss = out.loss
+        value = loss.item()
+        if not math.isfinite(value):
+            raise LorakitError(f"training {data.name} diverged (loss {value}); lower the learning rate")
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(value, 5))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    seconds = time.perf_counter() - t0
+    val_acc = accuracy(model, encode_texts(tokenizer, data.val[0], p.max_length), data.val[1], p.eval_batch_size, p.device)
+    test_acc = accuracy(model, encode_texts(tokenizer, data.test[0], p.max_length), data.test[1], p.eval_batch_size, p.device)
+    metrics = {
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "majority_test": data.majority_baseline("test"),
+        "train_loss": losses,
+        "seconds": round(seconds, 2),
+        "steps": p.steps,
+        "n_train": n,
+    }
+    model.to("cpu")
+    updates = read_adapter(model)
+    head = {
+        k: v.detach().cpu().clone()
+        for k, v in model.get_base_model().state_dict().items()
+        if k.startswith("classifier.") and "original_module" not in k
+    }
+    head = {k.replace("modules_to_save.default.", ""): v for k, v in head.items()}
+    result = TrainedAdapter(data.name, updates, head, data.label_names, metrics, config, None)
+    if cache:
+        result.path = _save_trained(model, result, folder)
+    return result
+
+
+def _save_trained(model, result: TrainedAdapter, folder: Path) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        meta = {"task": result.task, "label_names": result.label_names, "metrics": result.metrics,
+                "config": result.config, "lorakit": __version__}
+        (tmp / "lorakit.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_trained(folder: str | os.PathLike) -> TrainedAdapter:
+    """Load a cached adapter folder written by :func:`train_adapter`."""
+    folder = Path(folder)
+    meta_path = folder / "lorakit.json"
+    if not meta_path.is_file():
+        raise LorakitError(f"{folder} is not a lorakit adapter folder (no lorakit.json)")
+    meta = json.loads(meta_path.read_text())
+    updates = read_adapter(folder)
+    head = read_head(folder)
+    return TrainedAdapter(meta["task"], updates, head, meta["label_names"], meta["metrics"], meta["config"], folder)
+
+
+def train_all(
+    tasks: list[str],
+    profile: str | Profile | None = None,
+    init: str = "standard",
+    init_A_by_task: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    freeze_A: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    **overrides,
+) -> dict[str, TrainedAdapter]:
+    """:func:`train_adapter` for each task (cached)."""
+    out = {}
+    for task in tasks:
+        init_A = (init_A_by_task or {}).get(task) if init == "osrm" else None
+        out[task] = train_adapter(task, profile, init=init, init_A=init_A, freeze_A=freeze_A, seed=seed,
+                                  progress=progress, **overrides)
+    return out

@@ -1,0 +1,31 @@
+# %% [markdown]
+# # 01 — solutions
+#
+# Reference answers to the exercises of `01_lora_and_task_vectors`, checked by the same checkers.
+
+# %%
+import math
+import torch
+from lorakit import exercises
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_delta(A, B, alpha, r):
+    return (alpha / r) * (B @ A)          # (d_out × r)(r × d_in) = d_out × d_in
+
+exercises.check_lora_delta(my_delta);
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_rslora_scaling(alpha, r):
+    return alpha / math.sqrt(r)
+
+exercises.check_rslora_scaling(my_rslora_scaling);
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_rank(update):
+    sv = torch.linalg.svdvals(update.delta().double())
+    return int((sv > 1e-10 * sv[0]).sum()) if sv[0] > 0 else 0
+
+exercises.check_rank_bound(my_rank);

@@ -152,26 +152,6 @@ def _make_peft_model(profile: Profile, num_labels: int, init: str, seed: int):
     return get_peft_model(model, config)
 
 
-def set_lora_A(peft_model, A_by_module: Mapping[str, torch.Tensor], freeze_A: bool = False, adapter_name: str = "default") -> None:
-    """Set each module's ``lora_A`` to a given (r, d_in) matrix, ``lora_B`` to 0; optionally freeze A.
-
-    Module names are those of the base model. After this the model's output equals the base output.
-    """
-    modules = dict(peft_model.get_base_model().named_modules())
-    with torch.no_grad():
-        for name, A in A_by_module.items():
-            module = modules.get(name)
-            if module is None or not hasattr(module, "lora_A"):
-                raise LorakitError(f"module {name} has no LoRA layer; the init was computed for other target modules")
-            weight = module.lora_A[adapter_name].weight
-            if tuple(weight.shape) != tuple(A.shape):
-                raise LorakitError(f"init A for {name} has shape {tuple(A.shape)}, lora_A is {tuple(weight.shape)}; ranks differ")
-            weight.copy_(A.to(weight.dtype))
-            module.lora_B[adapter_name].weight.zero_()
-            if freeze_A:
-                weight.requires_grad_(False)
-
-
 def train_adapter(
     task: str | TaskData,
     profile: str | Profile | None = None,
@@ -217,7 +197,9 @@ def train_adapter(
     t0 = time.perf_counter()
     model = _make_peft_model(p, data.num_labels, init, seed)
     if init == "osrm":
-        set_lora_A(model, init_A, freeze_A)
+        from .osrm import init_lora_A
+
+        init_lora_A(model, init_A, freeze_A=freeze_A)
     elif freeze_A:
         for name, param in model.named_parameters():
             if "lora_A" in name:

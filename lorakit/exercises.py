@@ -22,7 +22,8 @@ def _ok(name: str) -> str:
 
 def _random_lora(seed: int, d_out: int = 12, d_in: int = 10, r: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(r, d_in, generator=g), torch.randn(d_out, r, generator=g)
+    return (torch.randn(r, d_in, generator=g, dtype=torch.float64),
+            torch.randn(d_out, r, generator=g, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- notebook 01
@@ -61,7 +62,7 @@ def check_rank_bound(fn: Callable[[LoRAUpdate], int]) -> str:
         A, B = _random_lora(seed, 16, 12, r)
         upd = LoRAUpdate(A, B, 2.0)
         got = int(fn(upd))
-        want = int(torch.linalg.matrix_rank(upd.delta().double()))
+        want = int(torch.linalg.matrix_rank(upd.delta()))  # float64 factors: exact rank r
         assert got == want, f"rank of ΔW for r={r} should be {want}, got {got}"
     A, B = _random_lora(9, 16, 12, 4)
     B[:, 0] = 0  # one direction switched off: rank drops below r

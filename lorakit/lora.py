@@ -295,20 +295,23 @@ def apply_deltas(model: torch.nn.Module, deltas: Mapping[str, torch.Tensor], sig
     r"""In place: :math:`W \leftarrow W + \text{sign}\cdot\Delta W` for each named Linear module.
 
     ``deltas`` maps module names of ``model`` (as in ``model.named_modules()``) to ``(d_out, d_in)``.
+    Every entry is checked before any weight changes, so a bad entry leaves the model untouched.
     """
     modules = dict(model.named_modules())
+    for name, delta in deltas.items():
+        if name not in modules or not hasattr(modules[name], "weight"):
+            raise LorakitError(
+                f"module {name} is not in the model; the adapter was made for another base model"
+            )
+        weight = modules[name].weight
+        if tuple(weight.shape) != tuple(delta.shape):
+            raise LorakitError(
+                f"ΔW of {name} has shape {tuple(delta.shape)} but the model's weight is "
+                f"{tuple(weight.shape)}; the adapter was made for another base model"
+            )
     with torch.no_grad():
         for name, delta in deltas.items():
-            if name not in modules:
-                raise LorakitError(
-                    f"module {name} is not in the model; the adapter was made for another base model"
-                )
             weight = modules[name].weight
-            if tuple(weight.shape) != tuple(delta.shape):
-                raise LorakitError(
-                    f"ΔW of {name} has shape {tuple(delta.shape)} but the model's weight is "
-                    f"{tuple(weight.shape)}; the adapter was made for another base model"
-                )
             weight.add_(delta.to(weight.dtype).to(weight.device), alpha=sign)
 
 
@@ -419,14 +422,21 @@ def write_merged(
     :func:`write_adapter`.
     """
     out, tmp = _atomic_dir(Path(out), overwrite)
+    modules = dict(model.named_modules())
+    originals = {}
     try:
-        apply_deltas(model, deltas, +1.0)
+        for name in deltas:
+            if name in modules and hasattr(modules[name], "weight"):
+                originals[name] = modules[name].weight.detach().clone()
         try:
+            apply_deltas(model, deltas, +1.0)
             model.save_pretrained(str(tmp))
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
         finally:
-            apply_deltas(model, deltas, -1.0)
+            with torch.no_grad():  # restore exactly (copy), not by subtracting ΔW again
+                for name, weight in originals.items():
+                    modules[name].weight.copy_(weight)
         _commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

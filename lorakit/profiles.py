@@ -151,7 +151,7 @@ def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
         if name not in PROFILES:
             raise LorakitError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
         profile = PROFILES[name]
-    if os.environ.get(ENV_THREADS) and "threads" not in overrides:
+    if os.environ.get(ENV_THREADS) and overrides.get("threads") is None:  # None = not given
         try:
             overrides["threads"] = int(os.environ[ENV_THREADS])
         except ValueError:

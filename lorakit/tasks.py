@@ -350,13 +350,12 @@ def extract_bigbench(sdist: str | os.PathLike, tasks: dict[str, str], dest: Path
                         out = dest / folder / "task.json"
                         out.parent.mkdir(parents=True, exist_ok=True)
                         tmp = out.with_suffix(".json.part")
-                        with tar.extractfile(member) as src, open(tmp, "wb") as dst:
-                            dst.write(src.read())
+                        tmp.write_bytes(tar.extractfile(member).read())  # read fully first: no .part on a bad archive
                         os.replace(tmp, out)
                         found[folder] = out
                 if len(found) == len(wanted):
                     break
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, EOFError) as exc:  # a truncated .gz raises EOFError
         raise LorakitError(f"cannot read the BIG-bench sdist {sdist} ({exc}); delete it and fetch again") from None
     missing = sorted(set(wanted.values()) - set(found))
     if missing:

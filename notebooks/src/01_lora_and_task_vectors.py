@@ -151,7 +151,7 @@ import matplotlib.pyplot as plt
 name = "bert.encoder.layer.0.attention.self.query"
 upd = adapter.updates[name]
 print(len(adapter.updates), "adapted layers; A", tuple(upd.A.shape), "B", tuple(upd.B.shape), "ΔW", upd.shape, "scaling", upd.scaling)
-sv = torch.linalg.svdvals(upd.delta().double())
+sv = torch.linalg.svdvals(upd.delta(torch.float64))     # product in float64: no fp32 rounding noise
 assert (sv[upd.rank:] < 1e-10 * sv[0]).all()               # rank(ΔW) ≤ r
 print("rank(ΔW) =", int((sv > 1e-10 * sv[0]).sum()))
 

@@ -1,0 +1,183 @@
+r"""Diagnostics of LoRA task updates: magnitudes, their variance across tasks, cosines, spectra.
+
+Notation (papers.md §1, §3.2, §3.5): for one layer and task :math:`i`,
+:math:`\Delta W_i = s_i B_i A_i \in \mathbb{R}^{d_{out} \times d_{in}}` (torch layout, out × in).
+"Column" means an **input** column :math:`\Delta W[:, j]` (length ``d_out``), so a per-column
+magnitude vector has length ``d_in``; ``axis="out"`` is the DoRA/peft-style alternative (one
+norm per output row, length ``d_out``).
+
+Every function accepts dense ``ΔW`` tensors or :class:`~lorakit.lora.LoRAUpdate` objects, and the
+multi-layer ones also accept adapters (``{module name: LoRAUpdate | Tensor}``). Everything is
+computed in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence, Union
+
+import torch
+
+from .errors import LorakitError
+from .lora import LoRAUpdate
+
+Delta = Union[torch.Tensor, LoRAUpdate]
+TaskInput = Union[Delta, Mapping[str, Delta]]
+
+AXES = ("in", "out")
+
+
+def as_delta(x: Delta, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The dense ``ΔW`` (d_out × d_in) of a tensor or a :class:`LoRAUpdate`, cast to ``dtype``."""
+    if isinstance(x, LoRAUpdate):
+        return x.delta(dtype)
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 2:
+            raise LorakitError(f"a layer update must be a 2-D (d_out, d_in) tensor, got shape {tuple(x.shape)}")
+        return x.to(dtype)
+    raise LorakitError(f"expected a torch.Tensor or LoRAUpdate, got {type(x).__name__}")
+
+
+def norm_dim(axis: str) -> int:
+    """The torch dim to reduce for a magnitude along ``axis``: 0 for ``"in"``, 1 for ``"out"``."""
+    if axis not in AXES:
+        raise LorakitError(f"magnitude axis must be 'in' (per input column) or 'out' (per output row), got {axis!r}")
+    return 0 if axis == "in" else 1
+
+
+def column_magnitudes(delta: Delta, axis: str = "in") -> torch.Tensor:
+    r"""Per-column L2 norms :math:`\alpha[j] = \lVert \Delta W[:, j] \rVert_2` (papers.md §3.2).
+
+    Args:
+        delta: ``ΔW`` of shape ``(d_out, d_in)`` (or a :class:`LoRAUpdate`).
+        axis: ``"in"`` — one norm per input column, reduce over dim 0, result ``(d_in,)``;
+            ``"out"`` — one norm per output row, reduce over dim 1, result ``(d_out,)``.
+
+    Returns:
+        float64 magnitudes ``α`` (zero for an all-zero column).
+    """
+    dim = norm_dim(axis)
+    return torch.linalg.vector_norm(as_delta(delta), dim=dim)
+
+
+def _layers(task: TaskInput) -> dict[str, Delta]:
+    if isinstance(task, Mapping):
+        if not task:
+            raise LorakitError("an adapter has no layers")
+        return dict(task)
+    return {"layer": task}
+
+
+def _aligned_layers(tasks: Sequence[TaskInput]) -> list[dict[str, Delta]]:
+    tasks = list(tasks)
+    if not tasks:
+        raise LorakitError("no task updates given; pass at least one")
+    layers = [_layers(t) for t in tasks]
+    names = set(layers[0])
+    for k, lay in enumerate(layers[1:], start=1):
+        if set(lay) != names:
+            raise LorakitError(f"task {k} has different layers than task 0; pass adapters with the same modules")
+    return layers
+
+
+def _cv(values: torch.Tensor) -> torch.Tensor:
+    """Across-task coefficient of variation std/mean over dim 0 (population std, ddof=0).
+
+    Entries whose mean is 0 (every task zero there) give NaN, to be dropped by the caller.
+    """
+    mean = values.mean(dim=0)
+    std = values.std(dim=0, correction=0)
+    return torch.where(mean > 0, std / torch.where(mean > 0, mean, 1.0), float("nan"))
+
+
+def magnitude_variance(
+    tasks: Sequence[TaskInput], axis: str = "in", kind: str = "column", per_layer: bool = False
+) -> float | dict[str, float]:
+    r"""Scale-free magnitude variance across tasks (papers.md §3.5, our definition **[D]**).
+
+    ``kind="column"`` (default): for every layer, take each task's column-norm vector
+    :math:`\alpha_i \in \mathbb{R}^{d}` (``d = d_in`` for ``axis="in"``), then the across-task
+    coefficient of variation per column and its mean over columns,
+
+    .. math::
+
+        \mathrm{MV}_\ell = \frac{1}{d}\sum_{j=1}^{d}
+            \frac{\operatorname{std}_i \alpha_i[j]}{\operatorname{mean}_i \alpha_i[j]},
+        \qquad \mathrm{MV} = \frac{1}{L}\sum_\ell \mathrm{MV}_\ell,
+
+    with the population std (ddof = 0) over the N tasks. Columns that are zero in every task are
+    left out of the mean. ``kind="frobenius"``: the same with one number per task and layer,
+    :math:`\lVert \Delta W_i \rVert_F`, instead of a column vector.
+
+    It is 0 when all tasks have equal magnitudes and does not change if every update is scaled
+    by the same factor, so LoRA and full fine-tuning task vectors can be compared.
+
+    Args:
+        tasks: N per-task updates of one layer (tensors / LoRAUpdates) or N adapters
+            (``{module: LoRAUpdate | Tensor}`` with the same modules).
+        axis: ``"in"`` or ``"out"`` (see :func:`column_magnitudes`), for ``kind="column"``.
+        kind: ``"column"`` or ``"frobenius"``.
+        per_layer: return ``{layer name: MV_ℓ}`` instead of the mean over layers.
+    """
+    if kind not in ("column", "frobenius"):
+        raise LorakitError(f"magnitude_variance kind must be 'column' or 'frobenius', got {kind!r}")
+    norm_dim(axis)
+    layers = _aligned_layers(tasks)
+    result: dict[str, float] = {}
+    for name in layers[0]:
+        if kind == "column":
+            mags = torch.stack([column_magnitudes(lay[name], axis) for lay in layers])
+        else:
+            mags = torch.stack([torch.linalg.vector_norm(as_delta(lay[name])) for lay in layers])[:, None]
+        cv = _cv(mags)
+        cv = cv[~torch.isnan(cv)]
+        result[name] = float(cv.mean()) if cv.numel() else 0.0
+    if per_layer:
+        return result
+    return sum(result.values()) / len(result)
+
+
+def _gram(vectors: Sequence[TaskInput]) -> torch.Tensor:
+    r"""Gram matrix :math:`G_{ij} = \sum_\ell \langle \Delta W_{i,\ell}, \Delta W_{j,\ell} \rangle_F` (float64)."""
+    layers = _aligned_layers(vectors)
+    n = len(layers)
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    for name in layers[0]:
+        dense = [as_delta(lay[name]) for lay in layers]
+        if any(d.shape != dense[0].shape for d in dense):
+            shapes = sorted({tuple(d.shape) for d in dense})
+            raise LorakitError(f"layer {name}: the task updates have different shapes {shapes}")
+        flat = torch.stack([d.reshape(-1) for d in dense])
+        gram += (flat @ flat.T).cpu()
+    return gram
+
+
+def _cosines_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    return torch.where(denom > 0, gram / torch.where(denom > 0, denom, 1.0), 0.0)
+
+
+def cosine_matrix(deltas: Sequence[TaskInput]) -> torch.Tensor:
+    r"""N × N cosine similarities of the flattened task updates.
+
+    .. math:: C_{ij} = \frac{\langle \Delta W_i, \Delta W_j \rangle_F}{\lVert \Delta W_i \rVert_F \lVert \Delta W_j \rVert_F}
+
+    For adapters, the inner products are summed over all layers (one flattened task vector per
+    adapter). A zero update has cosine 0 with everything (also with itself), not NaN.
+    """
+    return _cosines_from_gram(_gram(deltas))
+
+
+def direction_share(merged: TaskInput, deltas: Sequence[TaskInput]) -> torch.Tensor:
+    r"""Cosine of the merged update with each task's update, shape ``(N,)``.
+
+    :math:`\cos(\Delta W^*, \Delta W_i)`; a low value for task i means the merged direction
+    ignores that task (the "magnitude dominance" of papers.md §3.2).
+    """
+    cos = _cosines_from_gram(_gram([merged, *deltas]))
+    return cos[0, 1:]
+
+
+def spectrum(delta: Delta) -> torch.Tensor:
+    """Singular values of ``ΔW`` in descending order (float64, length ``min(d_out, d_in)``)."""
+    return torch.linalg.svdvals(as_delta(delta))

@@ -1,0 +1,129 @@
+"""Tests of lorakit.analysis: magnitudes, magnitude variance, cosines, direction share, spectrum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lorakit.analysis import (
+    column_magnitudes,
+    cosine_matrix,
+    direction_share,
+    magnitude_variance,
+    spectrum,
+)
+from lorakit.errors import LorakitError
+from lorakit.lora import LoRAUpdate
+
+
+def lora(r=3, d_out=12, d_in=10, seed=0, scale=1.0, scaling=2.0):
+    gen = torch.Generator().manual_seed(seed)
+    return LoRAUpdate(torch.randn(r, d_in, generator=gen), scale * torch.randn(d_out, r, generator=gen), scaling)
+
+
+def test_column_magnitudes_axes_and_inputs():
+    u = lora()
+    delta = u.delta(torch.float64)
+    col = column_magnitudes(u, "in")
+    row = column_magnitudes(delta, "out")
+    assert col.shape == (10,) and row.shape == (12,) and col.dtype == torch.float64
+    np.testing.assert_allclose(col.numpy(), np.linalg.norm(delta.numpy(), axis=0), rtol=1e-12)
+    np.testing.assert_allclose(row.numpy(), np.linalg.norm(delta.numpy(), axis=1), rtol=1e-12)
+    with pytest.raises(LorakitError, match="axis"):
+        column_magnitudes(delta, "cols")
+
+
+def test_magnitude_variance_hand_example():
+    # one column, two tasks with column norms 1 and 3: std 1 (ddof 0), mean 2 -> CV 0.5
+    t1 = torch.zeros(2, 2, dtype=torch.float64)
+    t1[0, 0] = 1.0
+    t1[:, 1] = torch.tensor([3.0, 4.0])  # column norm 5
+    t2 = torch.zeros(2, 2, dtype=torch.float64)
+    t2[1, 0] = -3.0
+    t2[0, 1] = 5.0  # column norm 5
+    assert magnitude_variance([t1, t2]) == pytest.approx((0.5 + 0.0) / 2)
+    # Frobenius variant: norms sqrt(26) and sqrt(34)
+    f1, f2 = math.sqrt(26), math.sqrt(34)
+    expected = abs(f1 - f2) / 2 / ((f1 + f2) / 2)
+    assert magnitude_variance([t1, t2], kind="frobenius") == pytest.approx(expected)
+
+
+def test_magnitude_variance_is_zero_for_equal_magnitudes_and_scale_free():
+    u = lora(seed=1)
+    flipped = LoRAUpdate(u.A, -u.B, u.scaling)  # same column norms, other direction
+    assert magnitude_variance([u, flipped]) == pytest.approx(0.0, abs=1e-12)
+    tasks = [lora(seed=s, scale=c) for s, c in ((2, 1.0), (3, 0.1), (4, 0.3))]
+    mv = magnitude_variance(tasks)
+    scaled = [LoRAUpdate(t.A, 8.0 * t.B, t.scaling) for t in tasks]  # ×8 is exact in float32
+    assert magnitude_variance(scaled) == pytest.approx(mv, rel=1e-12)
+    equal = [lora(seed=s) for s in (2, 3, 4)]
+    assert mv > 2 * magnitude_variance(equal)  # B scales 1 : 0.1 : 0.3 vary far more
+
+
+def test_magnitude_variance_ignores_all_zero_columns():
+    a, b = lora(seed=5).delta(torch.float64), lora(seed=6).delta(torch.float64)
+    ref = magnitude_variance([a, b])
+    a0, b0 = torch.cat([a, torch.zeros(12, 1, dtype=torch.float64)], 1), torch.cat([b, torch.zeros(12, 1, dtype=torch.float64)], 1)
+    got = magnitude_variance([a0, b0])
+    assert math.isfinite(got) and got == pytest.approx(ref)
+
+
+def test_magnitude_variance_over_adapters_averages_layers():
+    adapters = [{"q": lora(seed=10 + t), "v": lora(seed=20 + t, scale=1 + t)} for t in range(3)]
+    per = magnitude_variance(adapters, per_layer=True)
+    assert set(per) == {"q", "v"}
+    assert magnitude_variance(adapters) == pytest.approx((per["q"] + per["v"]) / 2)
+    assert per["q"] == pytest.approx(magnitude_variance([ad["q"] for ad in adapters]))
+    assert magnitude_variance(adapters, axis="out") != pytest.approx(magnitude_variance(adapters))
+    with pytest.raises(LorakitError, match="different layers"):
+        magnitude_variance([adapters[0], {"q": adapters[1]["q"]}])
+    with pytest.raises(LorakitError, match="kind"):
+        magnitude_variance(adapters, kind="l1")
+
+
+def test_cosine_matrix_matches_numpy_and_handles_zero():
+    deltas = [lora(seed=s).delta(torch.float64) for s in range(3)] + [torch.zeros(12, 10, dtype=torch.float64)]
+    cos = cosine_matrix(deltas)
+    flat = np.stack([d.numpy().ravel() for d in deltas[:3]])
+    ref = flat @ flat.T / np.outer(np.linalg.norm(flat, axis=1), np.linalg.norm(flat, axis=1))
+    np.testing.assert_allclose(cos[:3, :3].numpy(), ref, rtol=1e-12)
+    assert torch.isfinite(cos).all() and torch.equal(cos[3], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(cos, cos.T)
+
+
+def test_cosine_matrix_over_adapters_is_of_the_concatenated_task_vectors():
+    adapters = [{"q": lora(seed=30 + t), "v": lora(seed=40 + t, d_out=5)} for t in range(2)]
+    cos = cosine_matrix(adapters)
+    vecs = [torch.cat([ad["q"].delta(torch.float64).ravel(), ad["v"].delta(torch.float64).ravel()]) for ad in adapters]
+    expected = float(vecs[0] @ vecs[1] / (vecs[0].norm() * vecs[1].norm()))
+    assert cos[0, 1].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_direction_share_of_a_sum_of_orthogonal_equal_tasks():
+    eye = torch.eye(6, dtype=torch.float64)
+    tasks = [torch.outer(eye[i], eye[i]) for i in range(3)]  # orthogonal, equal norm
+    share = direction_share(sum(tasks), tasks)
+    np.testing.assert_allclose(share.numpy(), np.full(3, 1 / math.sqrt(3)), rtol=1e-12)
+    dominated = direction_share(10 * tasks[0] + tasks[1] + tasks[2], tasks)
+    assert dominated[0] > 0.95 and dominated[1] < 0.15
+
+
+def test_spectrum_matches_numpy_and_lora_rank():
+    u = lora(r=3)
+    s = spectrum(u)
+    ref = np.linalg.svd(u.delta(torch.float64).numpy(), compute_uv=False)
+    np.testing.assert_allclose(s.numpy(), ref, rtol=1e-10, atol=1e-12 * ref[0])
+    assert s.shape == (10,) and torch.all(s[:-1] >= s[1:])
+    assert (s[3:] < 1e-10 * s[0]).all() and (s[:3] > 1e-3 * s[0]).all()
+
+
+def test_analysis_input_errors():
+    with pytest.raises(LorakitError, match="2-D"):
+        spectrum(torch.zeros(3))
+    with pytest.raises(LorakitError, match="shapes"):
+        cosine_matrix([torch.zeros(2, 3), torch.zeros(3, 2)])
+    with pytest.raises(LorakitError, match="at least one"):
+        cosine_matrix([])

@@ -1,0 +1,307 @@
+"""Timing and memory of the merge methods on random LoRA updates (JSON-able records).
+
+* :func:`bench_merge` — one layer, every method; for task arithmetic, TIES and DARE also peft's
+  ``peft.utils.merge_utils`` function on the same dense ``ΔW_i`` (``ratio = lorakit_s / peft_s``),
+  and DO-Merging's orthogonalisation cost on its own (``ortho_s``).
+* :func:`bench_llm_shapes` — N synthetic adapters with the shapes of a Llama-3-8B LoRA
+  (r = 16 on q/k/v/o/gate/up/down, 32 layers), merged layer by layer: time and peak memory.
+
+Timings are medians over ``repeats`` after one warm-up run; on CUDA the device is synchronised
+around every timed call. lorakit's time starts from the factors (it forms ``ΔW_i`` itself), peft's
+from the ready dense ``ΔW_i``, as peft's LoRA merging hands them over.
+
+Command line: ``python -m lorakit.bench [--llm] [--device cuda] [--n-layers 2]`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import statistics
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .lora import LoRAUpdate
+from .merge import METHODS, merge_layer, orthogonalize_factors, resolve_params
+
+#: (d_out, d_in) of the LoRA-adapted Linear layers of one Llama-3-8B decoder layer.
+LLAMA3_8B_SHAPES: dict[str, tuple[int, int]] = {
+    "q_proj": (4096, 4096),
+    "k_proj": (1024, 4096),
+    "v_proj": (1024, 4096),
+    "o_proj": (4096, 4096),
+    "gate_proj": (14336, 4096),
+    "up_proj": (14336, 4096),
+    "down_proj": (4096, 14336),
+}
+LLAMA3_8B_LAYERS = 32
+
+
+def random_updates(
+    n_tasks: int, d_out: int, d_in: int, r: int, device: str | torch.device = "cpu", seed: int = 0
+) -> list[LoRAUpdate]:
+    """N random rank-r updates: A ~ N(0, 1/r²) (peft's gaussian init), B ~ N(0, 0.01²), s = 2."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return [
+        LoRAUpdate(
+            torch.randn(r, d_in, generator=gen, device=device) / r,
+            0.01 * torch.randn(d_out, r, generator=gen, device=device),
+            2.0,
+        )
+        for _ in range(n_tasks)
+    ]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peft_call(method: str, params: Mapping[str, Any], dense: list[torch.Tensor]) -> Callable[[], Any] | None:
+    """peft's merge_utils function for ``method`` with ``params`` on dense task tensors, or None."""
+    try:
+        from peft.utils import merge_utils as pm
+    except ImportError:  # peft is optional for benchmarking
+        return None
+    weights = torch.full((len(dense),), float(params.get("lam", 1.0)), device=dense[0].device)
+    if method == "task_arithmetic":
+        return lambda: pm.task_arithmetic(dense, weights)
+    if method == "ties":
+        return lambda: pm.ties(dense, weights, params["density"])
+    if method == "dare":
+        fn = pm.dare_linear if params["combine"] == "linear" else pm.dare_ties
+        density = 1.0 - params["drop_rate"]
+
+        def call():
+            torch.manual_seed(params["seed"])
+            return fn(dense, weights, density)
+
+        return call
+    return None
+
+
+def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str)) or v is None}
+
+
+def _ortho_summary(report) -> dict[str, Any]:
+    return {
+        "cross_before": report.cross_before,
+        "cross_after": report.cross_after,
+        "cross_reduction": report.cross_reduction,
+        "relative_perturbation": list(report.relative_perturbation),
+        "steps": report.steps,
+        "rejected": report.rejected,
+    }
+
+
+def bench_merge(
+    n_tasks: int = 4,
+    d_out: int = 512,
+    d_in: int = 512,
+    r: int = 8,
+    methods: Sequence[str] | None = None,
+    repeats: int = 3,
+    device: str = "cpu",
+    seed: int = 0,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Time ``merge_layer`` for each method on one layer of random updates.
+
+    Args:
+        methods: registry names (default: all).
+        params: optional ``{method: {param: value}}`` overrides (default: each method's defaults).
+
+    Returns:
+        One record per method: ``method``, ``params``, ``n_tasks``, ``d_out``, ``d_in``, ``r``,
+        ``device``, ``repeats``, ``lorakit_s``; ``peft_s`` and ``ratio`` (lorakit_s / peft_s) where
+        peft has the method (else None); for ``do``, ``ortho_s`` (time of both sides of
+        :func:`~lorakit.merge.orthogonalize_factors`) and ``ortho`` (``{"A"|"B": cross_before,
+        cross_after, cross_reduction, relative_perturbation, steps, rejected}``), else None.
+    """
+    dev = torch.device(device)
+    updates = random_updates(n_tasks, d_out, d_in, r, dev, seed)
+    dense = [u.delta(torch.float32) for u in updates]
+    records = []
+    for method in methods or list(METHODS):
+        given = dict((params or {}).get(method, {}))
+        resolved = resolve_params(method, given)
+        lorakit_s = _median_time(lambda: merge_layer(updates, method, **given), dev, repeats)
+        peft_fn = _peft_call(method, resolved, dense)
+        peft_s = _median_time(peft_fn, dev, repeats) if peft_fn is not None else None
+        ortho_s, ortho = None, None
+        if method == "do":
+            options = {k: resolved[k] for k in ("gamma", "steps", "lr", "optimizer", "normalize_factors")}
+            A = [u.A.double() for u in updates]
+            B = [u.scaling * u.B.double() for u in updates]
+            ortho_s = _median_time(
+                lambda: (orthogonalize_factors(A, "A", **options), orthogonalize_factors(B, "B", **options)),
+                dev,
+                repeats,
+            )
+            ortho = {
+                side: _ortho_summary(orthogonalize_factors(mats, side, **options)[1])
+                for side, mats in (("A", A), ("B", B))
+            }
+        records.append(
+            {
+                "method": method,
+                "params": _json_params(resolved),
+                "n_tasks": n_tasks,
+                "d_out": d_out,
+                "d_in": d_in,
+                "r": r,
+                "device": str(dev),
+                "repeats": repeats,
+                "lorakit_s": lorakit_s,
+                "peft_s": peft_s,
+                "ratio": lorakit_s / peft_s if peft_s else None,
+                "ortho_s": ortho_s,
+                "ortho": ortho,
+            }
+        )
+    return records
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            match = re.search(rf"{field}:\s+(\d+)", fh.read())
+        return int(match.group(1)) if match else None
+    except OSError:
+        return None
+
+
+def _reset_peak(device: torch.device) -> tuple[str, int]:
+    """Reset the peak-memory counter; returns (source name, baseline bytes)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return "cuda.max_memory_allocated", torch.cuda.memory_allocated(device)
+    try:  # Linux: writing 5 to clear_refs resets VmHWM (peak resident set size)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return "VmHWM", 1024 * (_rss_kib("VmRSS") or 0)
+    except OSError:
+        return "ru_maxrss (process lifetime)", 1024 * (_rss_kib("VmRSS") or 0)
+
+
+def _peak(device: torch.device, source: str) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    if source == "VmHWM":
+        return 1024 * (_rss_kib("VmHWM") or 0)
+    return 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def bench_llm_shapes(
+    n_tasks: int = 8,
+    r: int = 16,
+    n_layers: int = LLAMA3_8B_LAYERS,
+    methods: Sequence[str] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Merge ``n_tasks`` synthetic Llama-3-8B-shaped adapters layer by layer, per method.
+
+    Every decoder layer has the modules of ``shapes`` (default :data:`LLAMA3_8B_SHAPES`, ``(d_out,
+    d_in)``); ``n_layers`` (≤ 32 for the real model) limits the count. Each layer's updates are
+    drawn (untimed) just before they are merged and freed after, as a streaming merge would.
+
+    Returns:
+        One record per method: ``method``, ``params``, ``n_tasks``, ``r``, ``n_layers``,
+        ``modules``, ``device``, ``total_s`` (merge time summed over all layers), ``per_layer_s``,
+        ``module_s`` (``{module: seconds summed over layers}``), ``peak_mem_bytes``,
+        ``baseline_bytes`` (allocated/resident before the method ran) and ``mem_source``
+        (``cuda.max_memory_allocated`` on GPU; on CPU the process's peak resident set ``VmHWM``,
+        reset before each method — tracemalloc would miss torch's allocator).
+    """
+    dev = torch.device(device)
+    shapes = dict(shapes or LLAMA3_8B_SHAPES)
+    records = []
+    for method in methods or list(METHODS):
+        given = dict((params or {}).get(method, {}))
+        resolved = resolve_params(method, given)
+        source, baseline = _reset_peak(dev)
+        module_s = {name: 0.0 for name in shapes}
+        for layer in range(n_layers):
+            for k, (name, (d_out, d_in)) in enumerate(shapes.items()):
+                updates = random_updates(n_tasks, d_out, d_in, r, dev, seed + 1000 * layer + k)
+                _sync(dev)
+                start = time.perf_counter()
+                merged = merge_layer(updates, method, **given)
+                _sync(dev)
+                module_s[name] += time.perf_counter() - start
+                del merged, updates
+        total = sum(module_s.values())
+        records.append(
+            {
+                "method": method,
+                "params": _json_params(resolved),
+                "n_tasks": n_tasks,
+                "r": r,
+                "n_layers": n_layers,
+                "modules": list(shapes),
+                "device": str(dev),
+                "total_s": total,
+                "per_layer_s": total / n_layers if n_layers else 0.0,
+                "module_s": module_s,
+                "peak_mem_bytes": _peak(dev, source),
+                "baseline_bytes": baseline,
+                "mem_source": source,
+            }
+        )
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llm", action="store_true", help="Llama-3-8B shapes instead of one square layer")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-tasks", type=int, default=None)
+    parser.add_argument("--n-layers", type=int, default=1)
+    parser.add_argument("--dim", type=int, default=512, help="d_out = d_in for the one-layer benchmark")
+    parser.add_argument("--r", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="*", default=None)
+    args = parser.parse_args(argv)
+    if args.llm:
+        records = bench_llm_shapes(
+            n_tasks=args.n_tasks or 8, r=args.r or 16, n_layers=args.n_layers, methods=args.methods, device=args.device
+        )
+    else:
+        records = bench_merge(
+            n_tasks=args.n_tasks or 4,
+            d_out=args.dim,
+            d_in=args.dim,
+            r=args.r or 8,
+            methods=args.methods,
+            repeats=args.repeats,
+            device=args.device,
+        )
+    print(json.dumps(records, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,4 @@
-"""Automatic checkers for the notebooks' exercises.
-
-Each ``check_*`` function takes the learner's answer (usually a function), tests it against
-lorakit's reference implementation on fresh random inputs, and either prints a short success line
-or raises ``AssertionError`` with a hint. The solutions notebooks call the same checkers.
-"""
+"""Exercise checkers of notebook 01 (LoRA and task vectors)."""
 
 from __future__ import annotations
 
@@ -11,22 +6,8 @@ from typing import Callable
 
 import torch
 
-from .lora import LoRAUpdate, lora_delta, lora_scaling
-
-
-def _ok(name: str) -> str:
-    msg = f"✓ {name}: correct"
-    print(msg)
-    return msg
-
-
-def _random_lora(seed: int, d_out: int = 12, d_in: int = 10, r: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(r, d_in, generator=g, dtype=torch.float64),
-            torch.randn(d_out, r, generator=g, dtype=torch.float64))
-
-
-# ---------------------------------------------------------------- notebook 01
+from ..lora import LoRAUpdate, lora_delta, lora_scaling
+from ._common import ok as _ok, random_lora as _random_lora
 
 
 def check_lora_delta(fn: Callable[[torch.Tensor, torch.Tensor, float, int], torch.Tensor]) -> str:

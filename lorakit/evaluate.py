@@ -63,8 +63,16 @@ class Evaluator:
         for name, d in self.data.items():
             for split in ("val", "test"):
                 texts, labels = getattr(d, split)
-                self.sets[(name, split)] = EvalSet(encode_texts(self.tokenizer, texts, self.profile.max_length), torch.tensor(labels))
+                self.sets[(name, split)] = self._encode_sorted(texts, labels)
         self._modules = dict(self.model.named_modules())
+
+    def _encode_sorted(self, texts: list[str], labels: list[int]) -> EvalSet:
+        """Tokenize and sort by length, so each batch carries little padding (accuracy ignores order)."""
+        enc = encode_texts(self.tokenizer, texts, self.profile.max_length)
+        if len(texts) == 0:
+            return EvalSet(enc, torch.tensor(labels, dtype=torch.long))
+        order = torch.argsort(enc["attention_mask"].sum(1), stable=True)
+        return EvalSet({k: v[order] for k, v in enc.items()}, torch.tensor(labels)[order])
 
     def _swap_head(self, head: Mapping[str, torch.Tensor]) -> None:
         weight, bias = head["classifier.weight"], head.get("classifier.bias")
@@ -124,32 +132,39 @@ def select_and_report(
     grid: Sequence[dict],
     individual_val: Mapping[str, float] | None = None,
     individual_test: Mapping[str, float] | None = None,
+    test_curve: bool = False,
 ) -> dict:
     """Choose merge hyperparameters on validation, report on test.
 
     ``merge_fn(**params)`` returns the merged ``{module: ΔW}``; ``grid`` lists the parameter dicts
     to try. The chosen point maximises mean normalized validation accuracy (first one on ties).
 
-    Returns a record with ``params``, ``val`` (per-grid-point mean normalized accuracy, for λ
-    curves), per-task test ``accuracy``, ``normalized``, ``avg_accuracy``, ``avg_normalized``.
+    Returns a record with ``params``, ``curve`` (per grid point: mean normalized validation accuracy,
+    and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point,
+    ``normalized``, ``avg_accuracy``, ``avg_normalized``. Without ``test_curve`` the test split is
+    scored once, at the chosen point.
     """
     if not grid:
         raise LorakitError("empty hyperparameter grid; give at least one point")
     individual_val = individual_val or evaluator.individual(adapters, "val")
     individual_test = individual_test or evaluator.individual(adapters, "test")
     curve = []
-    best, best_score, best_test = None, -math.inf, None
+    best, best_score, best_test, best_deltas = None, -math.inf, None, None
     for params in grid:
         deltas = merge_fn(**params)
         val = evaluator.score_tasks(deltas, adapters, "val")
-        norm_val = mean(normalized_accuracy(val, individual_val).values())
-        test = evaluator.score_tasks(deltas, adapters, "test")
-        norm_test = mean(normalized_accuracy(test, individual_test).values())
-        curve.append({"params": dict(params), "val_normalized": norm_val, "test_normalized": norm_test,
-                      "test_accuracy": test})
-        if norm_val > best_score:
-            best, best_score, best_test = params, norm_val, test
-    test = best_test
+        point = {"params": dict(params), "val_normalized": mean(normalized_accuracy(val, individual_val).values()),
+                 "val_accuracy": val}
+        if test_curve:
+            test = evaluator.score_tasks(deltas, adapters, "test")
+            point["test_normalized"] = mean(normalized_accuracy(test, individual_test).values())
+            point["test_accuracy"] = test
+        curve.append(point)
+        if point["val_normalized"] > best_score:
+            best, best_score = params, point["val_normalized"]
+            best_test = point.get("test_accuracy")
+            best_deltas = None if test_curve else deltas
+    test = best_test if best_test is not None else evaluator.score_tasks(best_deltas, adapters, "test")
     normalized = normalized_accuracy(test, individual_test)
     return {
         "params": dict(best),

@@ -109,6 +109,14 @@ class LoRAUpdate:
             A, B = A.to(dtype), B.to(dtype)
         return lora_delta(A, B, self.scaling)
 
+    @classmethod
+    def from_dense(cls, delta: torch.Tensor) -> "LoRAUpdate":
+        """A dense update (e.g. from full fine-tuning) as a LoRA update: ``A = I_{d_in}``, ``B = ΔW``, ``s = 1``.
+
+        Exact (``B A = ΔW``), so every merge method and analysis applies to full fine-tuning too.
+        """
+        return cls(torch.eye(delta.shape[1], dtype=delta.dtype), delta.clone(), 1.0)
+
     def folded(self) -> "LoRAUpdate":
         """The same update with the scaling folded into ``B`` (``B ← s·B``, ``s ← 1``)."""
         return LoRAUpdate(self.A, self.B * self.scaling, 1.0)

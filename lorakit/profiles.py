@@ -42,6 +42,9 @@ class Profile:
         threads: torch CPU threads (``LORAKIT_THREADS`` overrides).
         inits: initialisations of the LoRA A matrix to compare (``standard``, ``osrm``).
         methods: merge methods that ``lorakit run`` reports by default.
+        test_curves: also score the test split at every grid point (λ curves on test); otherwise
+            λ curves are on validation and test is scored once, at the chosen point.
+        extra: OSRM settings (``osrm_samples``, ``osrm_mode``, ``osrm_max_rows``, ``osrm_seed``).
     """
 
     name: str
@@ -64,11 +67,15 @@ class Profile:
     threads: int = 1
     inits: tuple[str, ...] = ("standard",)
     methods: tuple[str, ...] = ("task_arithmetic",)
+    test_curves: bool = False
     extra: dict = field(default_factory=dict)
 
     def replace(self, **overrides) -> "Profile":
         return with_overrides(self, **overrides)
 
+
+# every benchmark method: the baselines, then DO-Merging with each base method for the directions
+ALL_METHODS = ("task_arithmetic", "ties", "dare", "knots", "do", "do_ties", "do_dare")
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -83,19 +90,23 @@ PROFILES: dict[str, Profile] = {
         lr=1e-2,
         lam_grid=(0.5, 1.0),
         threads=1,
+        inits=("standard", "osrm"),
+        methods=("task_arithmetic", "ties", "do"),
     ),
     "cpu": Profile(
         name="cpu",
         tasks=("rt_sentiment", "rt_subjectivity", "reuters_r8", "election_tweets", "fine_foods", "newsgroups20"),
         train_examples=512,
-        val_examples=200,
-        test_examples=500,
+        val_examples=128,
+        test_examples=400,
         steps=64,
         batch_size=16,
         max_length=64,
         lr=5e-3,
         lam_grid=(0.3, 0.5, 0.7, 1.0),
         threads=1,
+        inits=("standard", "osrm"),
+        methods=ALL_METHODS,
     ),
     "gpu": Profile(
         name="gpu",
@@ -115,6 +126,9 @@ PROFILES: dict[str, Profile] = {
         lam_grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
         device="cuda",
         threads=4,
+        inits=("standard", "osrm"),
+        methods=ALL_METHODS,
+        test_curves=True,
     ),
 }
 

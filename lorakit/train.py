@@ -178,8 +178,6 @@ def train_adapter(
         cache: reuse / store the result in the cache folder.
         progress: show a tqdm bar.
     """
-    from tqdm.auto import tqdm
-
     quiet()
     if init not in INITS:
         raise LorakitError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
@@ -204,55 +202,14 @@ def train_adapter(
         for name, param in model.named_parameters():
             if "lora_A" in name:
                 param.requires_grad_(False)
-    device = torch.device(p.device)
-    model.to(device)
-    tokenizer = load_tokenizer(p.model)
-    train_enc = encode_texts(tokenizer, data.train[0], p.max_length)
-    train_y = torch.tensor(data.train[1])
-    n = len(train_y)
-    if n == 0:
-        raise LorakitError(f"task {data.name} has no training examples in profile {p.name}")
     params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=0.0)
-    warmup = max(1, int(0.06 * p.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (p.steps - step) / max(1, p.steps - warmup)))
-    )
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=gen)
-    cursor, losses = 0, []
-    model.train()
-    bar = tqdm(range(p.steps), desc=f"train {data.name} ({init})", disable=not progress, leave=False)
-    for _ in bar:
-        if cursor + p.batch_size > n:
-            order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor : cursor + p.batch_size]
-        cursor += p.batch_size
-        batch = {k: v[idx] for k, v in train_enc.items()}
-        width = int(batch["attention_mask"].sum(1).max())
-        batch = {k: v[:, :width].to(device) for k, v in batch.items()}
-        out = model(**batch, labels=train_y[idx].to(device))
-        loss = out.loss
-        value = loss.item()
-        if not math.isfinite(value):
-            raise LorakitError(f"training {data.name} diverged (loss {value}); lower the learning rate")
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(round(value, 5))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    losses = _fit(model, data, p, [{"params": params, "lr": config["lr"]}], seed, progress, f"train {data.name} ({init})")
     seconds = time.perf_counter() - t0
-    val_acc = accuracy(model, encode_texts(tokenizer, data.val[0], p.max_length), data.val[1], p.eval_batch_size, p.device)
-    test_acc = accuracy(model, encode_texts(tokenizer, data.test[0], p.max_length), data.test[1], p.eval_batch_size, p.device)
-    metrics = {
-        "val_acc": val_acc,
-        "test_acc": test_acc,
-        "majority_test": data.majority_baseline("test"),
+    metrics = _metrics(model, data, p) | {
         "train_loss": losses,
         "seconds": round(seconds, 2),
         "steps": p.steps,
-        "n_train": n,
+        "n_train": len(data.train[1]),
     }
     model.to("cpu")
     updates = read_adapter(model)
@@ -314,3 +271,129 @@ def train_all(
         out[task] = train_adapter(task, profile, init=init, init_A=init_A, freeze_A=freeze_A, seed=seed,
                                   progress=progress, **overrides)
     return out
+
+
+def _fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, progress: bool, desc: str) -> list[float]:
+    """The training loop shared by LoRA and full fine-tuning: AdamW, 6% warm-up, linear decay."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(p.device)
+    model.to(device)
+    tokenizer = load_tokenizer(p.model)
+    train_enc = encode_texts(tokenizer, data.train[0], p.max_length)
+    train_y = torch.tensor(data.train[1])
+    n = len(train_y)
+    if n == 0:
+        raise LorakitError(f"task {data.name} has no training examples in profile {p.name}")
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
+    warmup = max(1, int(0.06 * p.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (p.steps - step) / max(1, p.steps - warmup)))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    cursor, losses = 0, []
+    model.train()
+    bar = tqdm(range(p.steps), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        if cursor + p.batch_size > n:
+            order, cursor = torch.randperm(n, generator=gen), 0
+        idx = order[cursor : cursor + p.batch_size]
+        cursor += p.batch_size
+        batch = {k: v[idx] for k, v in train_enc.items()}
+        width = int(batch["attention_mask"].sum(1).max())
+        batch = {k: v[:, :width].to(device) for k, v in batch.items()}
+        loss = model(**batch, labels=train_y[idx].to(device)).loss
+        value = loss.item()
+        if not math.isfinite(value):
+            raise LorakitError(f"training {data.name} diverged (loss {value}); lower the learning rate")
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(value, 5))
+        bar.set_postfix(loss=f"{value:.3f}")
+    return losses
+
+
+def _metrics(model, data: TaskData, p: Profile) -> dict:
+    tokenizer = load_tokenizer(p.model)
+    return {
+        "val_acc": accuracy(model, encode_texts(tokenizer, data.val[0], p.max_length), data.val[1], p.eval_batch_size, p.device),
+        "test_acc": accuracy(model, encode_texts(tokenizer, data.test[0], p.max_length), data.test[1], p.eval_batch_size, p.device),
+        "majority_test": data.majority_baseline("test"),
+    }
+
+
+def train_full(
+    task: str | TaskData,
+    profile: str | Profile | None = None,
+    seed: int = 0,
+    lr: float | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    **overrides,
+) -> TrainedAdapter:
+    """Full fine-tuning of the same target modules (every entry of ``W``) plus the head.
+
+    The comparison partner of LoRA in notebook 03: same base model, same task, same layers, same
+    steps; only the parameterisation differs. The dense update of each module is returned as
+    ``LoRAUpdate.from_dense(W_ft − W_0)`` (A = I, B = ΔW, s = 1), so merge methods and analyses
+    apply unchanged. ``lr`` is the weights' learning rate (default: the profile's ``lr / 20``; the
+    head uses the profile's ``lr``).
+    """
+    from safetensors.torch import load_file, save_file
+
+    quiet()
+    p = get_profile(profile, **overrides)
+    apply_threads(p)
+    data = task if isinstance(task, TaskData) else load_task(task, profile=p)
+    weight_lr = lr if lr is not None else p.lr / 20
+    config = train_config(data.name, p, "full", False, seed, None, weight_lr) | {"head_lr": p.lr}
+    folder = cache_dir() / "full" / f"{data.name}-full-s{seed}-{cache_key(config)}"
+    if cache and (folder / "lorakit.json").is_file():
+        meta = json.loads((folder / "lorakit.json").read_text())
+        state = load_file(str(folder / "deltas.safetensors"))
+        updates = {k[len("delta."):]: LoRAUpdate.from_dense(v) for k, v in state.items() if k.startswith("delta.")}
+        head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        return TrainedAdapter(meta["task"], updates, head, meta["label_names"], meta["metrics"], meta["config"], folder)
+
+    t0 = time.perf_counter()
+    set_seed(seed)
+    model = load_base(p.model, num_labels=data.num_labels)
+    targets = {n: m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in p.target_modules and hasattr(m, "weight")}
+    if not targets:
+        raise LorakitError(f"no module named {list(p.target_modules)} in {p.model}; check target_modules")
+    W0 = {n: m.weight.detach().clone() for n, m in targets.items()}
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for m in targets.values():
+        m.weight.requires_grad_(True)
+    head_params = list(model.classifier.parameters())
+    for q in head_params:
+        q.requires_grad_(True)
+    groups = [{"params": [m.weight for m in targets.values()], "lr": weight_lr}, {"params": head_params, "lr": p.lr}]
+    losses = _fit(model, data, p, groups, seed, progress, f"full FT {data.name}")
+    metrics = _metrics(model, data, p) | {"train_loss": losses, "seconds": round(time.perf_counter() - t0, 2),
+                                          "steps": p.steps, "n_train": len(data.train[1])}
+    model.to("cpu")
+    deltas = {n: (m.weight.detach() - W0[n]).float().clone() for n, m in targets.items()}
+    head = {f"classifier.{k}": v.detach().cpu().clone() for k, v in model.classifier.state_dict().items()}
+    result = TrainedAdapter(data.name, {n: LoRAUpdate.from_dense(d) for n, d in deltas.items()}, head,
+                            data.label_names, metrics, config, None)
+    if cache:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            state = {f"delta.{n}": d.contiguous() for n, d in deltas.items()} | {f"head.{k}": v.contiguous() for k, v in head.items()}
+            save_file(state, str(tmp / "deltas.safetensors"))
+            (tmp / "lorakit.json").write_text(json.dumps({"task": data.name, "label_names": data.label_names,
+                                                          "metrics": metrics, "config": config}, indent=1))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        result.path = folder
+    return result

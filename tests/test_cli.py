@@ -66,7 +66,7 @@ def test_tasks_lists_cards():
 def test_tiny_run_writes_results(tmp_path):
     out = tmp_path / "run"
     code = main(["run", "--profile", "ci", "--tasks", "rt_subjectivity", "election_tweets", "--steps", "6",
-                 "--seeds", "0", "--methods", "task_arithmetic", "--out", str(out), "--no-progress"])
+                 "--seeds", "0", "--methods", "task_arithmetic", "--inits", "standard", "--out", str(out), "--no-progress"])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["profile"] == "ci" and res["model"] == "minilm" and res["seeds"] == [0]

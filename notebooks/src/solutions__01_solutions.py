@@ -13,14 +13,14 @@ from lorakit import exercises
 def my_delta(A, B, alpha, r):
     return (alpha / r) * (B @ A)          # (d_out × r)(r × d_in) = d_out × d_in
 
-exercises.check_lora_delta(my_delta);
+_ = exercises.check_lora_delta(my_delta)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 def my_rslora_scaling(alpha, r):
     return alpha / math.sqrt(r)
 
-exercises.check_rslora_scaling(my_rslora_scaling);
+_ = exercises.check_rslora_scaling(my_rslora_scaling)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -28,4 +28,4 @@ def my_rank(update):
     sv = torch.linalg.svdvals(update.delta().double())
     return int((sv > 1e-10 * sv[0]).sum()) if sv[0] > 0 else 0
 
-exercises.check_rank_bound(my_rank);
+_ = exercises.check_rank_bound(my_rank)

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import torch
 
 from . import __version__
+from .analysis import magnitude_variance
 from .errors import LorakitError
 from .evaluate import Evaluator, mean, select_and_report
 from .profiles import Profile, apply_threads, get_profile
@@ -149,9 +150,10 @@ def run_benchmark(
 
 
 def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
-    from .merge import merge_adapters
+    from .merge import merge_adapters, orthogonalize_adapters
 
-    timings = {"train_seconds": 0.0, "osrm_seconds": 0.0, "merge_seconds": 0.0, "eval_seconds": 0.0}
+    timings = {"train_seconds": 0.0, "osrm_seconds": 0.0, "merge_seconds": 0.0, "orthogonalize_seconds": 0.0,
+               "eval_seconds": 0.0}
     data = {t: load_task(t, profile=p) for t in tasks}
     evaluator = Evaluator(list(data.values()), p)
     task_info = {
@@ -159,7 +161,7 @@ def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
             "n_train": len(d.train[1]), "num_labels": d.num_labels, "individual": []}
         for t, d in data.items()
     }
-    records = []
+    records, adapter_stats = [], []
     for init in inits:
         init_A = None
         if init == "osrm":
@@ -179,19 +181,30 @@ def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
                                                    "train_seconds": adapters[t].metrics.get("seconds")})
             log(f"[{init} seed {seed}] individual test accuracy: "
                 + ", ".join(f"{t} {ind_test[t]:.3f}" for t in tasks))
+            mv = magnitude_variance([adapters[t].updates for t in tasks])
+            adapter_stats.append({"init": init, "seed": seed, "magnitude_variance": mv})
+            orthogonalized = None  # DO's factor orthogonalisation: once per (init, seed), shared by do_*
             for method in methods:
                 name, fixed = resolve_method(method)
                 merge_time = [0.0]
+                if name == "do" and orthogonalized is None:
+                    t1 = time.perf_counter()
+                    orthogonalized = orthogonalize_adapters([adapters[t].updates for t in tasks])[0]
+                    merge_time[0] += time.perf_counter() - t1
+                    timings["orthogonalize_seconds"] += merge_time[0]
 
                 def merge_fn(**params):
                     t1 = time.perf_counter()
-                    merged = merge_adapters([adapters[t].updates for t in tasks], name, **{**params, **fixed})
+                    if name == "do":  # equal bit for bit to do(orthogonalize=True) on the raw adapters
+                        merged = merge_adapters(orthogonalized, name, orthogonalize=False, **{**params, **fixed})
+                    else:
+                        merged = merge_adapters([adapters[t].updates for t in tasks], name, **{**params, **fixed})
                     merge_time[0] += time.perf_counter() - t1
                     return merged
 
                 t0 = time.perf_counter()
                 grid = [{k: v for k, v in g.items() if not (k == "base" and name == "do")} for g in method_grid(method, p)]
-                rec = select_and_report(evaluator, adapters, merge_fn, grid, ind_val, ind_test)
+                rec = select_and_report(evaluator, adapters, merge_fn, grid, ind_val, ind_test, test_curve=p.test_curves)
                 elapsed = time.perf_counter() - t0
                 timings["merge_seconds"] += merge_time[0]
                 timings["eval_seconds"] += elapsed - merge_time[0]
@@ -215,6 +228,7 @@ def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
         "inits": inits,
         "seeds": seeds,
         "records": records,
+        "adapter_stats": adapter_stats,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
 

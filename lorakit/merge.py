@@ -580,12 +580,10 @@ def do_merge_with_report(
         return spec.function(updates, **base_params).float(), DOReport()
     tasks = [LoRAUpdate(u.A.to(torch.float64), u.scaling * u.B.to(torch.float64), 1.0) for u in updates]
     report = DOReport()
-    if orthogonalize and len(tasks) > 1:
-        options = dict(gamma=gamma, steps=steps, lr=lr, optimizer=optimizer, normalize_factors=normalize_factors)
-        new_A, rep_A = orthogonalize_factors([t.A for t in tasks], "A", **options)
-        new_B, rep_B = orthogonalize_factors([t.B for t in tasks], "B", **options)
-        tasks = [LoRAUpdate(a, b, 1.0) for a, b in zip(new_A, new_B)]
-        report = DOReport(ortho_A=rep_A, ortho_B=rep_B)
+    if orthogonalize:
+        tasks, report = orthogonalize_updates(
+            tasks, gamma=gamma, steps=steps, lr=lr, optimizer=optimizer, normalize_factors=normalize_factors
+        )
     if not decouple:
         return spec.function(tasks, **base_params).float(), report
     magnitudes, directions = zip(*(decouple_update(t, magnitude_axis) for t in tasks))
@@ -606,6 +604,53 @@ def do_merge_with_report(
 def do_merge(updates: Sequence[LoRAUpdate], **params: Any) -> torch.Tensor:
     """DO-Merging of one layer; see :func:`do_merge_with_report` for the equations and switches."""
     return do_merge_with_report(updates, **params)[0]
+
+
+def orthogonalize_updates(
+    updates: Sequence[LoRAUpdate],
+    gamma: float = ORTHO_GAMMA,
+    steps: int = ORTHO_STEPS,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    normalize_factors: bool = True,
+) -> tuple[list[LoRAUpdate], DOReport]:
+    r"""DO-Merging's orthogonalisation step alone, for one layer: :math:`\{(A_i, s_iB_i)\} \mapsto \{(\hat A_i, \hat B_i)\}`.
+
+    The first step of :func:`do_merge_with_report` (scaling folded into ``B``, float64, scaling 1
+    on the result). It depends on neither λ nor the base method, so a benchmark can run it once
+    and merge the result with ``orthogonalize=False`` at every grid point: that equals
+    ``do_merge(updates, orthogonalize=True, ...)`` bit for bit. A single task comes back as it is.
+    """
+    tasks = [LoRAUpdate(u.A.to(torch.float64), u.scaling * u.B.to(torch.float64), 1.0) for u in updates]
+    if len(tasks) < 2:
+        return tasks, DOReport()
+    options = dict(gamma=gamma, steps=steps, lr=lr, optimizer=optimizer, normalize_factors=normalize_factors)
+    new_A, rep_A = orthogonalize_factors([t.A for t in tasks], "A", **options)
+    new_B, rep_B = orthogonalize_factors([t.B for t in tasks], "B", **options)
+    return [LoRAUpdate(a, b, 1.0) for a, b in zip(new_A, new_B)], DOReport(ortho_A=rep_A, ortho_B=rep_B)
+
+
+def orthogonalize_adapters(
+    adapters: Sequence[Mapping[str, LoRAUpdate]], progress: bool = False, **options: Any
+) -> tuple[list[dict[str, LoRAUpdate]], dict[str, DOReport]]:
+    """:func:`orthogonalize_updates` on every layer of N adapters (same modules); options as there.
+
+    Returns the orthogonalised adapters (float64 factors, scaling 1) and ``{module: DOReport}``.
+    """
+    adapters = list(adapters)
+    check_compatible(adapters)
+    out: list[dict[str, LoRAUpdate]] = [{} for _ in adapters]
+    reports: dict[str, DOReport] = {}
+    modules = list(adapters[0])
+    if progress:
+        from tqdm.auto import tqdm
+
+        modules = tqdm(modules, desc="orthogonalising", unit="layer")
+    for module in modules:
+        new, reports[module] = orthogonalize_updates([ad[module] for ad in adapters], **options)
+        for k, upd in enumerate(new):
+            out[k][module] = upd
+    return out, reports
 
 
 # ----------------------------------------------------------------------------------------------
@@ -893,3 +938,13 @@ def merge_adapters(
         updates = _check_layer([ad[module] for ad in adapters])
         merged[module] = function(updates, **layer_params).float()
     return merged
+
+
+def merge_adapter_folders(*args: Any, **kwargs: Any) -> dict:
+    """Merge PEFT adapter folders from disk; see :func:`lorakit.merge_folders.merge_adapter_folders`.
+
+    Imported lazily (``merge_folders`` imports this module).
+    """
+    from .merge_folders import merge_adapter_folders as _merge_adapter_folders
+
+    return _merge_adapter_folders(*args, **kwargs)

@@ -67,13 +67,60 @@ def lambda_curves(results: Mapping, method: str = "task_arithmetic", ax=None):
         for r in recs:
             for c in r["curve"]:
                 if "lam" in c["params"]:
-                    points.setdefault(c["params"]["lam"], []).append(c["test_normalized"])
+                    points.setdefault(c["params"]["lam"], []).append(c.get("test_normalized", c["val_normalized"]))
         lams = sorted(points)
         ax.plot(lams, [sum(points[x]) / len(points[x]) for x in lams], marker="o", label=init)
     ax.set_xlabel("λ")
-    ax.set_ylabel("avg normalized test accuracy")
+    split = "test" if any("test_normalized" in c for r in results["records"] for c in r["curve"]) else "validation"
+    ax.set_ylabel(f"avg normalized {split} accuracy")
     ax.set_title(f"{method}: λ robustness")
     ax.legend(title="init")
+    return ax
+
+
+def per_task_heatmap(results: Mapping, ax=None):
+    """Heatmap of per-task normalized test accuracy (rows: method × init, columns: tasks), mean over seeds."""
+    from .evaluate import mean
+
+    tasks = list(results["tasks"])
+    rows, labels = [], []
+    for init in results["inits"]:
+        for method in results["methods"]:
+            recs = [r for r in results["records"] if r["method"] == method and r["init"] == init]
+            if recs:
+                rows.append([mean(r["normalized"][t] for r in recs) for t in tasks])
+                labels.append(f"{method} ({init})")
+    ax = ax or plt.subplots(figsize=(1.6 + 1.0 * len(tasks), 0.9 + 0.32 * len(rows)))[1]
+    image = ax.imshow(rows, cmap="viridis", vmin=0.0, vmax=1.05, aspect="auto")
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_title("normalized test accuracy per task")
+    ax.figure.colorbar(image, ax=ax, fraction=0.04)
+    return ax
+
+
+def variance_vs_accuracy(results: Mapping, ax=None):
+    """Magnitude variance of each (init, seed) adapter set against each method's merged normalized accuracy."""
+    ax = ax or plt.subplots(figsize=(4.6, 3.4))[1]
+    stats = {(s["init"], s["seed"]): s["magnitude_variance"] for s in results.get("adapter_stats", [])}
+    markers = {"standard": "o", "gaussian": "s", "osrm": "^"}
+    for k, method in enumerate(results["methods"]):
+        for init in results["inits"]:
+            pts = [(stats[(r["init"], r["seed"])], r["avg_normalized"]) for r in results["records"]
+                   if r["method"] == method and r["init"] == init and (r["init"], r["seed"]) in stats]
+            if pts:
+                ax.scatter(*zip(*pts), color=f"C{k}", marker=markers.get(init, "o"),
+                           label=f"{method} ({init})", s=22)
+    ax.set_xlabel("magnitude variance of the adapters (CV of column norms)")
+    ax.set_ylabel("avg normalized accuracy")
+    ax.set_title("magnitude variance vs merged accuracy")
+    ax.legend(fontsize=6, ncol=2)
     return ax
 
 
@@ -82,7 +129,8 @@ def plot_results(results: Mapping, folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     paths = []
     for name, fn in (("normalized_accuracy.png", bars_normalized), ("per_task_accuracy.png", per_task_accuracy),
-                     ("lambda_curves.png", lambda_curves)):
+                     ("lambda_curves.png", lambda_curves), ("per_task_heatmap.png", per_task_heatmap),
+                     ("variance_vs_accuracy.png", variance_vs_accuracy)):
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
         fn(results, ax=ax)
         fig.tight_layout()

@@ -596,3 +596,17 @@ def test_do_runs_with_every_base_and_reports(base):
     assert report.ortho_A.cross_after < report.ortho_A.cross_before
     if base != "knots":
         assert torch.isfinite(merge_layer(ups, "do", base=base, magnitude_merge="base", steps=5)).all()
+
+
+def test_orthogonalising_once_then_merging_without_it_equals_do_bit_for_bit():
+    """The benchmark's shortcut: orthogonalize_adapters once, then do with orthogonalize=False per grid point."""
+    from lorakit.merge import orthogonalize_adapters
+
+    adapters = [{"l0": u, "l1": v} for u, v in zip(make_updates(3, seed=1), make_updates(3, seed=2, scales=[1, 5, 0.2]))]
+    orth, reports = orthogonalize_adapters(adapters)
+    assert set(reports) == {"l0", "l1"} and reports["l0"].ortho_A.cross_after < reports["l0"].ortho_A.cross_before
+    for base, params in [("task_arithmetic", {"lam": 0.7}), ("ties", {"lam": 1.0, "density": 0.5})]:
+        direct = merge_adapters(adapters, "do", base=base, **params)
+        shortcut = merge_adapters(orth, "do", base=base, orthogonalize=False, **params)
+        for module in direct:
+            assert torch.equal(direct[module], shortcut[module])

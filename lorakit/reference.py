@@ -1,0 +1,110 @@
+"""Committed reference runs (``data/reference/``) and the paper-claim check of notebook 06.
+
+A reference run folder holds what ``lorakit run`` wrote (``results.json``, ``results.md``,
+figures) plus a ``RUN.md`` naming machine, date, versions and command. :func:`claims_report`
+turns one run's numbers into one line per paper claim, so the notebook's discussion is computed
+from the data rather than typed by hand.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .errors import LorakitError
+from .evaluate import mean
+
+#: DO-Merging variant → the base method it must beat (same direction merge, no decoupling).
+DO_PAIRS = {"do": "task_arithmetic", "do_ties": "ties", "do_dare": "dare"}
+
+
+def reference_dir() -> Path:
+    """``data/reference`` of the source tree."""
+    return Path(__file__).resolve().parents[1] / "data" / "reference"
+
+
+def reference_runs(folder: str | Path | None = None) -> dict[str, Path]:
+    """``{run folder name: path}`` of every committed run (folders holding a ``results.json``), sorted."""
+    folder = Path(folder) if folder else reference_dir()
+    runs = {p.parent.name: p.parent for p in sorted(folder.glob("*/results.json"))}
+    if not runs:
+        raise LorakitError(f"no reference runs under {folder}; make one with `lorakit run --out {folder}/NAME`")
+    return runs
+
+
+def _avg_normalized(results: Mapping, method: str, init: str) -> float | None:
+    recs = [r["avg_normalized"] for r in results["records"] if r["method"] == method and r["init"] == init]
+    return statistics.fmean(recs) if recs else None
+
+
+def _curve_spread(results: Mapping, method: str, init: str) -> float | None:
+    """max − min over λ of the mean normalized accuracy curve (test where recorded, else validation)."""
+    points: dict[float, list[float]] = {}
+    for r in results["records"]:
+        if r["method"] != method or r["init"] != init:
+            continue
+        for c in r["curve"]:
+            if "lam" in c["params"]:
+                points.setdefault(c["params"]["lam"], []).append(c.get("test_normalized", c["val_normalized"]))
+    if len(points) < 2:
+        return None
+    curve = [statistics.fmean(v) for v in points.values()]
+    return max(curve) - min(curve)
+
+
+def _individual(results: Mapping, init: str) -> float | None:
+    values = [r["test"] for info in results["tasks"].values() for r in info["individual"] if r["init"] == init]
+    return mean(values) if values else None
+
+
+@dataclass
+class ClaimsReport:
+    """One line per checked claim, plus the verdicts as data (``(claim, held: bool)``)."""
+
+    lines: list[str] = field(default_factory=list)
+    verdicts: list[tuple[str, bool]] = field(default_factory=list)
+
+    def add(self, claim: str, detail: str, held: bool) -> None:
+        self.verdicts.append((claim, held))
+        self.lines.append(f"[{'held' if held else 'did not hold'}] {claim}: {detail}")
+
+
+def claims_report(results: Mapping, tolerance_pp: float = 1.0) -> ClaimsReport:
+    """Check the papers' benchmark claims against one run's ``results.json``.
+
+    * DO-Merging beats its base method (standard init): ``do`` vs ``task_arithmetic``,
+      ``do_ties`` vs ``ties``, ``do_dare`` vs ``dare`` — held if its normalized accuracy is higher.
+    * OSRM raises merged accuracy: per method, ``osrm`` vs ``standard`` — held if higher.
+    * OSRM leaves single-task accuracy nearly unchanged: held if the mean individual accuracy
+      drops by at most ``tolerance_pp`` percentage points.
+    * OSRM flattens the λ curve (task arithmetic): held if the curve's max − min is smaller.
+
+    Claims whose methods or inits are not in the run are skipped.
+    """
+    report = ClaimsReport()
+    inits, methods = set(results["inits"]), set(results["methods"])
+    if "standard" in inits:
+        for do, base in DO_PAIRS.items():
+            if do in methods and base in methods:
+                a, b = _avg_normalized(results, do, "standard"), _avg_normalized(results, base, "standard")
+                report.add(f"DO-Merging ({do}) beats {base}", f"normalized {a:.3f} vs {b:.3f} (standard init)", a > b)
+    if {"standard", "osrm"} <= inits:
+        for method in results["methods"]:
+            a, b = _avg_normalized(results, method, "osrm"), _avg_normalized(results, method, "standard")
+            if a is not None and b is not None:
+                report.add(f"OSRM raises merged accuracy ({method})", f"normalized {a:.3f} vs {b:.3f} standard", a > b)
+        io, ist = _individual(results, "osrm"), _individual(results, "standard")
+        if io is not None and ist is not None:
+            diff = 100 * (io - ist)
+            report.add("OSRM keeps single-task accuracy", f"mean individual accuracy {io:.3f} vs {ist:.3f} "
+                       f"({diff:+.1f} pp; tolerance −{tolerance_pp:g} pp)", diff >= -tolerance_pp)
+        if "task_arithmetic" in methods:
+            so, ss = _curve_spread(results, "task_arithmetic", "osrm"), _curve_spread(results, "task_arithmetic", "standard")
+            if so is not None and ss is not None:
+                report.add("OSRM flattens the λ curve (task arithmetic)",
+                           f"max − min of normalized accuracy over λ {so:.3f} vs {ss:.3f} standard", so < ss)
+    if not report.lines:
+        report.lines.append("no claim could be checked: the run lacks the methods or inits they compare")
+    return report

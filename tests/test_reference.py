@@ -1,0 +1,65 @@
+"""lorakit.reference: finding committed runs and checking the papers' claims against a results dict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lorakit.errors import LorakitError
+from lorakit.reference import claims_report, reference_runs
+
+
+def make_results(norm: dict, individual: dict, curves: dict | None = None) -> dict:
+    """A minimal results.json: ``norm[(method, init)]`` = avg normalized, ``individual[init]`` = accuracy."""
+    inits = sorted({i for _, i in norm})
+    methods = list(dict.fromkeys(m for m, _ in norm))
+    records = []
+    for (method, init), value in norm.items():
+        curve = [{"params": {"lam": lam}, "val_normalized": v} for lam, v in (curves or {}).get((method, init), [])]
+        records.append({"method": method, "init": init, "seed": 0, "avg_normalized": value, "curve": curve})
+    tasks = {"t1": {"individual": [{"init": i, "seed": 0, "test": individual[i]} for i in inits]}}
+    return {"inits": inits, "methods": methods, "records": records, "tasks": tasks}
+
+
+def verdict(report, claim_start):
+    found = [held for claim, held in report.verdicts if claim.startswith(claim_start)]
+    assert len(found) == 1, report.lines
+    return found[0]
+
+
+def test_do_beats_base_both_ways():
+    res = make_results({("task_arithmetic", "standard"): 0.80, ("do", "standard"): 0.85,
+                        ("ties", "standard"): 0.90, ("do_ties", "standard"): 0.70}, {"standard": 0.9})
+    rep = claims_report(res)
+    assert verdict(rep, "DO-Merging (do) beats") is True
+    assert verdict(rep, "DO-Merging (do_ties) beats") is False
+    assert any("0.850 vs 0.800" in line for line in rep.lines)
+
+
+def test_osrm_claims_and_tolerance():
+    res = make_results(
+        {("task_arithmetic", "standard"): 0.70, ("task_arithmetic", "osrm"): 0.75},
+        {"standard": 0.900, "osrm": 0.895},
+        curves={("task_arithmetic", "standard"): [(0.5, 0.6), (1.0, 0.8)],
+                ("task_arithmetic", "osrm"): [(0.5, 0.74), (1.0, 0.76)]},
+    )
+    rep = claims_report(res, tolerance_pp=1.0)
+    assert verdict(rep, "OSRM raises merged accuracy (task_arithmetic)") is True
+    assert verdict(rep, "OSRM keeps single-task accuracy") is True      # −0.5 pp within 1 pp
+    assert verdict(rep, "OSRM flattens") is True                         # spread 0.02 < 0.2
+    assert verdict(claims_report(res, tolerance_pp=0.1), "OSRM keeps") is False
+
+
+def test_missing_inits_skip_claims():
+    rep = claims_report(make_results({("ties", "standard"): 0.8}, {"standard": 0.9}))
+    assert rep.verdicts == [] and "no claim could be checked" in rep.lines[0]
+
+
+def test_reference_runs_lists_result_folders(tmp_path):
+    with pytest.raises(LorakitError, match="no reference runs"):
+        reference_runs(tmp_path)
+    (tmp_path / "cpu-x").mkdir()
+    (tmp_path / "cpu-x" / "results.json").write_text(json.dumps({}))
+    (tmp_path / "notes").mkdir()
+    assert list(reference_runs(tmp_path)) == ["cpu-x"]

@@ -118,12 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     merge.add_argument("--weights", nargs="+", type=float)
     merge.add_argument("--out")
-    merge.add_argument("--format", choices=["adapter", "merged"], default="adapter")
+    merge.add_argument("--format", choices=["adapter", "merged"], default=None, help="adapter (default) or merged")
     merge.add_argument("--rank", type=int, help="truncate the merged adapter to this rank by SVD")
     merge.add_argument("--base", help="base model (needed for --format merged)")
-    merge.add_argument("--device", default="cpu")
+    merge.add_argument("--device", default=None, help="cpu (default) or cuda")
     merge.add_argument("--config", help="a YAML file with the same keys")
     merge.add_argument("--overwrite", action="store_true")
+    merge.add_argument("--head-from", type=int, help="keep this adapter's head (0 = the first); default: drop heads of several adapters")
+    merge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     merge.set_defaults(func=_cmd_merge)
     return parser
 

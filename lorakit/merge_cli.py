@@ -1,0 +1,169 @@
+"""``lorakit merge``: command-line and YAML front end of :func:`lorakit.merge_folders.merge_adapter_folders`.
+
+::
+
+    lorakit merge ADAPTER_DIR... --method M [--param key=value ...] [--weights w1 w2 ...] --out DIR
+                  [--format adapter|merged] [--rank K] [--base MODEL] [--device cpu|cuda]
+                  [--head-from I] [--overwrite] [--no-progress] [--config merge.yaml]
+
+``--config`` reads a YAML mapping with the keyword names of ``merge_adapter_folders``
+(:data:`CONFIG_KEYS`; ``params`` is a mapping). Options given on the command line override the
+file (``--param`` entries are added to its ``params``; adapters on the command line replace
+its list). Relative paths in the file are relative to the file's folder.
+
+User errors raise :class:`~lorakit.errors.LorakitError`; ``lorakit.cli.main`` prints them as one
+line ``error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import LorakitError
+
+#: Keys of a ``--config`` YAML file: the keyword arguments of ``merge_adapter_folders``.
+CONFIG_KEYS = (
+    "adapters", "method", "params", "weights", "out", "format", "rank", "base", "device", "overwrite",
+    "head_from", "progress",
+)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--param`` value: ``true``/``false`` → bool, ``none``/``null`` → None, then int, float, else str."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``["density=0.5", "base=ties"]`` → ``{"density": 0.5, "base": "ties"}``."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LorakitError(f"--param needs KEY=VALUE (e.g. --param density=0.5), got {item!r}")
+        params[key.strip()] = parse_value(value.strip())
+    return params
+
+
+def _kind_ok(key: str, value: Any) -> bool:
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    checks = {
+        "adapters": lambda v: isinstance(v, list) and v and all(isinstance(a, str) for a in v),
+        "params": lambda v: isinstance(v, dict),
+        "weights": lambda v: isinstance(v, list) and all(number(w) for w in v),
+        "rank": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "head_from": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "overwrite": lambda v: isinstance(v, bool),
+        "progress": lambda v: isinstance(v, bool),
+    }
+    return value is None or checks.get(key, lambda v: isinstance(v, str))(value)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a merge YAML file into keyword arguments (types checked, relative paths resolved)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise LorakitError(f"cannot read the config {path} ({exc.strerror}); check the path") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise LorakitError(f"{path} is not valid YAML{line}; fix it (see `lorakit merge --help` for the keys)") from None
+    if not isinstance(data, dict):
+        raise LorakitError(f"{path} must hold a mapping of keys ({', '.join(CONFIG_KEYS)})")
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise LorakitError(f"{path}: unknown key {', '.join(map(str, unknown))}; the keys are {', '.join(CONFIG_KEYS)}")
+    if isinstance(data.get("adapters"), str):
+        data["adapters"] = [data["adapters"]]
+    for key, value in data.items():
+        if not _kind_ok(key, value):
+            raise LorakitError(f"{path}: {key} has the wrong type ({type(value).__name__}); see `lorakit merge --help`")
+    here = path.parent
+    if data.get("adapters"):
+        data["adapters"] = [str(here / a) for a in data["adapters"]]
+    if data.get("out"):
+        data["out"] = str(here / data["out"])
+    if data.get("base") and (here / data["base"]).exists():
+        data["base"] = str(here / data["base"])
+    return data
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``merge_adapter_folders``: the YAML file, overridden by the command line."""
+    options = load_config(args.config) if args.config else {}
+    given = {
+        "adapters": list(args.adapters) or None, "method": args.method, "weights": args.weights, "out": args.out,
+        "format": args.format, "rank": args.rank, "base": args.base, "device": args.device,
+        "head_from": getattr(args, "head_from", None),
+    }
+    options.update({k: v for k, v in given.items() if v is not None})
+    options["params"] = {**(options.get("params") or {}), **parse_params(args.param)}
+    options["overwrite"] = bool(options.get("overwrite")) or args.overwrite
+    if getattr(args, "no_progress", False):
+        options["progress"] = False
+    options = {k: v for k, v in options.items() if v is not None}
+    from .merge import METHODS
+
+    if not options.get("method"):
+        raise LorakitError(f"pass --method (one of {', '.join(METHODS)})")
+    if not options.get("adapters"):
+        raise LorakitError("pass one or more PEFT adapter folders (or a --config file with adapters)")
+    if not options.get("out"):
+        raise LorakitError("pass --out DIR, the folder to write the merged adapter or model to")
+    return options
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:g}"
+    return str(value)
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The summary printed after a merge: layers, method and parameters, rank, energy kept, head, time."""
+    params = ", ".join(f"{k}={_number(v)}" for k, v in summary["params"].items())
+    weights = " ".join(_number(w) for w in summary["weights"])
+    what = "PEFT adapter" if summary["format"] == "adapter" else "merged model"
+    lines = [
+        f"merged {len(summary['adapters'])} adapter(s) with {summary['method']} ({params})",
+        f"  weights      {weights}",
+        f"  layers       {summary['layers']}",
+        f"  written      {what} → {summary['out']}",
+    ]
+    if summary["format"] == "adapter":
+        rank = summary["rank"]
+        ranks = str(rank["min"]) if rank["min"] == rank["max"] else f"{rank['min']}–{rank['max']}"
+        energy = summary["energy"]
+        lines += [
+            f"  rank         {ranks} per layer ({summary['refactor']}); {summary['lora_parameters']:,} LoRA parameters",
+            f"  energy kept  min {energy['min']:.6f}, mean {energy['mean']:.6f}",
+        ]
+    lines.append(f"  head         {summary['head']}")
+    lines += [f"  note         {note}" for note in summary["notes"]]
+    lines.append(f"  time         {summary['seconds']:.2f} s on {summary['device']}")
+    return "\n".join(lines)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """``lorakit merge``: merge, print the summary, return 0 (errors raise LorakitError)."""
+    from .merge_folders import merge_adapter_folders
+
+    summary = merge_adapter_folders(**options_from_args(args))
+    print(format_summary(summary))
+    return 0

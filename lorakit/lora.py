@@ -214,8 +214,9 @@ def read_adapter_config(folder: str | os.PathLike) -> dict:
         raise LorakitError(f"{folder} holds a {config.get('peft_type')} adapter; only LoRA is supported")
     if config.get("use_dora"):
         raise LorakitError(
-            f"{folder} is a DoRA adapter; lorakit refuses DoRA because its magnitude vector is not a "
-            "LoRA update (merge it with peft, or train without use_dora)"
+            f"{folder} is a DoRA adapter; lorakit refuses DoRA because its update W' = m·(W0+sBA)/‖W0+sBA‖ "
+            "is not a LoRA update s·B·A (merge_and_unload each DoRA model and merge the dense deltas, "
+            "or train without use_dora)"
         )
     return config
 

@@ -64,6 +64,8 @@ def _skip_if_unavailable(name: str) -> None:
     if card.source.get("kind") == "bigbench":
         if not (tasks.bigbench_cache() / card.source["task"] / "task.json").is_file():
             pytest.skip(f"BIG-bench cache for {name} absent (run `lorakit data fetch {name}`)")
+    if card.source.get("kind") == "hf_datasets":
+        pytest.skip(f"{name} is downloaded from the hub (online only); its reader is tested with a stand-in")
 
 
 def all_texts(split) -> set[str]:
@@ -523,3 +525,58 @@ def test_corrupt_sdist_leaves_nothing_half_written(tmp_path, damage):
         extract_bigbench(bad, {"fake_bb": BB_FOLDER}, dest=dest)
     assert old.read_text() == '{"examples": []}'
     assert [p.name for p in old.parent.iterdir()] == ["task.json"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The online path (GLUE through `datasets`), with a stand-in module: no network here
+# ----------------------------------------------------------------------------------------------
+
+
+class _FakeSplit(dict):
+    def __len__(self):
+        return len(next(iter(self.values())))
+
+
+def _fake_datasets(calls):
+    import types
+
+    def load_dataset(path, config=None):
+        calls.append((path, config))
+        return {
+            "train": _FakeSplit(sentence1=[f"premise {i}" for i in range(40)],
+                                sentence2=[f"hypothesis {i}" for i in range(40)], label=[i % 2 for i in range(40)]),
+            "validation": _FakeSplit(sentence1=[f"vp {i}" for i in range(20)], sentence2=[f"vh {i}" for i in range(20)],
+                                     label=[-1 if i == 0 else i % 2 for i in range(20)]),
+        }
+
+    return types.SimpleNamespace(load_dataset=load_dataset)
+
+
+def test_glue_reader_joins_pairs_maps_labels_and_drops_hidden_labels(monkeypatch):
+    import sys
+
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", _fake_datasets(calls))
+    data = load_task("glue_rte", train_examples=10, val_examples=5, test_examples=5)
+    assert calls == [("nyu-mll/glue", "rte")]
+    assert data.label_names == ["entailment", "not_entailment"]
+    assert data.train[0][0].count(" [SEP] ") == 1 and data.train[0][0].startswith("premise ")
+    train_pool, test_pool = _read_pools("glue_rte")
+    assert len(train_pool) == 40 and len(test_pool) == 19          # label -1 (hidden) dropped
+    assert dict(train_pool)["premise 3 [SEP] hypothesis 3"] == "not_entailment"
+
+
+def test_glue_offline_and_missing_datasets_give_one_line_errors(monkeypatch):
+    import sys
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LorakitError, match="HF_HUB_OFFLINE=1"):
+        load_task("glue_sst2")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    clear_caches()
+    monkeypatch.setitem(sys.modules, "datasets", None)              # import fails
+    with pytest.raises(LorakitError, match=r"\.\[online\]"):
+        load_task("glue_sst2")

@@ -1,0 +1,133 @@
+"""Exercise checkers of notebook 02 (merging baselines)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from ..lora import LoRAUpdate
+from ..merge import disjoint_mean, elect_sign, trim_topk
+from ._common import ok as _ok, random_lora as _random_lora
+
+
+def _trimmed_stack(seed: int, n: int, shape: tuple[int, ...], density: float) -> torch.Tensor:
+    """N random task tensors, each trimmed to its top ``density`` entries (so many are exactly 0)."""
+    g = torch.Generator().manual_seed(seed)
+    stack = torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    return torch.stack([trim_topk(t, density) for t in stack])
+
+
+def check_ties_sign_mean(fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
+    r"""Exercise 2.1: ``fn(stack)`` must return TIES' sign election + disjoint mean of ``stack`` ``(N, ...)``.
+
+    .. math:: \sigma_e = \operatorname{sign}\textstyle\sum_i \hat\tau_{i,e}\ (0 \to +),\quad
+        \tau^*_e = \frac{\sum_{i:\operatorname{sign}\hat\tau_{i,e} = \sigma_e} \hat\tau_{i,e}}{\max(1, |\{i:\operatorname{sign}\hat\tau_{i,e}=\sigma_e\}|)}
+    """
+    cases = [(0, 3, (12, 10), 0.4), (1, 4, (7, 9), 0.2), (2, 2, (30,), 0.7), (3, 5, (6, 6), 1.0)]
+    for seed, n, shape, density in cases:
+        stack = _trimmed_stack(seed, n, shape, density)
+        got = fn(stack.clone())
+        assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        assert tuple(got.shape) == shape, f"the merged tensor has one task's shape {shape}, got {tuple(got.shape)}"
+        want = disjoint_mean(stack, elect_sign(stack))
+        if torch.allclose(got, stack.mean(0)) and not torch.allclose(want, stack.mean(0)):
+            raise AssertionError("that is the plain mean over all tasks; keep only the tasks that agree with the "
+                                 "elected sign, and divide by how many agree")
+        agree = elect_sign(stack)
+        by_n = torch.where(agree, stack, 0.0).sum(0) / n
+        if torch.allclose(got, by_n) and not torch.allclose(want, by_n):
+            raise AssertionError("divide by the number of agreeing tasks per entry, not by N")
+        freq_sign = torch.where(stack.sign().sum(0) >= 0, 1.0, -1.0)
+        by_freq = disjoint_mean(stack, stack.sign() == freq_sign)
+        if torch.allclose(got, by_freq) and not torch.allclose(want, by_freq):
+            raise AssertionError("elect the sign of the *sum* of the values (TIES' 'total' rule), not the sign "
+                                 "that most tasks have")
+        assert torch.allclose(got, want, atol=1e-10), (
+            "values differ from TIES' disjoint mean; zeros (trimmed entries) never count as agreeing, and a sum "
+            "of exactly 0 elects +")
+    tie = torch.tensor([[1.0, 0.0, -2.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+    got = fn(tie.clone())
+    assert torch.allclose(got, torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64)), (
+        f"for entries [1, -1] (sum 0 → sign +), [0, 0] and [-2, 0] expect [1, 0, -2], got {got.tolist()}")
+    return _ok("TIES sign election + disjoint mean")
+
+
+def check_dare_rescale(fn: Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]) -> str:
+    r"""Exercise 2.2: ``fn(tau, p, generator)`` must drop each entry w.p. ``p`` and rescale survivors by 1/(1−p).
+
+    Checks that survivors equal :math:`\tau_e/(1-p)`, that the dropped fraction is p (within 5
+    binomial standard deviations), and that the Monte Carlo mean over many draws is
+    :math:`\tau` (within 5 standard errors): :math:`\mathbb{E}[\tilde\tau] = \tau`.
+    """
+    g0 = torch.Generator().manual_seed(0)
+    tau = torch.randn(60, 50, generator=g0, dtype=torch.float64) + 0.5
+    n = tau.numel()
+    for p in (0.3, 0.8):
+        gen = torch.Generator().manual_seed(1)
+        out = fn(tau.clone(), p, gen)
+        assert isinstance(out, torch.Tensor) and out.shape == tau.shape, "return a tensor of tau's shape"
+        kept = out != 0
+        frac_dropped = 1.0 - kept.double().mean().item()
+        if abs(frac_dropped - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n) and abs(p - 0.5) > 0.1:
+            raise AssertionError(f"you dropped {frac_dropped:.2f} of the entries with p={p}: p is the *drop* "
+                                 "probability, each entry survives with probability 1-p")
+        assert abs(frac_dropped - p) < 5 * math.sqrt(p * (1 - p) / n), (
+            f"expected about {p:.0%} of the entries dropped, got {frac_dropped:.1%}")
+        if torch.allclose(out[kept], tau[kept]):
+            raise AssertionError("the survivors are unchanged: rescale them by 1/(1-p), or the expectation is (1-p)·τ")
+        if torch.allclose(out[kept], tau[kept] / p):
+            raise AssertionError("rescale by 1/(1-p), the survival probability, not by 1/p")
+        assert torch.allclose(out[kept], tau[kept] / (1 - p)), "survivors must equal τ/(1-p)"
+        # unbiasedness: E[τ̃] = τ, Var[τ̃_e] = τ_e² p/(1-p)
+        draws = 400
+        gen = torch.Generator().manual_seed(2)
+        total = torch.zeros_like(tau)
+        for _ in range(draws):
+            total += fn(tau.clone(), p, gen)
+        mc = total / draws
+        se = (tau.abs() * math.sqrt(p / (1 - p) / draws)).clamp(min=1e-12)
+        z = ((mc - tau) / se).abs()
+        assert z.mean() < 1.5 and (z > 6).double().mean() < 0.01, (
+            "the mean over many draws is not τ: E[DARE(τ)] should equal τ; do you draw a fresh mask from the "
+            "generator on every call?")
+    a = fn(tau.clone(), 0.5, torch.Generator().manual_seed(7))
+    b = fn(tau.clone(), 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b), "draw the mask from the given generator, so that the same seed gives the same mask"
+    return _ok("DARE drop and rescale, E[DARE(τ)] = τ")
+
+
+def _factor_average(updates: Sequence[LoRAUpdate]) -> torch.Tensor:
+    """peft's ``combination_type="linear"`` with weights 1: (Σ√s_i B_i)(Σ√s_i A_i)."""
+    A = sum(math.sqrt(u.scaling) * u.A for u in updates)
+    B = sum(math.sqrt(u.scaling) * u.B for u in updates)
+    return B @ A
+
+
+def check_cross_term(fn: Callable[[Sequence[LoRAUpdate]], torch.Tensor]) -> str:
+    r"""Exercise 2.3: ``fn(updates)`` must return the cross term of merging the factors, ``(d_out, d_in)``.
+
+    Averaging the factors as peft's ``linear`` does (weights 1) gives
+    :math:`\big(\sum_i \sqrt{s_i} B_i\big)\big(\sum_j \sqrt{s_j} A_j\big) = \sum_i s_i B_i A_i
+    + \sum_{i \ne j} \sqrt{s_i s_j}\, B_i A_j`; the answer is the second sum.
+    """
+    for seed, (n, scalings) in enumerate([(2, (2.0, 2.0)), (3, (2.0, 0.5, 4.0)), (4, (1.0, 3.0, 0.25, 2.0))]):
+        updates = [LoRAUpdate(*_random_lora(10 * seed + k, 9, 7, 3), s) for k, s in enumerate(scalings)]
+        got = fn(updates)
+        assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        assert tuple(got.shape) == (9, 7), f"the cross term has ΔW's shape (d_out, d_in) = (9, 7), got {tuple(got.shape)}"
+        true_sum = sum(u.delta() for u in updates)
+        want = _factor_average(updates) - true_sum
+        if torch.allclose(got, _factor_average(updates), atol=1e-8):
+            raise AssertionError("that is the whole product of the averaged factors; leave out the i = j terms")
+        half = sum(math.sqrt(a.scaling * b.scaling) * a.B @ b.A for i, a in enumerate(updates)
+                   for j, b in enumerate(updates) if i < j)
+        if torch.allclose(got, half, atol=1e-8):
+            raise AssertionError("B_i A_j and B_j A_i are different matrices: sum over all i ≠ j, not i < j")
+        no_scale = sum(a.B @ b.A for i, a in enumerate(updates) for j, b in enumerate(updates) if i != j)
+        if torch.allclose(got, no_scale, atol=1e-8):
+            raise AssertionError("each factor carries √s_i of its task's scaling: the (i, j) term is √(s_i s_j)·B_i A_j")
+        assert torch.allclose(got, want, atol=1e-8), (
+            "values differ from Σ_{i≠j} √(s_i s_j) B_i A_j (check which factor comes from which task)")
+    return _ok("cross term of merging factors")

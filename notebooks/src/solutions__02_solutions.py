@@ -1,0 +1,39 @@
+# %% [markdown]
+# # 02 — solutions
+#
+# Reference answers to the exercises of `02_merging_baselines`, checked by the same checkers.
+
+# %%
+import math
+import torch
+from lorakit import exercises
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_ties_sign_mean(stack):
+    sigma = torch.where(stack.sum(dim=0) >= 0, 1.0, -1.0).to(stack.dtype)   # elected sign; a zero sum elects +
+    agree = stack.sign() == sigma                                           # zeros (trimmed) never agree
+    kept = torch.where(agree, stack, torch.zeros_like(stack)).sum(dim=0)
+    return kept / agree.sum(dim=0).clamp(min=1).to(stack.dtype)             # mean over the agreeing tasks only
+
+_ = exercises.check_ties_sign_mean(my_ties_sign_mean)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_dare(tau, p, generator):
+    mask = torch.bernoulli(torch.full_like(tau, 1 - p), generator=generator)   # keep w.p. 1 - p
+    return tau * mask / (1 - p)                                                # E[mask] = 1 - p, so E[out] = tau
+
+_ = exercises.check_dare_rescale(my_dare)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_cross_term(updates):
+    out = torch.zeros(updates[0].B.shape[0], updates[0].A.shape[1], dtype=updates[0].A.dtype)
+    for i, ui in enumerate(updates):
+        for j, uj in enumerate(updates):
+            if i != j:                                   # B_i A_j and B_j A_i are both there
+                out += math.sqrt(ui.scaling * uj.scaling) * ui.B @ uj.A
+    return out
+
+_ = exercises.check_cross_term(my_cross_term)

@@ -286,11 +286,38 @@ def format_table(results: Mapping) -> str:
     return "\n".join(lines)
 
 
+def run_note(results: Mapping) -> str:
+    """``RUN.md`` of a run folder: what produced these numbers (machine, date, versions, command, timings)."""
+    m = results["machine"]
+    cfg = results.get("profile_config", {})
+    lines = [
+        f"# How this run was made", "",
+        f"- command: `{results.get('command', '')}`",
+        f"- date (UTC): {results['date']}",
+        f"- machine: {m.get('gpu') or m.get('processor')} ({m.get('device')}), {m.get('cpu_count')} CPUs, "
+        f"{m.get('platform')}; torch threads {m.get('torch_threads')}",
+        f"- versions: lorakit {results.get('lorakit')}, python {m.get('python')}, torch {m.get('torch')}, "
+        f"transformers {m.get('transformers')}, peft {m.get('peft')}",
+        f"- profile: `{results['profile']}` — tasks {list(results['tasks'])}, inits {results['inits']}, "
+        f"methods {results['methods']}, seeds {results['seeds']}",
+        f"- sizes: train {cfg.get('train_examples')}, val {cfg.get('val_examples')}, test {cfg.get('test_examples')}, "
+        f"steps {cfg.get('steps')}, batch {cfg.get('batch_size')}, max length {cfg.get('max_length')}, "
+        f"lr {cfg.get('lr')}, r {cfg.get('rank')}, α {cfg.get('alpha')}, targets {cfg.get('target_modules')}",
+        "- timings (s): " + ", ".join(f"{k} {v}" for k, v in results["timings"].items()),
+        "",
+        "Files: `results.json` (every number), `results.md` (tables), `*.png` (figures). "
+        "Re-make with the command above (adapters are cached under `LORAKIT_CACHE`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_results(results: Mapping, folder: Path, figures: bool = True) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
     (folder / "results.md").write_text(format_table(results))
+    (folder / "RUN.md").write_text(run_note(results))
     if figures:
         from .plots import plot_results
 

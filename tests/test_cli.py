@@ -86,4 +86,10 @@ def test_tiny_run_writes_results(tmp_path):
     assert {"train_seconds", "eval_seconds", "merge_seconds", "total_seconds"} <= set(res["timings"])
     assert (out / "results.md").read_text().startswith("# lorakit run")
     assert (out / "normalized_accuracy.png").stat().st_size > 1000
+    for fig in ("per_task_heatmap.png", "variance_vs_accuracy.png", "lambda_curves.png"):
+        assert (out / fig).stat().st_size > 1000
+    (stats,) = res["adapter_stats"]
+    assert stats["init"] == "standard" and stats["magnitude_variance"] > 0
+    note = (out / "RUN.md").read_text()
+    assert "--steps 6" in note and "torch 2.13" in note and res["date"] in note
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp")]

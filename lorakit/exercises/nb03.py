@@ -1,0 +1,107 @@
+"""Exercise checkers of notebook 03 (magnitude variance)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..analysis import column_magnitudes, magnitude_variance
+from ._common import ok as _ok, random_lora as _random_lora
+
+
+def _task_deltas(seed: int, n_tasks: int, d_out: int, d_in: int, r: int = 3) -> list[torch.Tensor]:
+    """``n_tasks`` random float64 rank-r updates of one layer, with task scales 1, 0.2, 0.5, 3, ..."""
+    scales = (1.0, 0.2, 0.5, 3.0, 1.5, 0.7)
+    deltas = []
+    for i in range(n_tasks):
+        A, B = _random_lora(100 * seed + i, d_out, d_in, r)
+        deltas.append(scales[i % len(scales)] * (B @ A))
+    return deltas
+
+
+def check_column_magnitudes(fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
+    """Exercise 3.1: ``fn(delta)`` must return the input-column norms ``α[j] = ‖ΔW[:, j]‖₂``, shape ``(d_in,)``."""
+    for seed, (d_out, d_in) in enumerate([(12, 7), (5, 9), (8, 8)]):
+        A, B = _random_lora(seed, d_out, d_in, 3)
+        delta = B @ A
+        got = fn(delta.clone())
+        assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        got = got.to(torch.float64).reshape(-1) if got.numel() in (d_in, d_out) else got
+        want = column_magnitudes(delta, "in")
+        if got.shape == (d_out,) and d_out != d_in:
+            raise AssertionError(f"got {d_out} norms (one per output row); the magnitude has one norm per input "
+                                 f"column, length d_in = {d_in}: reduce over dim 0 of the (d_out, d_in) matrix")
+        assert tuple(got.shape) == (d_in,), f"expected shape (d_in,) = ({d_in},), got {tuple(got.shape)}"
+        if torch.allclose(got, want**2, rtol=1e-6):
+            raise AssertionError("those are squared norms; take the square root")
+        if d_out == d_in and torch.allclose(got, column_magnitudes(delta, "out"), rtol=1e-6):
+            raise AssertionError("those are the row norms (one per output); a column of ΔW is ΔW[:, j]: reduce over dim 0")
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-9), "values differ from the L2 norms of the columns ΔW[:, j]"
+    return _ok("α[j] = ‖ΔW[:, j]‖₂ (one norm per input column)")
+
+
+def check_magnitude_variance(fn: Callable[[Sequence[torch.Tensor]], float]) -> str:
+    """Exercise 3.2: ``fn(deltas)`` (N tasks' ``ΔW`` of one layer) must return the mean over columns of
+    the across-task coefficient of variation ``std_i α_i[j] / mean_i α_i[j]`` (population std)."""
+    for seed, (n, d_out, d_in) in enumerate([(3, 10, 6), (2, 5, 9), (4, 7, 7)]):
+        deltas = _task_deltas(seed, n, d_out, d_in)
+        got = float(fn([d.clone() for d in deltas]))
+        want = magnitude_variance(deltas)
+        mags = torch.stack([column_magnitudes(d, "in") for d in deltas])
+        wrong = {
+            "you used the sample std (divides by N − 1); use the population std, torch's correction=0 / numpy's ddof=0":
+                (mags.std(0, correction=1) / mags.mean(0)).mean(),
+            "you did not divide by the mean: the raw std changes with the scale of the updates (not scale-free)":
+                mags.std(0, correction=0).mean(),
+            "that is the variance over the mean; the coefficient of variation is std / mean":
+                (mags.var(0, correction=0) / mags.mean(0)).mean(),
+            "that uses one Frobenius norm per task; the measure works per input column":
+                magnitude_variance(deltas, kind="frobenius"),
+            "you took norms of the rows (axis 'out'); α_i[j] is the norm of the input column ΔW_i[:, j]":
+                magnitude_variance(deltas, axis="out"),
+        }
+        for hint, value in wrong.items():
+            if abs(got - float(value)) < 1e-6 * max(1.0, abs(float(value))) and abs(got - want) > 1e-6:
+                raise AssertionError(hint)
+        assert abs(got - want) < 1e-6 * max(1.0, abs(want)), f"expected {want:.6f}, got {got:.6f}"
+    same = _task_deltas(7, 1, 6, 5)[0]
+    assert abs(float(fn([same, -same, 2 * same / 2]))) < 1e-9, "equal magnitudes must give 0"
+    return _ok("MV = mean_j std_i α_i[j] / mean_i α_i[j]")
+
+
+def _measures() -> dict[str, tuple[Callable[[Sequence[torch.Tensor]], float], bool]]:
+    """Candidate measures (one layer, list of N ΔW) and whether each is invariant to a common scale."""
+
+    def mags(deltas):
+        return torch.stack([column_magnitudes(d, "in") for d in deltas])
+
+    def frob(deltas):
+        return torch.stack([torch.linalg.vector_norm(d.to(torch.float64)) for d in deltas])
+
+    return {
+        "coefficient of variation of column norms": (lambda ds: magnitude_variance(list(ds)), True),
+        "std of column norms": (lambda ds: float(mags(ds).std(0, correction=0).mean()), False),
+        "variance of column norms": (lambda ds: float(mags(ds).var(0, correction=0).mean()), False),
+        "std of log column norms": (lambda ds: float(mags(ds).log().std(0, correction=0).mean()), True),
+        "mean Frobenius norm": (lambda ds: float(frob(ds).mean()), False),
+        "largest / smallest Frobenius norm": (lambda ds: float(frob(ds).max() / frob(ds).min()), True),
+        "std of Frobenius norms": (lambda ds: float(frob(ds).std(correction=0)), False),
+    }
+
+
+def check_scale_free_test(fn: Callable[[Callable[[Sequence[torch.Tensor]], float]], bool]) -> str:
+    """Exercise 3.3: ``fn(measure)`` must say whether ``measure(deltas)`` is unchanged when every task's
+    ``ΔW`` is multiplied by the same factor ``c > 0`` (``measure`` takes a list of N ``(d_out, d_in)`` tensors)."""
+    for name, (measure, scale_free) in _measures().items():
+        verdict = fn(measure)
+        assert isinstance(verdict, (bool, int)) or hasattr(verdict, "__bool__"), "return True or False"
+        if bool(verdict) != scale_free:
+            if scale_free:
+                raise AssertionError(
+                    f"'{name}' is scale-free but your test says it is not: scale every task by the same c "
+                    "(not just one task), and compare with a relative tolerance, not ==")
+            raise AssertionError(
+                f"'{name}' changes with a common scale but your test says it does not: did you use c = 1, or "
+                "compare the measure of the same unscaled updates twice?")
+    return _ok("a common rescaling leaves a scale-free measure unchanged")

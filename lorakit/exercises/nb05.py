@@ -1,0 +1,134 @@
+r"""Exercise checkers of notebook 05 (DO-Merging: decouple and orthogonalize).
+
+Symbols as in the notebook: :math:`\Delta W` is ``(d_out, d_in)``; :math:`A_i` is ``(r_i, d_in)``;
+the A-side loss is :math:`L_A(\delta) = \sum_{i<j} \lVert (A_i+\delta_i)(A_j+\delta_j)^\top \rVert_F^2
++ \gamma \sum_i \lVert \delta_i \rVert_F^2` (5.4), in the factors' own units.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..merge import decouple, factor_cross_terms
+from ._common import ok as _ok, random_lora as _random_lora
+
+
+def _factors(seed: int, ranks: Sequence[int], d_in: int) -> list[torch.Tensor]:
+    """Random float64 ``r_i × d_in`` factors, one per rank in ``ranks``."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    return [torch.randn(r, d_in, generator=g, dtype=torch.float64) for r in ranks]
+
+
+def _as_tensor(x, what: str) -> torch.Tensor:
+    assert isinstance(x, torch.Tensor), f"{what} must be a torch.Tensor, got {type(x).__name__}"
+    return x.to(torch.float64)
+
+
+def check_decouple_in(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> str:
+    """Exercise 5.1: ``fn(delta)`` must return ``(alpha, direction)`` for axis ``"in"`` (5.3).
+
+    ``alpha[j] = ‖ΔW[:, j]‖₂`` (shape ``(d_in,)``), ``direction = ΔW diag(α)⁻¹`` with unit columns,
+    ``α ⊙ direction = ΔW``, and an all-zero column gives a zero direction column (not NaN).
+    """
+    for seed, (d_out, d_in) in enumerate([(9, 6), (5, 11), (7, 7)]):
+        A, B = _random_lora(50 + seed, d_out, d_in, 3)
+        delta = 1.5 * (B @ A)
+        delta[:, 1] = 0.0  # a zero column, as after TIES' trimming
+        out = fn(delta.clone())
+        assert isinstance(out, tuple) and len(out) == 2, "return a tuple (alpha, direction)"
+        alpha, direction = _as_tensor(out[0], "alpha"), _as_tensor(out[1], "direction")
+        want_alpha, want_dir = decouple(delta, "in")
+        if alpha.shape == (d_out,) and d_out != d_in:
+            raise AssertionError(f"alpha has {d_out} entries, one per output row; axis 'in' has one norm per input "
+                                 f"column, length d_in = {d_in}: reduce over dim 0 of the (d_out, d_in) matrix")
+        assert tuple(alpha.reshape(-1).shape) == (d_in,), f"alpha must have shape (d_in,) = ({d_in},), got {tuple(alpha.shape)}"
+        alpha = alpha.reshape(-1)
+        assert tuple(direction.shape) == (d_out, d_in), f"direction must have ΔW's shape {(d_out, d_in)}"
+        if d_out == d_in and torch.allclose(alpha, decouple(delta, "out")[0], rtol=1e-6):
+            raise AssertionError("those are row norms (axis 'out'); a column of ΔW is ΔW[:, j]: reduce over dim 0")
+        if torch.allclose(alpha, want_alpha**2, rtol=1e-6):
+            raise AssertionError("alpha holds squared norms; take the square root")
+        assert torch.allclose(alpha, want_alpha, rtol=1e-6, atol=1e-9), "alpha differs from the column norms ‖ΔW[:, j]‖₂"
+        if not torch.isfinite(direction).all():
+            raise AssertionError("the all-zero column gave NaN or inf: give a column whose norm is 0 a zero direction "
+                                 "(e.g. torch.where(alpha > eps, 1 / alpha, 0))")
+        assert torch.equal(direction[:, 1], torch.zeros(d_out, dtype=torch.float64)), \
+            "an all-zero column of ΔW must give an all-zero direction column"
+        if torch.allclose(direction, delta / delta.norm(), rtol=1e-6):
+            raise AssertionError("you divided by the Frobenius norm of ΔW; divide each column by its own norm")
+        assert torch.allclose(direction, want_dir, rtol=1e-6, atol=1e-9), \
+            "direction must be ΔW with every column divided by its norm (unit columns)"
+        assert torch.allclose(alpha[None, :] * direction, delta, rtol=1e-9, atol=1e-12), "α ⊙ W̃ must give back ΔW"
+    return _ok("α ⊙ W̃ = ΔW with one norm per input column, zero columns → 0")
+
+
+def check_factor_cross_loss(fn: Callable[[Sequence[torch.Tensor]], torch.Tensor | float]) -> str:
+    """Exercise 5.2: ``fn(As)`` must return ``Σ_{i<j} ‖A_i A_jᵀ‖²_F`` for ``r_i × d_in`` factors ``As``."""
+    for seed, (ranks, d_in) in enumerate([((3, 3, 3), 10), ((2, 4), 7), ((4, 1, 3, 2), 12)]):
+        As = _factors(seed, ranks, d_in)
+        got = float(fn([a.clone() for a in As]))
+        want = sum(float((c**2).sum()) for c in factor_cross_terms(As, "A").values())
+        pairs = [(i, j) for i in range(len(As)) for j in range(i + 1, len(As))]
+        wrong = {
+            "that counts every pair twice (i ≠ j); sum over i < j only": 2 * want,
+            "those are the d_in × d_in products A_iᵀ A_j; the overlap of two row spaces is the r × r matrix A_i A_jᵀ":
+                sum(float(((As[i].T @ As[j]) ** 2).sum()) for i, j in pairs) if len(set(ranks)) == 1 else float("nan"),
+            "the loss squares the Frobenius norm: ‖A_i A_jᵀ‖²_F, not ‖A_i A_jᵀ‖_F":
+                sum(float((As[i] @ As[j].T).norm()) for i, j in pairs),
+            "that is the signed sum of the entries of A_i A_jᵀ; square them (a signed sum has no minimum)":
+                sum(float((As[i] @ As[j].T).sum()) for i, j in pairs),
+            "that includes the i = j terms ‖A_i A_iᵀ‖²_F; only pairs of different tasks count":
+                want + sum(float(((a @ a.T) ** 2).sum()) for a in As),
+        }
+        for hint, value in wrong.items():
+            if abs(got - value) <= 1e-8 * max(1.0, abs(value)) and abs(got - want) > 1e-8 * max(1.0, want):
+                raise AssertionError(hint)
+        assert abs(got - want) <= 1e-8 * max(1.0, want), f"expected {want:.6f}, got {got:.6f}"
+    q, _ = torch.linalg.qr(torch.randn(15, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    carved = [q[:, 3 * k:3 * k + 3].T for k in range(3)]
+    assert abs(float(fn(carved))) < 1e-12, "blocks of one orthonormal matrix must give 0"
+    return _ok("cross term Σ_{i<j} ‖A_i A_jᵀ‖²_F")
+
+
+def _reference_step(As, deltas, gamma, lr):
+    """One GD step on L_A (5.4), gradient by autograd (independent of the notebook's formula)."""
+    ds = [d.clone().requires_grad_(True) for d in deltas]
+    hats = [a + d for a, d in zip(As, ds)]
+    loss = sum(((hats[i] @ hats[j].T) ** 2).sum() for i in range(len(As)) for j in range(i + 1, len(As)))
+    loss = loss + gamma * sum((d**2).sum() for d in ds)
+    grads = torch.autograd.grad(loss, ds)
+    return [d.detach() - lr * g for d, g in zip(ds, grads)]
+
+
+def check_ortho_gd_step(fn: Callable[..., Sequence[torch.Tensor]]) -> str:
+    """Exercise 5.3: ``fn(As, deltas, gamma, lr)`` must return ``[δ_i − lr ∇_{δ_i} L_A]`` (5.4–5.5), raw units."""
+    for seed, (ranks, d_in, gamma, lr) in enumerate([((3, 3, 3), 10, 0.5, 0.01), ((2, 4), 8, 2.0, 0.003),
+                                                      ((3, 2, 2, 1), 9, 0.0, 0.02)]):
+        As = _factors(10 + seed, ranks, d_in)
+        g = torch.Generator().manual_seed(77 + seed)
+        deltas = [0.3 * torch.randn(a.shape, generator=g, dtype=torch.float64) for a in As]
+        got = fn([a.clone() for a in As], [d.clone() for d in deltas], gamma, lr)
+        got = [_as_tensor(x, "each new δ_i") for x in got]
+        assert len(got) == len(As), f"return one δ_i per task ({len(As)}), got {len(got)}"
+        for k, (x, a) in enumerate(zip(got, As)):
+            assert x.shape == a.shape, f"δ_{k} must have A_{k}'s shape {tuple(a.shape)}, got {tuple(x.shape)}"
+        want = _reference_step(As, deltas, gamma, lr)
+        close = lambda xs, ys: all(torch.allclose(x, y, rtol=1e-9, atol=1e-12) for x, y in zip(xs, ys))
+        if close(got, want):
+            continue
+        if close(got, [d + (d - w) for d, w in zip(deltas, want)]):
+            raise AssertionError("you stepped uphill: gradient descent subtracts lr · gradient")
+        if gamma and close(got, [w + lr * 2 * gamma * d for d, w in zip(deltas, want)]):
+            raise AssertionError("the penalty γ Σ‖δ_i‖² is missing from the gradient (its gradient is 2γ δ_i)")
+        if close(got, [d - 0.5 * (d - w) for d, w in zip(deltas, want)]):
+            raise AssertionError("the gradient is off by a factor 2: d‖X‖²_F = 2⟨X, dX⟩")
+        if close(got, [a + w for a, w in zip(As, want)]):
+            raise AssertionError("return the new perturbations δ_i, not the new factors A_i + δ_i")
+        zero_step = _reference_step(As, [torch.zeros_like(d) for d in deltas], gamma, lr)
+        if close(got, [d + z - 2 * lr * gamma * d for d, z in zip(deltas, zero_step)]):
+            raise AssertionError("the cross terms use the perturbed factors Â_i = A_i + δ_i, not A_i alone")
+        raise AssertionError("the new δ_i differ from δ_i − lr · ∇_{δ_i} L_A; check the cross-term gradient "
+                             "2 Σ_{j≠i} (Â_i Â_jᵀ) Â_j and the penalty 2γ δ_i")
+    return _ok("one gradient-descent step on L_A")

@@ -1,0 +1,51 @@
+# %% [markdown]
+# # 05 — solutions
+#
+# Reference answers to the exercises of `05_do_merging`, checked by the same checkers.
+
+# %%
+import torch
+from lorakit import exercises
+
+# %% [markdown]
+# **1.** One norm per input column (reduce over dim 0 of the *(d_out, d_in)* matrix), then divide each
+# column by its norm, with a guard so that an all-zero column gets a zero direction instead of $0/0$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_decouple(delta, eps=1e-12):
+    alpha = torch.linalg.vector_norm(delta, dim=0)                            # (d_in,)
+    inv = torch.where(alpha > eps, 1.0 / torch.where(alpha > eps, alpha, 1.0), 0.0)
+    return alpha, delta * inv[None, :]                                        # W̃ = ΔW diag(α)⁻¹
+
+result = exercises.check_decouple_in(my_decouple)
+
+# %% [markdown]
+# **2.** The cross term of two tasks is the $r_i \times r_j$ matrix $A_i A_j^\top$; square its entries and
+# sum, over pairs $i < j$ only.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_cross_loss(As):
+    return sum(((As[i] @ As[j].T) ** 2).sum() for i in range(len(As)) for j in range(i + 1, len(As)))
+
+result = exercises.check_factor_cross_loss(my_cross_loss)
+
+# %% [markdown]
+# **3.** With $\hat A_i = A_i + \delta_i$, the gradient (5.5) is
+# $2\sum_{j\ne i} (\hat A_i \hat A_j^\top)\hat A_j + 2\gamma\,\delta_i$; one step subtracts `lr` times it.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def my_gd_step(As, deltas, gamma, lr):
+    hats = [a + d for a, d in zip(As, deltas)]
+    new = []
+    for i, d in enumerate(deltas):
+        grad = 2 * gamma * d
+        for j, h in enumerate(hats):
+            if j != i:
+                grad = grad + 2 * (hats[i] @ h.T) @ h
+        new.append(d - lr * grad)
+    return new
+
+result = exercises.check_ortho_gd_step(my_gd_step)

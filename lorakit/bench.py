@@ -4,13 +4,20 @@
   ``peft.utils.merge_utils`` function on the same dense ``ΔW_i`` (``ratio = lorakit_s / peft_s``),
   and DO-Merging's orthogonalisation cost on its own (``ortho_s``).
 * :func:`bench_llm_shapes` — N synthetic adapters with the shapes of a Llama-3-8B LoRA
-  (r = 16 on q/k/v/o/gate/up/down, 32 layers), merged layer by layer: time and peak memory.
+  (r = 16 on q/k/v/o/gate/up/down, 32 layers), merged layer by layer: time and peak memory per
+  method, peft's function on the same tensors where peft has the method, DO-Merging's
+  orthogonalisation cost per layer, and (when fewer layers run) a full-model time extrapolated as
+  ``per_layer_s × 32``.
+
+Method names are registry names or the benchmark's ``do_<base>`` variants (DO-Merging with
+``base=<base>``; see :func:`lorakit.benchmark.resolve_method`).
 
 Timings are medians over ``repeats`` after one warm-up run; on CUDA the device is synchronised
 around every timed call. lorakit's time starts from the factors (it forms ``ΔW_i`` itself), peft's
 from the ready dense ``ΔW_i``, as peft's LoRA merging hands them over.
 
-Command line: ``python -m lorakit.bench [--llm] [--device cuda] [--n-layers 2]`` prints JSON.
+Command line: ``lorakit bench`` / ``lorakit bench --llm-shapes`` (:mod:`lorakit.bench_cli`, writes
+JSON with machine, date and command); ``python -m lorakit.bench [--llm]`` prints the bare records.
 """
 
 from __future__ import annotations
@@ -111,6 +118,28 @@ def _ortho_summary(report) -> dict[str, Any]:
     }
 
 
+def resolve_bench_method(name: str, params: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    """A benchmark method name → ``(registry method, given params)``, checked (LorakitError if bad).
+
+    ``do_ties`` is ``("do", {"base": "ties"})``; ``params[name]`` is merged over the fixed ones.
+    """
+    from .benchmark import resolve_method
+
+    method, fixed = resolve_method(name)
+    given = {**fixed, **dict((params or {}).get(name, {}))}
+    resolve_params(method, given)
+    return method, given
+
+
+def _ortho_options(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: resolved[k] for k in ("gamma", "steps", "lr", "optimizer", "normalize_factors")}
+
+
+def _ortho_inputs(updates: Sequence[LoRAUpdate]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """DO-Merging's inputs to the orthogonalisation: ``A_i`` and ``s_i B_i`` in float64."""
+    return [u.A.double() for u in updates], [u.scaling * u.B.double() for u in updates]
+
+
 def bench_merge(
     n_tasks: int = 4,
     d_out: int = 512,
@@ -125,13 +154,13 @@ def bench_merge(
     """Time ``merge_layer`` for each method on one layer of random updates.
 
     Args:
-        methods: registry names (default: all).
-        params: optional ``{method: {param: value}}`` overrides (default: each method's defaults).
+        methods: registry names or ``do_<base>`` (default: every registered method).
+        params: optional ``{method name: {param: value}}`` overrides (default: each method's defaults).
 
     Returns:
         One record per method: ``method``, ``params``, ``n_tasks``, ``d_out``, ``d_in``, ``r``,
         ``device``, ``repeats``, ``lorakit_s``; ``peft_s`` and ``ratio`` (lorakit_s / peft_s) where
-        peft has the method (else None); for ``do``, ``ortho_s`` (time of both sides of
+        peft has the method (else None); for ``do`` / ``do_<base>``, ``ortho_s`` (time of both sides of
         :func:`~lorakit.merge.orthogonalize_factors`) and ``ortho`` (``{"A"|"B": cross_before,
         cross_after, cross_reduction, relative_perturbation, steps, rejected}``), else None.
     """
@@ -139,17 +168,16 @@ def bench_merge(
     updates = random_updates(n_tasks, d_out, d_in, r, dev, seed)
     dense = [u.delta(torch.float32) for u in updates]
     records = []
-    for method in methods or list(METHODS):
-        given = dict((params or {}).get(method, {}))
+    for name in methods or list(METHODS):
+        method, given = resolve_bench_method(name, params)
         resolved = resolve_params(method, given)
         lorakit_s = _median_time(lambda: merge_layer(updates, method, **given), dev, repeats)
         peft_fn = _peft_call(method, resolved, dense)
         peft_s = _median_time(peft_fn, dev, repeats) if peft_fn is not None else None
         ortho_s, ortho = None, None
-        if method == "do":
-            options = {k: resolved[k] for k in ("gamma", "steps", "lr", "optimizer", "normalize_factors")}
-            A = [u.A.double() for u in updates]
-            B = [u.scaling * u.B.double() for u in updates]
+        if method == "do" and resolved["orthogonalize"] and n_tasks > 1:
+            options = _ortho_options(resolved)
+            A, B = _ortho_inputs(updates)
             ortho_s = _median_time(
                 lambda: (orthogonalize_factors(A, "A", **options), orthogonalize_factors(B, "B", **options)),
                 dev,
@@ -161,7 +189,7 @@ def bench_merge(
             }
         records.append(
             {
-                "method": method,
+                "method": name,
                 "params": _json_params(resolved),
                 "n_tasks": n_tasks,
                 "d_out": d_out,
@@ -211,6 +239,60 @@ def _peak(device: torch.device, source: str) -> int:
     return 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of ``fn`` (device synchronised before and after); the result is dropped."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _layer_pass(
+    work: Callable[[list[LoRAUpdate]], float],
+    shapes: Mapping[str, tuple[int, int]],
+    n_layers: int,
+    n_tasks: int,
+    r: int,
+    device: torch.device,
+    seed: int,
+    log: Callable[[str], Any] | None = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """Run ``work(updates) -> seconds`` on every module of every layer, one module in memory at a time.
+
+    Module ``k`` of layer ``l`` gets :func:`random_updates` seeded with ``seed + 1000 l + k`` (drawn
+    untimed), so every pass sees the same tensors. Returns ``module_s`` (seconds summed over
+    layers), ``total_s``, ``per_layer_s``, ``peak_mem_bytes``, ``baseline_bytes``,
+    ``peak_above_baseline_bytes`` and ``mem_source``.
+    """
+    source, baseline = _reset_peak(device)
+    module_s = {name: 0.0 for name in shapes}
+    for layer in range(n_layers):
+        for k, (name, (d_out, d_in)) in enumerate(shapes.items()):
+            updates = random_updates(n_tasks, d_out, d_in, r, device, seed + 1000 * layer + k)
+            module_s[name] += work(updates)
+            del updates
+        if log is not None:
+            log(f"{label}: layer {layer + 1}/{n_layers} done, {sum(module_s.values()):.2f} s so far")
+    peak = _peak(device, source)
+    total = sum(module_s.values())
+    return {
+        "module_s": module_s,
+        "total_s": total,
+        "per_layer_s": total / n_layers if n_layers else 0.0,
+        "peak_mem_bytes": peak,
+        "baseline_bytes": baseline,
+        "peak_above_baseline_bytes": max(peak - baseline, 0),
+        "mem_source": source,
+    }
+
+
+def _warm_up(work: Callable[[list[LoRAUpdate]], float], n_tasks: int, r: int, device: torch.device) -> None:
+    """One untimed call on a small layer: lazy initialisation (kernels, allocator) is not timed."""
+    work(random_updates(n_tasks, 4 * r, 4 * r, r, device, seed=12345))
+
+
 def bench_llm_shapes(
     n_tasks: int = 8,
     r: int = 16,
@@ -220,54 +302,98 @@ def bench_llm_shapes(
     seed: int = 0,
     shapes: Mapping[str, tuple[int, int]] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
+    full_layers: int = LLAMA3_8B_LAYERS,
+    peft: bool = True,
+    log: Callable[[str], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Merge ``n_tasks`` synthetic Llama-3-8B-shaped adapters layer by layer, per method.
 
     Every decoder layer has the modules of ``shapes`` (default :data:`LLAMA3_8B_SHAPES`, ``(d_out,
-    d_in)``); ``n_layers`` (≤ 32 for the real model) limits the count. Each layer's updates are
-    drawn (untimed) just before they are merged and freed after, as a streaming merge would.
+    d_in)``); ``n_layers`` (≤ ``full_layers`` = 32 for the real model) limits the count. Each
+    module's updates are drawn (untimed) just before they are merged and freed after, as a
+    streaming merge would, so memory stays bounded by one module's work. Each method first runs
+    once, untimed, on a small layer (warm-up); then every module of every layer is timed once.
+
+    Passes per method, each with its own peak-memory counter: lorakit's ``merge_layer`` from the
+    factors; with ``peft=True`` and a method peft has (task arithmetic, TIES, DARE), peft's
+    ``merge_utils`` function on the dense ``ΔW_i = s_i B_i A_i`` of the same updates (formed
+    untimed); for DO-Merging (``do``, ``do_<base>``), :func:`~lorakit.merge.orthogonalize_factors`
+    on the A and B sides alone (its share of the merge time).
 
     Returns:
         One record per method: ``method``, ``params``, ``n_tasks``, ``r``, ``n_layers``,
-        ``modules``, ``device``, ``total_s`` (merge time summed over all layers), ``per_layer_s``,
-        ``module_s`` (``{module: seconds summed over layers}``), ``peak_mem_bytes``,
-        ``baseline_bytes`` (allocated/resident before the method ran) and ``mem_source``
+        ``full_model_layers``, ``modules``, ``device``; lorakit's ``total_s`` (merge time summed
+        over all layers), ``per_layer_s``, ``module_s`` (``{module: seconds summed over layers}``),
+        ``extrapolated_full_model_s`` (``per_layer_s × full_layers``: every layer has the same
+        shapes; an estimate, not a measurement), ``peak_mem_bytes``, ``baseline_bytes``
+        (allocated/resident before the pass), ``peak_above_baseline_bytes`` and ``mem_source``
         (``cuda.max_memory_allocated`` on GPU; on CPU the process's peak resident set ``VmHWM``,
-        reset before each method — tracemalloc would miss torch's allocator).
+        reset before each pass — tracemalloc would miss torch's allocator); ``peft`` (the same
+        fields for peft's pass, or None) and ``ratio`` (lorakit ``total_s`` / peft ``total_s``,
+        or None); ``ortho`` (``total_s``, ``per_layer_s``, ``module_s``,
+        ``extrapolated_full_model_s`` of the orthogonalisation, or None).
     """
     dev = torch.device(device)
     shapes = dict(shapes or LLAMA3_8B_SHAPES)
+    say = log or (lambda message: None)
+    run = dict(shapes=shapes, n_layers=n_layers, n_tasks=n_tasks, r=r, device=dev, seed=seed, log=log)
+
+    def extrapolate(result: dict[str, Any]) -> dict[str, Any]:
+        return {**result, "extrapolated_full_model_s": result["per_layer_s"] * full_layers}
+
     records = []
-    for method in methods or list(METHODS):
-        given = dict((params or {}).get(method, {}))
+    for name in methods or list(METHODS):
+        method, given = resolve_bench_method(name, params)
         resolved = resolve_params(method, given)
-        source, baseline = _reset_peak(dev)
-        module_s = {name: 0.0 for name in shapes}
-        for layer in range(n_layers):
-            for k, (name, (d_out, d_in)) in enumerate(shapes.items()):
-                updates = random_updates(n_tasks, d_out, d_in, r, dev, seed + 1000 * layer + k)
-                _sync(dev)
-                start = time.perf_counter()
-                merged = merge_layer(updates, method, **given)
-                _sync(dev)
-                module_s[name] += time.perf_counter() - start
-                del merged, updates
-        total = sum(module_s.values())
+
+        def merge_work(updates: list[LoRAUpdate]) -> float:
+            return _timed(lambda: merge_layer(updates, method, **given), dev)
+
+        say(f"{name}: lorakit, {n_layers} layer(s)")
+        _warm_up(merge_work, n_tasks, r, dev)
+        mine = extrapolate(_layer_pass(merge_work, label=f"{name} (lorakit)", **run))
+
+        peft_result = None
+        dummy = [torch.zeros(2, 2, device=dev)]
+        if peft and _peft_call(method, resolved, dummy) is not None:
+
+            def peft_work(updates: list[LoRAUpdate]) -> float:
+                dense = [u.delta(torch.float32) for u in updates]
+                seconds = _timed(_peft_call(method, resolved, dense), dev)
+                del dense
+                return seconds
+
+            say(f"{name}: peft, {n_layers} layer(s)")
+            _warm_up(peft_work, n_tasks, r, dev)
+            peft_result = extrapolate(_layer_pass(peft_work, label=f"{name} (peft)", **run))
+
+        ortho_result = None
+        if method == "do" and resolved["orthogonalize"] and n_tasks > 1:
+            options = _ortho_options(resolved)
+
+            def ortho_work(updates: list[LoRAUpdate]) -> float:
+                A, B = _ortho_inputs(updates)
+                return _timed(lambda: (orthogonalize_factors(A, "A", **options), orthogonalize_factors(B, "B", **options)), dev)
+
+            say(f"{name}: orthogonalisation alone, {n_layers} layer(s)")
+            _warm_up(ortho_work, n_tasks, r, dev)
+            ortho = _layer_pass(ortho_work, label=f"{name} (orthogonalisation)", **run)
+            ortho_result = extrapolate({k: ortho[k] for k in ("total_s", "per_layer_s", "module_s")})
+
         records.append(
             {
-                "method": method,
+                "method": name,
                 "params": _json_params(resolved),
                 "n_tasks": n_tasks,
                 "r": r,
                 "n_layers": n_layers,
+                "full_model_layers": full_layers,
                 "modules": list(shapes),
                 "device": str(dev),
-                "total_s": total,
-                "per_layer_s": total / n_layers if n_layers else 0.0,
-                "module_s": module_s,
-                "peak_mem_bytes": _peak(dev, source),
-                "baseline_bytes": baseline,
-                "mem_source": source,
+                **mine,
+                "peft": peft_result,
+                "ratio": mine["total_s"] / peft_result["total_s"] if peft_result and peft_result["total_s"] else None,
+                "ortho": ortho_result,
             }
         )
     return records

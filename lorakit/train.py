@@ -174,7 +174,11 @@ def train_adapter(
         init_A: ``{module: A (r × d_in)}`` when ``init="osrm"``.
         freeze_A: keep ``lora_A`` fixed during training (LoRA-FA style).
         seed: seeds the head's init, A's init and the batch order.
-        lr: learning rate (default: the profile's).
+        lr: learning rate (default: the profile's, the same for every ``init``). OSRM's ``A`` has
+            unit-norm rows (peft's default ≈ 1/√3) but sees little of the task's own features, so
+            no init-specific factor is applied: in the ci profile, of lr × {0.5, 1, 2}, both inits
+            learn best at × 1 (notebook 04 §5 checks that OSRM adapters learn). With ``freeze_A``
+            (B only) a larger lr helped there.
         cache: reuse / store the result in the cache folder.
         progress: show a tqdm bar.
     """

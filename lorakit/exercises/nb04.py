@@ -1,0 +1,142 @@
+"""Exercise checkers of notebook 04 (OSRM).
+
+Symbols as in notebook 04: ``H`` is a ``(k, d_in)`` matrix of layer inputs (one row per token),
+``A`` the ``(r, d_in)`` LoRA down-projection, ``ΔW = s B A`` a ``(d_out, d_in)`` update.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..lora import LoRAUpdate
+from ..osrm import interference_ratio, subspace, subspace_from_gram
+from ._common import ok as _ok
+
+Tensor = torch.Tensor
+
+
+def _objective(A: Tensor, H: Tensor) -> float:
+    """``‖A Hᵀ‖_F²`` in float64 (eq. 4.2)."""
+    return float(torch.linalg.matrix_norm(A.double() @ H.double().T) ** 2)
+
+
+def graded_features(k: int, d: int, seed: int, mean: Tensor | None = None) -> Tensor:
+    """``(k, d)`` float64 rows with per-direction std spread from 0.1 to 10 in a random basis (``+ mean``)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    stds = torch.logspace(-1, 1, d, dtype=torch.float64)
+    H = (torch.randn(k, d, generator=g, dtype=torch.float64) * stds) @ Q.T
+    return H if mean is None else H + mean
+
+
+def centered_subspace(H: Tensor, r: int) -> Tensor:
+    """The *wrong* recipe: bottom-``r`` eigenvectors of the mean-centred covariance of ``H``."""
+    H = H.double()
+    Hc = H - H.mean(0, keepdim=True)
+    return subspace_from_gram(Hc.T @ Hc / max(1, H.shape[0] - 1), r)
+
+
+def _trap_features(seed: int, k: int, d: int) -> Tensor:
+    """Features with a large mean along their lowest-variance direction (the centring trap)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    stds = torch.logspace(-1, 1, d, dtype=torch.float64)
+    return (torch.randn(k, d, generator=g, dtype=torch.float64) * stds) @ Q.T + 5.0 * Q[:, 0]
+
+
+def check_osrm_subspace(fn: Callable[[Tensor, int], Tensor]) -> str:
+    """Exercise 4.1: ``fn(H_other, r)`` must return OSRM's ``A`` (``r × d_in``, orthonormal rows) that
+    minimises ``‖A H_otherᵀ‖_F²`` (eq. 4.2): the eigenvectors of the **uncentered** ``HᵀH`` for its ``r``
+    smallest eigenvalues, as rows (any rotation of them is equally right)."""
+    cases = [
+        ("k > d", graded_features(300, 24, seed=1), 4),
+        ("k < d (a null space)", graded_features(10, 24, seed=2), 5),
+        ("a large mean on the lowest-variance direction", _trap_features(3, 300, 20), 3),
+    ]
+    for label, H, r in cases:
+        d = H.shape[1]
+        got = fn(H.clone(), r)
+        assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        got = got.double()
+        if tuple(got.shape) == (d, r) and d != r:
+            raise AssertionError(f"A has shape (d_in, r) = {(d, r)}; OSRM's A is (r, d_in): the eigenvectors "
+                                 "are its rows, so transpose the columns eigh returns")
+        if got.ndim == 2 and got.shape[1] == H.shape[0] and H.shape[0] != d:
+            raise AssertionError(f"A has {got.shape[1]} columns, one per row of H (k = {H.shape[0]}): those are "
+                                 "left singular vectors; A acts on inputs, so use the right ones (or eigh of HᵀH)")
+        assert tuple(got.shape) == (r, d), f"A must have shape (r, d_in) = {(r, d)}, got {tuple(got.shape)}"
+        assert torch.allclose(got @ got.T, torch.eye(r, dtype=torch.float64), atol=1e-6), (
+            "the rows of A must be orthonormal (A Aᵀ = I_r); without that constraint A = 0 would be optimal")
+        G = H.T @ H
+        eig = torch.linalg.eigvalsh(G)
+        best, value = float(eig[:r].sum()), _objective(got, H)
+        tol = 1e-6 * float(eig[-1])
+        if value <= best + tol:
+            continue
+        if abs(value - float(eig[-r:].sum())) <= 1e-6 * value:
+            raise AssertionError("those are the eigenvectors of the r LARGEST eigenvalues (the directions the "
+                                 "features use most); torch.linalg.eigh sorts ascending, so take the first r")
+        if abs(value - _objective(centered_subspace(H, r), H)) <= 1e-6 * value:
+            raise AssertionError(f"case '{label}': you subtracted the mean (a covariance); the objective ‖A Hᵀ‖² "
+                                 "needs the uncentered Gram matrix HᵀH, or a large mean leaks through")
+        raise AssertionError(f"case '{label}': ‖A Hᵀ‖² = {value:.4g} but the minimum (sum of the {r} smallest "
+                             f"eigenvalues of HᵀH) is {best:.4g}; with an SVD of H (k < d_in), use "
+                             "full_matrices=True so the null space is included")
+    return _ok("A = the r smallest eigenvectors of HᵀH, as orthonormal rows")
+
+
+def check_interference_ratio(fn: Callable[[Tensor, Tensor, Tensor], float]) -> str:
+    """Exercise 4.2: ``fn(dW_t, dW_j, H_j)`` must return ``R_{t→j} = ‖ΔW_t H_jᵀ‖_F / ‖ΔW_j H_jᵀ‖_F`` (eq. 4.5)
+    for one layer (``dW``: ``(d_out, d_in)``, ``H_j``: ``(k, d_in)``)."""
+    g = torch.Generator().manual_seed(4)
+    for d_out, d_in, k, r in [(12, 10, 30, 3), (6, 16, 8, 2)]:
+        dW_t = torch.randn(d_out, r, generator=g, dtype=torch.float64) @ torch.randn(r, d_in, generator=g, dtype=torch.float64)
+        dW_j = 0.3 * torch.randn(d_out, r, generator=g, dtype=torch.float64) @ torch.randn(r, d_in, generator=g, dtype=torch.float64)
+        H_j = graded_features(k, d_in, seed=int(torch.randint(0, 1000, (1,), generator=g)))
+        want = interference_ratio({"m": LoRAUpdate.from_dense(dW_t)}, {"m": LoRAUpdate.from_dense(dW_j)}, {"m": H_j})["m"]
+        got = float(fn(dW_t.clone(), dW_j.clone(), H_j.clone()))
+        if abs(got - want**2) < 1e-6 * want**2:
+            raise AssertionError("that is R²: take the ratio of the norms, not of the squared norms")
+        if abs(got - 1 / want) < 1e-6 / want:
+            raise AssertionError("numerator and denominator are swapped: R_{t→j} divides what the OTHER "
+                                 "adapter t does to task j's features by what task j's own adapter does")
+        frob = float(torch.linalg.matrix_norm(dW_t) / torch.linalg.matrix_norm(dW_j))
+        if abs(got - frob) < 1e-6 * frob:
+            raise AssertionError("that compares the parameters only (‖ΔW_t‖/‖ΔW_j‖); interference depends on the "
+                                 "data: multiply each ΔW by H_jᵀ first")
+        assert abs(got - want) < 1e-6 * want, f"expected R = {want:.6f}, got {got:.6f}"
+    # an update whose input rows avoid span(H_j) does not interfere at all
+    H_j = graded_features(5, 12, seed=9)
+    A_t = subspace(H_j, 3)  # 3 directions in H_j's null space
+    dW_t = torch.randn(7, 3, generator=g, dtype=torch.float64) @ A_t
+    dW_j = torch.randn(7, 12, generator=g, dtype=torch.float64)
+    got = float(fn(dW_t, dW_j, H_j))
+    assert abs(got) < 1e-8, f"ΔW_t's rows are orthogonal to every row of H_j, so R must be 0, got {got:.3g}"
+    return _ok("R_{t→j} = ‖ΔW_t H_jᵀ‖_F / ‖ΔW_j H_jᵀ‖_F")
+
+
+def check_centring_trap(fn: Callable[[int, int, int], Tensor]) -> str:
+    """Exercise 4.3: ``fn(k, d, r)`` must return features ``H`` (``k × d``) on which the centred recipe
+    fails: the bottom-``r`` eigenvectors of the mean-centred covariance give at least 10× the
+    objective ``‖A Hᵀ‖_F²`` of OSRM's uncentered subspace."""
+    for k, d, r in [(400, 16, 2), (300, 24, 4)]:
+        H = fn(k, d, r)
+        assert isinstance(H, torch.Tensor), "return a torch.Tensor"
+        assert tuple(H.shape) == (k, d), f"H must have shape (k, d) = {(k, d)}, got {tuple(H.shape)}"
+        H = H.double()
+        assert torch.isfinite(H).all(), "H contains NaN or inf"
+        centred, uncentred = _objective(centered_subspace(H, r), H), _objective(subspace(H, r), H)
+        if centred >= 10 * uncentred:
+            continue
+        mu = H.mean(0)
+        spread = float((H - mu).pow(2).sum(1).mean().sqrt())
+        if float(mu.norm()) < 0.5 * spread:
+            raise AssertionError(f"(k={k}, d={d}, r={r}): your features have a small mean (‖μ‖ = {float(mu.norm()):.3g}, "
+                                 f"typical spread {spread:.3g}); with little mean, centring changes nothing. Add a "
+                                 "large mean vector to every row")
+        raise AssertionError(f"(k={k}, d={d}, r={r}): centred {centred:.4g} vs uncentred {uncentred:.4g}, not 10× "
+                             "apart. The centred covariance ignores μ, so put μ along a direction in which the "
+                             "rows vary LEAST: the centred recipe then picks that direction and A μ ≠ 0")
+    return _ok("a large mean on a low-variance direction defeats the centred covariance")

@@ -105,6 +105,25 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0) -> ClaimsReport:
             if so is not None and ss is not None:
                 report.add("OSRM flattens the λ curve (task arithmetic)",
                            f"max − min of normalized accuracy over λ {so:.3f} vs {ss:.3f} standard", so < ss)
+    edge = grid_edge_choices(results)
+    if edge:
+        report.lines.append(
+            "caveat: λ was chosen at the edge of the grid for " + ", ".join(edge)
+            + " — their best λ may lie outside it, so those methods may be under-tuned in this run"
+        )
     if not report.lines:
         report.lines.append("no claim could be checked: the run lacks the methods or inits they compare")
     return report
+
+
+def grid_edge_choices(results: Mapping) -> list[str]:
+    """``"method (init)"`` for every record whose chosen λ is the smallest or largest λ its curve tried."""
+    found = []
+    for r in results["records"]:
+        lams = sorted({c["params"]["lam"] for c in r["curve"] if "lam" in c["params"]})
+        chosen = r.get("params", {}).get("lam")
+        if len(lams) > 2 and chosen in (lams[0], lams[-1]):
+            label = f"{r['method']} ({r['init']}, λ={chosen:g})"
+            if label not in found:
+                found.append(label)
+    return found

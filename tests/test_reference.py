@@ -63,3 +63,15 @@ def test_reference_runs_lists_result_folders(tmp_path):
     (tmp_path / "cpu-x" / "results.json").write_text(json.dumps({}))
     (tmp_path / "notes").mkdir()
     assert list(reference_runs(tmp_path)) == ["cpu-x"]
+
+
+def test_grid_edge_choices_are_flagged():
+    from lorakit.reference import grid_edge_choices
+
+    res = make_results({("task_arithmetic", "standard"): 0.8, ("do", "standard"): 0.9}, {"standard": 0.9},
+                       curves={("task_arithmetic", "standard"): [(0.3, 0.8), (0.5, 0.7), (1.0, 0.6)],
+                               ("do", "standard"): [(0.3, 0.8), (0.5, 0.9), (1.0, 0.6)]})
+    res["records"][0]["params"] = {"lam": 0.3}
+    res["records"][1]["params"] = {"lam": 0.5}
+    assert grid_edge_choices(res) == ["task_arithmetic (standard, λ=0.3)"]
+    assert any(line.startswith("caveat: λ was chosen at the edge") for line in claims_report(res).lines)

@@ -12,9 +12,7 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,10 +22,11 @@ import torch
 from . import __version__
 from .analysis import magnitude_variance
 from .errors import LorakitError
+from .fsutil import atomic_folder
 from .evaluate import Evaluator, mean, select_and_report
 from .profiles import Profile, apply_threads, get_profile
 from .tasks import get_card, load_task
-from .train import TrainedAdapter, train_all
+from .train import train_all
 
 
 def machine_description(device: str = "cpu") -> dict:
@@ -91,15 +90,6 @@ def osrm_inits(tasks: Sequence[str], profile: Profile, progress: bool = True) ->
     return osrm_init_for_tasks(tasks, profile, progress=progress)
 
 
-def _atomic_out(out: Path, overwrite: bool = True) -> Path:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise LorakitError(f"cannot write to {out.parent} ({exc.strerror}); choose a writable --out folder") from None
-    return tmp
-
-
 def run_benchmark(
     profile: str | Profile | None = None,
     tasks: Sequence[str] | None = None,
@@ -133,18 +123,11 @@ def run_benchmark(
     out_dir = Path(out) if out else Path("runs") / f"{p.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if out_dir.exists() and not out_dir.is_dir():
         raise LorakitError(f"--out {out_dir} is a file; choose a folder")
-    tmp = _atomic_out(out_dir)
-    try:
+    with atomic_folder(out_dir) as tmp:  # nothing half-written on failure or Ctrl-C
         results = _run(p, tasks, methods, inits, seeds, progress, log)
         results["command"] = command or " ".join(["lorakit"] + sys.argv[1:])
         results["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 2)
         write_results(results, tmp, figures=figures)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     results["out"] = str(out_dir)
     return results
 
@@ -291,7 +274,7 @@ def run_note(results: Mapping) -> str:
     m = results["machine"]
     cfg = results.get("profile_config", {})
     lines = [
-        f"# How this run was made", "",
+        "# How this run was made", "",
         f"- command: `{results.get('command', '')}`",
         f"- date (UTC): {results['date']}",
         f"- machine: {m.get('gpu') or m.get('processor')} ({m.get('device')}), {m.get('cpu_count')} CPUs, "

@@ -6,7 +6,6 @@ Every user error prints one line ``error: ...`` and exits with status 2 (no trac
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -30,6 +28,7 @@ from typing import Iterable, Mapping
 import torch
 
 from .errors import LorakitError
+from .fsutil import atomic_folder
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -324,25 +323,6 @@ def apply_deltas(model: torch.nn.Module, deltas: Mapping[str, torch.Tensor], sig
             weight.add_(delta.to(weight.dtype).to(weight.device), alpha=sign)
 
 
-def _atomic_dir(out: Path, overwrite: bool) -> tuple[Path, Path]:
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LorakitError(f"{out} already exists; choose another output folder or pass overwrite")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise LorakitError(f"cannot write to {parent} ({exc.strerror}); choose a writable output folder") from None
-    return out, tmp
-
-
-def _commit_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def factorize_delta(delta: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     r"""Factor a dense ``ΔW`` (d_out×d_in) as ``B A`` with ``A`` (r×d_in), ``B`` (d_out×r) by SVD.
 
@@ -380,8 +360,7 @@ def write_adapter(
         raise LorakitError("nothing to write: the adapter has no layers")
     ranks = {m: u.rank for m, u in adapter.items()}
     r0 = max(set(ranks.values()), key=list(ranks.values()).count)
-    out, tmp = _atomic_dir(Path(out), overwrite)
-    try:
+    with atomic_folder(out, overwrite) as tmp:
         state: dict[str, torch.Tensor] = {}
         for module, upd in adapter.items():
             folded = upd.folded()
@@ -411,11 +390,7 @@ def write_adapter(
         }
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
         save_file(state, str(tmp / ADAPTER_WEIGHTS))
-        _commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def write_merged(
@@ -430,10 +405,9 @@ def write_merged(
     The model is changed in place only while writing and restored afterwards. Atomic like
     :func:`write_adapter`.
     """
-    out, tmp = _atomic_dir(Path(out), overwrite)
     modules = dict(model.named_modules())
     originals = {}
-    try:
+    with atomic_folder(out, overwrite) as tmp:
         for name in deltas:
             if name in modules and hasattr(modules[name], "weight"):
                 originals[name] = modules[name].weight.detach().clone()
@@ -446,11 +420,7 @@ def write_merged(
             with torch.no_grad():  # restore exactly (copy), not by subtracting ΔW again
                 for name, weight in originals.items():
                     modules[name].weight.copy_(weight)
-        _commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def check_compatible(adapters: Iterable[Mapping[str, LoRAUpdate]], names: Iterable[str] | None = None) -> None:

@@ -54,13 +54,12 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .errors import LorakitError
+from .fsutil import commit_folder, temp_sibling
 from .lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     Adapter,
     LoRAUpdate,
-    _atomic_dir,
-    _commit_dir,
     apply_deltas,
     check_compatible,
     factorize_delta,
@@ -523,7 +522,7 @@ def merge_adapter_folders(
 
     tmp = stream = None
     if out is not None and format == "adapter":
-        out, tmp = _atomic_dir(Path(out), overwrite)
+        out, tmp = temp_sibling(out, overwrite)
     try:
         if tmp is not None:
             stream = SafetensorsStream(tmp / ADAPTER_WEIGHTS)
@@ -541,7 +540,7 @@ def merge_adapter_folders(
             config = merged_adapter_config(ranks, base_name, written_task, _head_modules(head), transpose)
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
             (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-            _commit_dir(tmp, out)
+            commit_folder(tmp, out)
     except BaseException:
         if stream is not None:
             stream.abort()

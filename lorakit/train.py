@@ -12,10 +12,8 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -24,6 +22,7 @@ import torch
 from . import __version__
 from .assets import cache_dir, load_base, load_tokenizer, quiet
 from .errors import LorakitError
+from .fsutil import atomic_folder
 from .lora import LoRAUpdate, read_adapter, read_head
 from .profiles import Profile, apply_threads, get_profile
 from .tasks import TaskData, load_task
@@ -230,19 +229,11 @@ def train_adapter(
 
 
 def _save_trained(model, result: TrainedAdapter, folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         model.save_pretrained(str(tmp))
         meta = {"task": result.task, "label_names": result.label_names, "metrics": result.metrics,
                 "config": result.config, "lorakit": __version__}
         (tmp / "lorakit.json").write_text(json.dumps(meta, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -386,18 +377,10 @@ def train_full(
     result = TrainedAdapter(data.name, {n: LoRAUpdate.from_dense(d) for n, d in deltas.items()}, head,
                             data.label_names, metrics, config, None)
     if cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             state = {f"delta.{n}": d.contiguous() for n, d in deltas.items()} | {f"head.{k}": v.contiguous() for k, v in head.items()}
             save_file(state, str(tmp / "deltas.safetensors"))
             (tmp / "lorakit.json").write_text(json.dumps({"task": data.name, "label_names": data.label_names,
                                                           "metrics": metrics, "config": config}, indent=1))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         result.path = folder
     return result

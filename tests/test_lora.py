@@ -646,3 +646,22 @@ def test_write_adapter_refuses_empty(tmp_path):
     with pytest.raises(LorakitError):
         write_adapter({}, tmp_path / "out", base_model_name="tiny")
     assert not (tmp_path / "out").exists()
+
+
+def test_atomic_folder_commits_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from lorakit.fsutil import atomic_folder
+
+    out = tmp_path / "out"
+    with atomic_folder(out) as tmp:
+        (tmp / "a.txt").write_text("one")
+        assert not out.exists()                      # nothing visible until the block ends
+    assert (out / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(out) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").read_text() == "one"      # the old folder survives a failed rewrite
+    with pytest.raises(LorakitError, match="already exists"):
+        with atomic_folder(out, overwrite=False):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # no temp folders left

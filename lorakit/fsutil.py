@@ -1,0 +1,53 @@
+"""Writing output folders atomically: build in a temporary sibling, rename at the end.
+
+Every writer in lorakit (adapters, merged models, cached training results, run folders) uses
+:func:`atomic_folder`, so a failure or an interrupt leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import LorakitError
+
+
+def temp_sibling(out: str | os.PathLike, overwrite: bool = True) -> tuple[Path, Path]:
+    """``(out, tmp)``: a new empty temporary folder beside ``out``; the first half of :func:`atomic_folder`.
+
+    ``overwrite=False`` refuses an existing ``out`` (one-line :class:`LorakitError`) before
+    anything is written; an unwritable parent is a one-line error too.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LorakitError(f"{out} already exists; choose another output folder or pass overwrite")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise LorakitError(f"cannot write to {parent} ({exc.strerror}); choose a writable output folder") from None
+    return out, tmp
+
+
+def commit_folder(tmp: Path, out: Path) -> None:
+    """Replace ``out`` (if any) by the finished ``tmp``; the second half of :func:`atomic_folder`."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on any error it is removed."""
+    out, tmp = temp_sibling(out, overwrite)
+    try:
+        yield tmp
+        commit_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

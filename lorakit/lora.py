@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -225,8 +227,6 @@ def scaling_from_config(config: Mapping, module: str, r: int) -> float:
 
     Patterns are matched as in peft: the pattern key is a regex matched at the end of the module name.
     """
-    import re
-
     alpha = config.get("lora_alpha", 8)
     for pattern, value in (config.get("alpha_pattern") or {}).items():
         if re.match(rf"(.*\.)?({pattern})$", module):
@@ -339,6 +339,30 @@ def factorize_delta(delta: torch.Tensor, rank: int | None = None) -> tuple[torch
     return A, B, energy
 
 
+def adapter_config(
+    ranks: Mapping[str, int],
+    base_model_name: str | None,
+    task_type: str | None,
+    head_modules: Sequence[str],
+    fan_in_fan_out: bool = False,
+) -> dict:
+    """``adapter_config.json`` for an adapter whose scaling is folded into B: ``lora_alpha = r`` (scaling 1).
+
+    ``target_modules`` lists the exact module names (no layer outside ``ranks`` gets a LoRA);
+    layers whose rank differs from the most common one get ``rank_pattern``/``alpha_pattern``
+    entries (escaped, so they match that module only).
+    """
+    r0 = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {re.escape(m): r for m, r in ranks.items() if r != r0}
+    return {
+        "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name,
+        "r": r0, "lora_alpha": r0, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
+        "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
+        "use_dora": False, "fan_in_fan_out": bool(fan_in_fan_out), "init_lora_weights": True,
+        "modules_to_save": [m.split(".")[-1] for m in head_modules] or None, "inference_mode": True,
+    }
+
+
 def write_adapter(
     adapter: Mapping[str, LoRAUpdate],
     out: str | os.PathLike,
@@ -359,7 +383,6 @@ def write_adapter(
     if not adapter:
         raise LorakitError("nothing to write: the adapter has no layers")
     ranks = {m: u.rank for m, u in adapter.items()}
-    r0 = max(set(ranks.values()), key=list(ranks.values()).count)
     with atomic_folder(out, overwrite) as tmp:
         state: dict[str, torch.Tensor] = {}
         for module, upd in adapter.items():
@@ -369,25 +392,7 @@ def write_adapter(
         modules_to_save = sorted({k.rsplit(".", 1)[0] for k in (extra_state or {})})
         for key, tensor in (extra_state or {}).items():
             state[f"base_model.model.{key}"] = tensor.contiguous()
-        target_modules = sorted({m.rsplit(".", 1)[-1] for m in adapter})
-        config = {
-            "peft_type": "LORA",
-            "task_type": task_type,
-            "base_model_name_or_path": base_model_name,
-            "r": r0,
-            "lora_alpha": r0,
-            "rank_pattern": {rf"{m}": r for m, r in ranks.items() if r != r0},
-            "alpha_pattern": {rf"{m}": r for m, r in ranks.items() if r != r0},
-            "target_modules": target_modules,
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "use_rslora": False,
-            "use_dora": False,
-            "fan_in_fan_out": False,
-            "init_lora_weights": True,
-            "modules_to_save": [m.split(".")[-1] for m in modules_to_save] or None,
-            "inference_mode": True,
-        }
+        config = adapter_config(ranks, base_model_name, task_type, modules_to_save)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
         save_file(state, str(tmp / ADAPTER_WEIGHTS))
     return Path(out)

@@ -41,12 +41,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import struct
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -56,6 +54,7 @@ import torch
 from .errors import LorakitError
 from .fsutil import commit_folder, temp_sibling
 from .lora import (
+    adapter_config,
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     Adapter,
@@ -299,30 +298,6 @@ class SafetensorsStream:
         os.remove(self._part)
 
 
-def merged_adapter_config(
-    ranks: Mapping[str, int],
-    base_model_name: str | None,
-    task_type: str | None,
-    head_modules: Sequence[str],
-    fan_in_fan_out: bool = False,
-) -> dict:
-    """``adapter_config.json`` for the merged adapter: scaling 1 everywhere (``lora_alpha = r``).
-
-    ``target_modules`` lists the exact module names (no layer outside the sources gets a LoRA);
-    layers whose rank differs from the most common one get ``rank_pattern``/``alpha_pattern``
-    entries (escaped, so they match that module only).
-    """
-    r0 = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {re.escape(m): r for m, r in ranks.items() if r != r0}
-    return {
-        "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name,
-        "r": r0, "lora_alpha": r0, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
-        "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
-        "use_dora": False, "fan_in_fan_out": bool(fan_in_fan_out), "init_lora_weights": True,
-        "modules_to_save": [m.split(".")[-1] for m in head_modules] or None, "inference_mode": True,
-    }
-
-
 # ----------------------------------------------------------------------------------------------
 # The base model (format "merged")
 # ----------------------------------------------------------------------------------------------
@@ -537,7 +512,7 @@ def merge_adapter_folders(
         summary["seconds"] = time.perf_counter() - start
         if tmp is not None:
             stream.close()
-            config = merged_adapter_config(ranks, base_name, written_task, _head_modules(head), transpose)
+            config = adapter_config(ranks, base_name, written_task, _head_modules(head), transpose)
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
             (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
             commit_folder(tmp, out)

@@ -234,6 +234,20 @@ def summary_rows(results: Mapping) -> list[dict]:
     return rows
 
 
+def lambda_curve(results: Mapping, method: str, init: str) -> dict[float, float]:
+    """``{λ: mean normalized accuracy}`` of ``method`` with ``init`` over seeds (test where recorded, else validation)."""
+    import statistics
+
+    points: dict[float, list[float]] = {}
+    for r in results["records"]:
+        if r["method"] != method or r["init"] != init:
+            continue
+        for c in r["curve"]:
+            if "lam" in c["params"]:
+                points.setdefault(c["params"]["lam"], []).append(c.get("test_normalized", c["val_normalized"]))
+    return {lam: statistics.fmean(points[lam]) for lam in sorted(points)}
+
+
 def format_table(results: Mapping) -> str:
     """A markdown report: per-task individual/majority/merged accuracy and the method summary."""
     tasks = list(results["tasks"])

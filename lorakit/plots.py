@@ -59,17 +59,12 @@ def per_task_accuracy(results: Mapping, init: str | None = None, ax=None):
 def lambda_curves(results: Mapping, method: str = "task_arithmetic", ax=None):
     """Test normalized accuracy against λ for each init (the robustness curve)."""
     ax = ax or plt.subplots(figsize=(4.2, 3.2))[1]
+    from .benchmark import lambda_curve
+
     for init in results["inits"]:
-        recs = [r for r in results["records"] if r["method"] == method and r["init"] == init]
-        if not recs:
-            continue
-        points: dict[float, list[float]] = {}
-        for r in recs:
-            for c in r["curve"]:
-                if "lam" in c["params"]:
-                    points.setdefault(c["params"]["lam"], []).append(c.get("test_normalized", c["val_normalized"]))
-        lams = sorted(points)
-        ax.plot(lams, [sum(points[x]) / len(points[x]) for x in lams], marker="o", label=init)
+        curve = lambda_curve(results, method, init)
+        if curve:
+            ax.plot(list(curve), list(curve.values()), marker="o", label=init)
     ax.set_xlabel("λ")
     split = "test" if any("test_normalized" in c for r in results["records"] for c in r["curve"]) else "validation"
     ax.set_ylabel(f"avg normalized {split} accuracy")

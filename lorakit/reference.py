@@ -8,12 +8,12 @@ from the data rather than typed by hand.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from .errors import LorakitError
+from .benchmark import lambda_curve, summary_rows
 from .evaluate import mean
 
 #: DO-Merging variant → the base method it must beat (same direction merge, no decoupling).
@@ -34,24 +34,10 @@ def reference_runs(folder: str | Path | None = None) -> dict[str, Path]:
     return runs
 
 
-def _avg_normalized(results: Mapping, method: str, init: str) -> float | None:
-    recs = [r["avg_normalized"] for r in results["records"] if r["method"] == method and r["init"] == init]
-    return statistics.fmean(recs) if recs else None
-
-
 def _curve_spread(results: Mapping, method: str, init: str) -> float | None:
-    """max − min over λ of the mean normalized accuracy curve (test where recorded, else validation)."""
-    points: dict[float, list[float]] = {}
-    for r in results["records"]:
-        if r["method"] != method or r["init"] != init:
-            continue
-        for c in r["curve"]:
-            if "lam" in c["params"]:
-                points.setdefault(c["params"]["lam"], []).append(c.get("test_normalized", c["val_normalized"]))
-    if len(points) < 2:
-        return None
-    curve = [statistics.fmean(v) for v in points.values()]
-    return max(curve) - min(curve)
+    """max − min over λ of the mean normalized accuracy curve (None with fewer than two λ)."""
+    curve = lambda_curve(results, method, init)
+    return max(curve.values()) - min(curve.values()) if len(curve) >= 2 else None
 
 
 def _individual(results: Mapping, init: str) -> float | None:
@@ -85,14 +71,16 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0) -> ClaimsReport:
     """
     report = ClaimsReport()
     inits, methods = set(results["inits"]), set(results["methods"])
+    normalized = {(row["method"], row["init"]): row["normalized_mean"] for row in summary_rows(results)}
+
     if "standard" in inits:
         for do, base in DO_PAIRS.items():
             if do in methods and base in methods:
-                a, b = _avg_normalized(results, do, "standard"), _avg_normalized(results, base, "standard")
+                a, b = normalized.get((do, "standard")), normalized.get((base, "standard"))
                 report.add(f"DO-Merging ({do}) beats {base}", f"normalized {a:.3f} vs {b:.3f} (standard init)", a > b)
     if {"standard", "osrm"} <= inits:
         for method in results["methods"]:
-            a, b = _avg_normalized(results, method, "osrm"), _avg_normalized(results, method, "standard")
+            a, b = normalized.get((method, "osrm")), normalized.get((method, "standard"))
             if a is not None and b is not None:
                 report.add(f"OSRM raises merged accuracy ({method})", f"normalized {a:.3f} vs {b:.3f} standard", a > b)
         io, ist = _individual(results, "osrm"), _individual(results, "standard")

@@ -17,7 +17,8 @@ def make_results(norm: dict, individual: dict, curves: dict | None = None) -> di
     records = []
     for (method, init), value in norm.items():
         curve = [{"params": {"lam": lam}, "val_normalized": v} for lam, v in (curves or {}).get((method, init), [])]
-        records.append({"method": method, "init": init, "seed": 0, "avg_normalized": value, "curve": curve})
+        records.append({"method": method, "init": init, "seed": 0, "avg_normalized": value,
+                        "avg_accuracy": value, "curve": curve})
     tasks = {"t1": {"individual": [{"init": i, "seed": 0, "test": individual[i]} for i in inits]}}
     return {"inits": inits, "methods": methods, "records": records, "tasks": tasks}
 

@@ -26,7 +26,7 @@ from .fsutil import atomic_folder
 from .evaluate import Evaluator, mean, select_and_report
 from .profiles import Profile, apply_threads, get_profile
 from .tasks import get_card, load_task
-from .train import train_all
+from .train import task_seed, train_all
 
 
 def machine_description(device: str = "cpu") -> dict:
@@ -120,6 +120,7 @@ def run_benchmark(
             raise LorakitError(f"unknown init {i!r}; choose from standard, gaussian, osrm")
     if len(tasks) < 2:
         raise LorakitError("merging needs at least two tasks; pass more with --tasks")
+    task_seed(0, tasks[0], p.task_seeds)  # an unknown task_seeds → clear error before any work
     out_dir = Path(out) if out else Path("runs") / f"{p.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if out_dir.exists() and not out_dir.is_dir():
         raise LorakitError(f"--out {out_dir} is a file; choose a folder")
@@ -187,7 +188,8 @@ def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
 
                 t0 = time.perf_counter()
                 grid = [{k: v for k, v in g.items() if not (k == "base" and name == "do")} for g in method_grid(method, p)]
-                rec = select_and_report(evaluator, adapters, merge_fn, grid, ind_val, ind_test, test_curve=p.test_curves)
+                rec = select_and_report(evaluator, adapters, merge_fn, grid, ind_val, ind_test, test_curve=p.test_curves,
+                                        extend_edges=p.lam_extend)
                 elapsed = time.perf_counter() - t0
                 timings["merge_seconds"] += merge_time[0]
                 timings["eval_seconds"] += elapsed - merge_time[0]
@@ -296,7 +298,8 @@ def run_note(results: Mapping) -> str:
         f"- versions: lorakit {results.get('lorakit')}, python {m.get('python')}, torch {m.get('torch')}, "
         f"transformers {m.get('transformers')}, peft {m.get('peft')}",
         f"- profile: `{results['profile']}` — tasks {list(results['tasks'])}, inits {results['inits']}, "
-        f"methods {results['methods']}, seeds {results['seeds']}",
+        f"methods {results['methods']}, seeds {results['seeds']} ({cfg.get('task_seeds', 'shared')} across tasks), "
+        f"λ grid {cfg.get('lam_grid')} (+ up to {cfg.get('lam_extend', 0)} points beyond an edge λ)",
         f"- sizes: train {cfg.get('train_examples')}, val {cfg.get('val_examples')}, test {cfg.get('test_examples')}, "
         f"steps {cfg.get('steps')}, batch {cfg.get('batch_size')}, max length {cfg.get('max_length')}, "
         f"lr {cfg.get('lr')}, r {cfg.get('rank')}, α {cfg.get('alpha')}, targets {cfg.get('target_modules')}",

@@ -20,6 +20,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["threads"] = args.threads
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.task_seeds:
+        overrides["task_seeds"] = args.task_seeds
     results = run_benchmark(
         profile=args.profile, tasks=args.tasks, methods=args.methods, inits=args.inits, seeds=args.seeds,
         out=args.out, progress=not args.no_progress, command="lorakit " + " ".join(args.argv), **overrides,
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inits", nargs="+", help="LoRA A initialisations: standard, osrm")
     run.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the profile's)")
     run.add_argument("--steps", type=int, help="training steps per adapter (default: the profile's)")
+    run.add_argument("--task-seeds", choices=["shared", "per_task"],
+                     help="shared (default): every task trains from the run's seed, so equal-shaped A inits "
+                          "are identical; per_task: each task gets its own seed")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: the profile's, or LORAKIT_THREADS)")
     run.add_argument("--out", help="output folder (default: runs/<profile>-<time>)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -133,11 +133,17 @@ def select_and_report(
     individual_val: Mapping[str, float] | None = None,
     individual_test: Mapping[str, float] | None = None,
     test_curve: bool = False,
+    extend_edges: int = 0,
 ) -> dict:
     """Choose merge hyperparameters on validation, report on test.
 
     ``merge_fn(**params)`` returns the merged ``{module: ΔW}``; ``grid`` lists the parameter dicts
     to try. The chosen point maximises mean normalized validation accuracy (first one on ties).
+
+    ``extend_edges`` (at most that many extra points): while the chosen λ is the smallest λ tried,
+    also try ``λ/2``; while it is the largest, ``1.5 λ`` (:func:`edge_extension`), other parameters
+    as chosen. A fixed grid cannot know that six summed adapters want λ below 0.1 or that DO wants
+    λ above 1; the extra points are marked ``"extended": True`` in the curve.
 
     Returns a record with ``params``, ``curve`` (per grid point: mean normalized validation accuracy,
     and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point,
@@ -150,7 +156,9 @@ def select_and_report(
     individual_test = individual_test or evaluator.individual(adapters, "test")
     curve = []
     best, best_score, best_test, best_deltas = None, -math.inf, None, None
-    for params in grid:
+    pending, extensions = [dict(g) for g in grid], 0
+    while pending:
+        params = pending.pop(0)
         deltas = merge_fn(**params)
         val = evaluator.score_tasks(deltas, adapters, "val")
         point = {"params": dict(params), "val_normalized": mean(normalized_accuracy(val, individual_val).values()),
@@ -159,11 +167,18 @@ def select_and_report(
             test = evaluator.score_tasks(deltas, adapters, "test")
             point["test_normalized"] = mean(normalized_accuracy(test, individual_test).values())
             point["test_accuracy"] = test
+        if extensions:
+            point["extended"] = True
         curve.append(point)
         if point["val_normalized"] > best_score:
             best, best_score = params, point["val_normalized"]
             best_test = point.get("test_accuracy")
             best_deltas = None if test_curve else deltas
+        if not pending and extensions < extend_edges:
+            more = edge_extension(best, [c["params"] for c in curve])
+            if more is not None:
+                pending.append(more)
+                extensions += 1
     test = best_test if best_test is not None else evaluator.score_tasks(best_deltas, adapters, "test")
     normalized = normalized_accuracy(test, individual_test)
     return {
@@ -175,3 +190,21 @@ def select_and_report(
         "avg_normalized": mean(normalized.values()),
         "curve": curve,
     }
+
+
+def edge_extension(chosen: Mapping, tried: Sequence[Mapping], down: float = 0.5, up: float = 1.5) -> dict | None:
+    """The next λ to try when ``chosen["lam"]`` is at the edge of the λ values ``tried``, else ``None``.
+
+    Smallest λ tried → ``down · λ``; largest → ``up · λ`` (rounded to 4 decimals); the other
+    parameters stay as chosen. ``None`` without ``lam``, with fewer than two λ values, or inside.
+    """
+    if "lam" not in chosen:
+        return None
+    lams = sorted({p["lam"] for p in tried if "lam" in p})
+    if len(lams) < 2:
+        return None
+    if chosen["lam"] == lams[0]:
+        return dict(chosen, lam=round(chosen["lam"] * down, 4))
+    if chosen["lam"] == lams[-1]:
+        return dict(chosen, lam=round(chosen["lam"] * up, 4))
+    return None

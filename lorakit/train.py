@@ -68,6 +68,25 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+TASK_SEEDS = ("shared", "per_task")
+
+
+def task_seed(seed: int, task: str, task_seeds: str = "shared") -> int:
+    """The seed that initialises ``task``'s LoRA ``A``, its head and its batch order.
+
+    ``shared``: ``seed`` itself, for every task (tasks with the same head size then start from the
+    identical ``A``). ``per_task``: ``seed + crc32(task) mod 2^31``, stable across runs and machines,
+    so each task starts from its own random ``A``.
+    """
+    if task_seeds not in TASK_SEEDS:
+        raise LorakitError(f"unknown task_seeds {task_seeds!r}; choose one of {', '.join(TASK_SEEDS)}")
+    if task_seeds == "shared":
+        return seed
+    import zlib
+
+    return (seed + zlib.crc32(task.encode())) % (2**31)
+
+
 def tensor_digest(tensors: Mapping[str, torch.Tensor] | None) -> str | None:
     """A short content hash of named tensors (for cache keys)."""
     if not tensors:
@@ -101,7 +120,7 @@ def train_config(task: str, profile: Profile, init: str, freeze_A: bool, seed: i
         "val_examples": profile.val_examples,
         "test_examples": profile.test_examples,
         "version": TRAIN_CACHE_VERSION,
-    }
+    } | ({"task_seeds": profile.task_seeds} if profile.task_seeds != "shared" else {})  # old keys stay valid
 
 
 def cache_key(config: dict) -> str:
@@ -172,7 +191,8 @@ def train_adapter(
             gaussian: A ~ N(0, 1/r²), B = 0) or ``osrm`` (``init_A`` gives A per module, B = 0).
         init_A: ``{module: A (r × d_in)}`` when ``init="osrm"``.
         freeze_A: keep ``lora_A`` fixed during training (LoRA-FA style).
-        seed: seeds the head's init, A's init and the batch order.
+        seed: seeds the head's init, A's init and the batch order (mixed with the task name when
+            the profile's ``task_seeds`` is ``per_task``: :func:`task_seed`).
         lr: learning rate (default: the profile's, the same for every ``init``). OSRM's ``A`` has
             unit-norm rows (peft's default ≈ 1/√3) but sees little of the task's own features, so
             no init-specific factor is applied: in the ci profile, of lr × {0.5, 1, 2}, both inits
@@ -189,6 +209,7 @@ def train_adapter(
     p = get_profile(profile, **overrides)
     apply_threads(p)
     data = task if isinstance(task, TaskData) else load_task(task, profile=p)
+    run_seed = task_seed(seed, data.name, p.task_seeds)
     config = train_config(data.name, p, init, freeze_A, seed, init_A if init == "osrm" else None, lr)
     key = cache_key(config)
     folder = cache_dir() / "adapters" / f"{data.name}-{init}-s{seed}-{key}"
@@ -196,7 +217,7 @@ def train_adapter(
         return load_trained(folder)
 
     t0 = time.perf_counter()
-    model = _make_peft_model(p, data.num_labels, init, seed)
+    model = _make_peft_model(p, data.num_labels, init, run_seed)
     if init == "osrm":
         from .osrm import init_lora_A
 
@@ -206,7 +227,7 @@ def train_adapter(
             if "lora_A" in name:
                 param.requires_grad_(False)
     params = [q for q in model.parameters() if q.requires_grad]
-    losses = _fit(model, data, p, [{"params": params, "lr": config["lr"]}], seed, progress, f"train {data.name} ({init})")
+    losses = _fit(model, data, p, [{"params": params, "lr": config["lr"]}], run_seed, progress, f"train {data.name} ({init})")
     seconds = time.perf_counter() - t0
     metrics = _metrics(model, data, p) | {
         "train_loss": losses,

@@ -32,6 +32,12 @@ def test_unknown_profile_subprocess():
     assert "unknown profile 'huge'" in line and "ci" in line
 
 
+def test_unknown_task_seeds_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--profile", "ci", "--task-seeds", "random"])
+    assert exc.value.code == 2 and "per_task" in capsys.readouterr().err
+
+
 def test_unknown_method(capsys):
     assert main(["run", "--profile", "ci", "--methods", "magic"]) == 2
     assert "unknown merge method 'magic'" in capsys.readouterr().err
@@ -66,7 +72,8 @@ def test_tasks_lists_cards():
 def test_tiny_run_writes_results(tmp_path):
     out = tmp_path / "run"
     code = main(["run", "--profile", "ci", "--tasks", "rt_subjectivity", "election_tweets", "--steps", "6",
-                 "--seeds", "0", "--methods", "task_arithmetic", "--inits", "standard", "--out", str(out), "--no-progress"])
+                 "--seeds", "0", "--methods", "task_arithmetic", "--inits", "standard", "--task-seeds", "per_task",
+                 "--out", str(out), "--no-progress"])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["profile"] == "ci" and res["model"] == "minilm" and res["seeds"] == [0]
@@ -92,4 +99,5 @@ def test_tiny_run_writes_results(tmp_path):
     assert stats["init"] == "standard" and stats["magnitude_variance"] > 0
     note = (out / "RUN.md").read_text()
     assert "--steps 6" in note and "torch 2.13" in note and res["date"] in note
+    assert res["profile_config"]["task_seeds"] == "per_task" and "(per_task across tasks)" in note
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp")]

@@ -52,6 +52,19 @@ def test_osrm_claims_and_tolerance():
     assert verdict(claims_report(res, tolerance_pp=0.1), "OSRM keeps") is False
 
 
+def test_flatness_compares_only_the_lambdas_both_curves_tried():
+    """An edge extension (λ=0.05, osrm only) must not count in osrm's spread: over {0.5, 1} osrm is flatter."""
+    res = make_results(
+        {("task_arithmetic", "standard"): 0.70, ("task_arithmetic", "osrm"): 0.75},
+        {"standard": 0.9, "osrm": 0.9},
+        curves={("task_arithmetic", "standard"): [(0.5, 0.6), (1.0, 0.8)],
+                ("task_arithmetic", "osrm"): [(0.05, 0.1), (0.5, 0.74), (1.0, 0.76)]},
+    )
+    rep = claims_report(res)
+    assert verdict(rep, "OSRM flattens") is True
+    assert any("λ in [0.5, 1] 0.020 vs 0.200" in line for line in rep.lines), rep.lines
+
+
 def test_missing_inits_skip_claims():
     rep = claims_report(make_results({("ties", "standard"): 0.8}, {"standard": 0.9}))
     assert rep.verdicts == [] and "no claim could be checked" in rep.lines[0]

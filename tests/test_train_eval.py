@@ -105,8 +105,85 @@ def test_freeze_A_keeps_A_fixed():
         assert upd.B.abs().max() > 0
 
 
+def test_task_seed_shared_and_per_task():
+    """shared: the run's seed for every task; per_task: seed + CRC-32 of the name (checked with binascii)."""
+    import binascii
+
+    from lorakit.train import task_seed
+
+    assert task_seed(5, "rt_sentiment") == task_seed(5, "reuters_r8") == 5
+    a, b = task_seed(5, "rt_sentiment", "per_task"), task_seed(5, "rt_subjectivity", "per_task")
+    assert a == (5 + binascii.crc32(b"rt_sentiment")) % 2**31 and a != b
+    assert task_seed(6, "rt_sentiment", "per_task") == (a + 1) % 2**31  # seeds still step apart
+    with pytest.raises(LorakitError, match="unknown task_seeds"):
+        task_seed(0, "t", "random")
+
+
+def test_per_task_seeds_give_each_task_its_own_A():
+    """Two 2-label tasks: with shared seeds their adapters start (steps=0) from the identical A,
+    with per_task seeds from different ones; per_task changes the cache key, shared keeps the old one."""
+    p = get_profile("ci", steps=0, train_examples=16)
+    def start(task, mode):
+        return train_adapter(task, p.replace(task_seeds=mode), cache=False, progress=False)
+    shared = [start(t, "shared") for t in ("rt_sentiment", "rt_subjectivity")]
+    own = [start(t, "per_task") for t in ("rt_sentiment", "rt_subjectivity")]
+    for m in shared[0].updates:
+        assert torch.equal(shared[0].updates[m].A, shared[1].updates[m].A)
+        assert not torch.allclose(own[0].updates[m].A, own[1].updates[m].A)
+        assert torch.all(own[0].updates[m].B == 0)  # untrained: only the init differs
+    assert "task_seeds" not in shared[0].config and own[0].config["task_seeds"] == "per_task"
+    assert cache_key(own[0].config) != cache_key(shared[0].config)
+
+
 def test_unknown_init_and_missing_osrm_matrix():
     with pytest.raises(LorakitError, match="unknown init"):
         train_adapter("rt_subjectivity", "ci", init="svd")
     with pytest.raises(LorakitError, match="init_A"):
         train_adapter("rt_subjectivity", "ci", init="osrm")
+
+
+class CurveEvaluator:
+    """Stands in for Evaluator: every task's accuracy is f(λ), with the merge returning λ itself."""
+
+    def __init__(self, f):
+        self.f, self.calls = f, []
+
+    def score_tasks(self, lam, adapters, split="test"):
+        self.calls.append((lam, split))
+        return {t: self.f(lam) for t in adapters}
+
+
+def _select(f, grid, extend):
+    ev = CurveEvaluator(f)
+    tasks = {"a": None, "b": None}
+    rec = select_and_report(ev, tasks, lambda lam: lam, [{"lam": g} for g in grid], {"a": 1.0, "b": 1.0},
+                            {"a": 1.0, "b": 1.0}, extend_edges=extend)
+    return rec, ev
+
+
+@pytest.mark.parametrize("peak, extend, tried, chosen", [
+    (0.3, 2, [0.1, 0.3, 1.0], 0.3),                # inside the grid: nothing added
+    (0.09, 2, [0.1, 0.3, 1.0, 0.05], 0.1),         # 0.05 is worse than 0.1: one point, then stop
+    (0.05, 2, [0.1, 0.3, 1.0, 0.05, 0.025], 0.05),  # best below the grid, found
+    (0.001, 2, [0.1, 0.3, 1.0, 0.05, 0.025], 0.025),  # still at the edge when the budget is spent
+    (0.001, 0, [0.1, 0.3, 1.0], 0.1),              # extend_edges=0: the grid alone, as before
+    (3.0, 2, [0.1, 0.3, 1.0, 1.5, 2.25], 2.25),    # above the grid
+])
+def test_edge_extension_tries_beyond_an_edge_lambda(peak, extend, tried, chosen):
+    rec, ev = _select(lambda lam: 1.0 - abs(math.log(lam / peak)) / 10, [0.1, 0.3, 1.0], extend)
+    assert [c["params"]["lam"] for c in rec["curve"]] == tried
+    assert rec["params"]["lam"] == chosen
+    assert [c.get("extended", False) for c in rec["curve"]] == [False] * 3 + [True] * (len(tried) - 3)
+    # test is scored once, at the chosen point, after all the validation points
+    assert [c for c in ev.calls if c[1] == "test"] == [(chosen, "test")] and ev.calls[-1] == (chosen, "test")
+
+
+def test_edge_extension_rule():
+    from lorakit.evaluate import edge_extension
+
+    tried = [{"lam": 0.1, "density": 0.2}, {"lam": 0.5, "density": 0.2}]
+    assert edge_extension({"lam": 0.1, "density": 0.2}, tried) == {"lam": 0.05, "density": 0.2}
+    assert edge_extension({"lam": 0.5, "density": 0.2}, tried) == {"lam": 0.75, "density": 0.2}
+    assert edge_extension({"lam": 0.3}, tried + [{"lam": 0.3}]) is None
+    assert edge_extension({"density": 0.2}, tried) is None
+    assert edge_extension({"lam": 0.1}, [{"lam": 0.1}]) is None

@@ -122,3 +122,23 @@ def grid_edge_choices(results: Mapping) -> list[str]:
             if label not in found:
                 found.append(label)
     return found
+
+
+def compare_runs(runs: Mapping[str, Mapping]) -> list[dict]:
+    """Normalized accuracy of every (method, init) side by side across runs (``{label: results}``).
+
+    Rows ``{"method", "init", <label>: mean normalized or None, ...}`` in the first run's order, for
+    the (method, init) pairs any run holds. Used to put a run beside a variant of itself (e.g.
+    ``--task-seeds per_task``) with the numbers taken from each run's own records.
+    """
+    if not runs:
+        raise LorakitError("compare_runs needs at least one run")
+    tables = {label: {(r["method"], r["init"]): r["normalized_mean"] for r in summary_rows(res)}
+              for label, res in runs.items()}
+    keys = list(dict.fromkeys(k for table in tables.values() for k in table))
+    return [{"method": m, "init": i, **{label: table.get((m, i)) for label, table in tables.items()}} for m, i in keys]
+
+
+def run_setting(results: Mapping, key: str, default=None):
+    """One profile setting of a run (``task_seeds``, ``lam_grid``, ...), ``default`` for runs made before it existed."""
+    return results.get("profile_config", {}).get(key, default)

@@ -89,3 +89,21 @@ def test_grid_edge_choices_are_flagged():
     res["records"][1]["params"] = {"lam": 0.5}
     assert grid_edge_choices(res) == ["task_arithmetic (standard, λ=0.3)"]
     assert any(line.startswith("caveat: λ was chosen at the edge") for line in claims_report(res).lines)
+
+
+def test_compare_runs_puts_runs_side_by_side():
+    from lorakit.reference import compare_runs, run_setting
+
+    a = make_results({("task_arithmetic", "standard"): 0.8, ("do", "standard"): 0.9}, {"standard": 0.9})
+    b = make_results({("do", "standard"): 0.85, ("ties", "osrm"): 0.7}, {"standard": 0.9, "osrm": 0.9})
+    rows = compare_runs({"shared": a, "per_task": b})
+    assert rows == [
+        {"method": "task_arithmetic", "init": "standard", "shared": 0.8, "per_task": None},
+        {"method": "do", "init": "standard", "shared": 0.9, "per_task": 0.85},
+        {"method": "ties", "init": "osrm", "shared": None, "per_task": 0.7},
+    ]
+    assert run_setting(a, "task_seeds", "shared") == "shared"
+    a["profile_config"] = {"task_seeds": "per_task"}
+    assert run_setting(a, "task_seeds", "shared") == "per_task"
+    with pytest.raises(LorakitError):
+        compare_runs({})

@@ -1,6 +1,6 @@
 """Mean |cos| between the flattened trained lora_A of every pair of tasks, over modules (standard init),
 for the cpu profile with shared and with per-task seeds. Needs both runs' adapters in the cache
-(it asserts they load rather than train):
+(adapters missing from the cache are trained first, about 15 min on 2 cores):
 
     LORAKIT_CACHE=... python tools/a_alignment.py
 """

@@ -34,15 +34,14 @@ def reference_runs(folder: str | Path | None = None) -> dict[str, Path]:
     return runs
 
 
-def _curve_spread(results: Mapping, method: str, init: str, lams=None) -> float | None:
-    """max − min over λ (only those in ``lams`` if given) of the mean normalized accuracy curve
-    (None with fewer than two λ)."""
-    curve = lambda_curve(results, method, init)
-    values = [v for lam, v in curve.items() if lams is None or lam in lams]
+def _curve_spread(curve: Mapping[float, float], lams) -> float | None:
+    """max − min of a λ curve (:func:`lambda_curve`) over the λ in ``lams`` (None with fewer than two)."""
+    values = [v for lam, v in curve.items() if lam in lams]
     return max(values) - min(values) if len(values) >= 2 else None
 
 
-def _individual(results: Mapping, init: str) -> float | None:
+def mean_individual(results: Mapping, init: str) -> float | None:
+    """Mean test accuracy of the single-task adapters trained with ``init`` (over tasks and seeds)."""
     values = [r["test"] for info in results["tasks"].values() for r in info["individual"] if r["init"] == init]
     return mean(values) if values else None
 
@@ -85,17 +84,17 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0) -> ClaimsReport:
             a, b = normalized.get((method, "osrm")), normalized.get((method, "standard"))
             if a is not None and b is not None:
                 report.add(f"OSRM raises merged accuracy ({method})", f"normalized {a:.3f} vs {b:.3f} standard", a > b)
-        io, ist = _individual(results, "osrm"), _individual(results, "standard")
+        io, ist = mean_individual(results, "osrm"), mean_individual(results, "standard")
         if io is not None and ist is not None:
             diff = 100 * (io - ist)
             report.add("OSRM keeps single-task accuracy", f"mean individual accuracy {io:.3f} vs {ist:.3f} "
                        f"({diff:+.1f} pp; tolerance −{tolerance_pp:g} pp)", diff >= -tolerance_pp)
         if "task_arithmetic" in methods:
             # over the λ both curves tried (edge extensions may add different points to each)
-            common = set(lambda_curve(results, "task_arithmetic", "osrm")) & set(
-                lambda_curve(results, "task_arithmetic", "standard"))
-            so = _curve_spread(results, "task_arithmetic", "osrm", common)
-            ss = _curve_spread(results, "task_arithmetic", "standard", common)
+            curve_o = lambda_curve(results, "task_arithmetic", "osrm")
+            curve_s = lambda_curve(results, "task_arithmetic", "standard")
+            common = curve_o.keys() & curve_s.keys()
+            so, ss = _curve_spread(curve_o, common), _curve_spread(curve_s, common)
             if so is not None and ss is not None:
                 report.add("OSRM flattens the λ curve (task arithmetic)",
                            f"max − min of normalized accuracy over λ in [{min(common):g}, {max(common):g}] "

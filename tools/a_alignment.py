@@ -1,20 +1,39 @@
-"""Mean |cos| between the flattened trained lora_A of every pair of tasks, over modules (standard init),
-for the cpu profile with shared and with per-task seeds. Needs both runs' adapters in the cache
-(adapters missing from the cache are trained first, about 15 min on 2 cores):
+"""How aligned the tasks' trained LoRA ``A`` matrices are, in the cpu profile with shared and with
+per-task seeds (standard init): the mean over modules and task pairs of |cos(A_i, A_j)| of the
+flattened ``lora_A`` (``lorakit.analysis.cosine_matrix`` per module). Adapters missing from the
+cache are trained first (about 15 min on 2 cores)::
 
     LORAKIT_CACHE=... python tools/a_alignment.py
 """
-import itertools, json, sys, torch
+
+from __future__ import annotations
+
+import torch
+
+from lorakit.analysis import cosine_matrix
 from lorakit.profiles import get_profile
-from lorakit.train import train_adapter
-p = get_profile("cpu")
-for mode in ("shared", "per_task"):
-    q = p.replace(task_seeds=mode)
-    ads = {t: train_adapter(t, q, progress=False) for t in q.tasks}  # cached: loads
-    assert all(a.path is not None for a in ads.values())
-    cos = []
-    for a, b in itertools.combinations(q.tasks, 2):
-        for m in ads[a].updates:
-            x, y = ads[a].updates[m].A.flatten().double(), ads[b].updates[m].A.flatten().double()
-            cos.append(float((x @ y).abs() / (x.norm() * y.norm())))
-    print(f"{mode}: mean |cos(A_i, A_j)| over {len(cos)} (task pair, module) = {sum(cos)/len(cos):.3f}")
+from lorakit.train import train_all
+
+
+def mean_abs_off_diagonal_cosine(A_by_task: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    """Mean |C_ij| over i < j and modules, with C = cosine_matrix of one module's A across tasks; and the count."""
+    values = []
+    for module in A_by_task[0]:
+        cos = cosine_matrix([A[module] for A in A_by_task]).abs()
+        i, j = torch.triu_indices(len(A_by_task), len(A_by_task), offset=1)
+        values.append(cos[i, j])
+    flat = torch.cat(values)
+    return float(flat.mean()), flat.numel()
+
+
+def main() -> None:
+    profile = get_profile("cpu")
+    for mode in ("shared", "per_task"):
+        adapters = train_all(list(profile.tasks), profile.replace(task_seeds=mode), progress=False)
+        A_by_task = [{m: u.A for m, u in adapter.updates.items()} for adapter in adapters.values()]
+        value, count = mean_abs_off_diagonal_cosine(A_by_task)
+        print(f"{mode}: mean |cos(A_i, A_j)| over {count} (task pair, module) = {value:.3f}")
+
+
+if __name__ == "__main__":
+    main()

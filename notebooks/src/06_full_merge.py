@@ -168,7 +168,7 @@ assert not grid_edge_choices(ref), "a chosen λ is at the edge of what was tried
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.reference import claims_report, compare_runs
+from lorakit.reference import claims_report, compare_runs, mean_individual
 
 variants = {n: r for n, r in refs.items()
             if r["profile"] == ref["profile"] and run_setting(r, "task_seeds", "shared") == "per_task"}
@@ -183,8 +183,7 @@ if variants:
         if a is not None and b is not None:
             print(f"{row['method']:>16} {row['init']:>8} {a:7.3f} {b:8.3f} {b - a:+7.3f}")
     for r, label in ((ref, "shared"), (var, "per_task")):
-        ind = [x["test"] for info in r["tasks"].values() for x in info["individual"] if x["init"] == "standard"]
-        print(f"{label:>8}: mean individual accuracy (standard init) {sum(ind) / len(ind):.3f}")
+        print(f"{label:>8}: mean individual accuracy (standard init) {mean_individual(r, 'standard'):.3f}")
     print("claims in the per_task run:")
     var_report = claims_report(var)
     for line in var_report.lines:

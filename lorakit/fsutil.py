@@ -1,7 +1,9 @@
-"""Writing output folders atomically: build in a temporary sibling, rename at the end.
+"""Writing output atomically: build in a temporary sibling, rename at the end.
 
-Every writer in lorakit (adapters, merged models, cached training results, run folders) uses
-:func:`atomic_folder`, so a failure or an interrupt leaves nothing half-written behind.
+Every writer in lorakit uses one of two helpers: folders (adapters, merged models, cached
+training results, run folders) go through :func:`atomic_folder`, single files (JSON reports,
+caches, archives) through :func:`atomic_file`, so a failure or an interrupt leaves nothing
+half-written behind.
 """
 
 from __future__ import annotations
@@ -50,4 +52,32 @@ def atomic_folder(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         commit_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path beside ``out``; on success it replaces ``out``, on any error it is removed.
+
+    The one writer for single files (JSON reports, cached data, downloaded archives): the caller
+    writes the yielded path however it likes; ``out`` appears only once the ``with`` block ends
+    without an error, so a reader never sees a half-written file. ``overwrite=False`` refuses an
+    existing ``out`` before anything is written; an unwritable folder is a one-line error.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LorakitError(f"{out} already exists; choose another output file or pass overwrite")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=parent)
+    except OSError as exc:
+        raise LorakitError(f"cannot write to {parent} ({exc.strerror}); choose a writable location") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

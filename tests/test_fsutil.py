@@ -1,0 +1,44 @@
+"""lorakit.fsutil: the two atomic writers leave either the finished output or nothing."""
+
+import pytest
+
+from lorakit.errors import LorakitError
+from lorakit.fsutil import atomic_file, atomic_folder
+
+
+def test_atomic_file_appears_only_on_success(tmp_path):
+    out = tmp_path / "sub" / "report.json"
+    with atomic_file(out) as tmp:
+        tmp.write_text("{}")
+        assert not out.exists() and tmp.parent == out.parent
+    assert out.read_text() == "{}"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.json"]
+
+
+def test_atomic_file_error_keeps_old_and_leaves_no_temp(tmp_path):
+    out = tmp_path / "report.json"
+    out.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(out) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_atomic_file_refuses_existing_without_overwrite(tmp_path):
+    out = tmp_path / "report.json"
+    out.write_text("old")
+    with pytest.raises(LorakitError, match="already exists"):
+        with atomic_file(out, overwrite=False):
+            pass
+    assert out.read_text() == "old"
+
+
+def test_atomic_folder_interrupt_leaves_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(out) as tmp:
+            (tmp / "a.txt").write_text("x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []

@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -52,12 +51,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LorakitError
-from ..fsutil import commit_folder, temp_sibling
+from ..fsutil import atomic_folder
 from ..lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, apply_deltas, check_compatible, write_merged
 from .refactor import SafetensorsStream, concat_factors, refactor_dense, truncate_factors, weighted
 from .registry import METHODS, layer_params, resolve_params
 
-PEFT_PREFIX = "base_model.model."  # TODO(lora): move to lora
+PEFT_PREFIX = "base_model.model."  # moves to lorakit.lora with the PEFT naming rules
 
 
 def peft_lora_key(module: str, side: str) -> str:
@@ -260,41 +259,47 @@ def _written_task_type(plan: MergePlan, summary: dict) -> str | None:
 
 
 def _merge_to_adapter(plan: MergePlan, out, overwrite: bool, summary: dict, progress: bool) -> None:
-    """The layer loop for format "adapter": merge, refactor, stream the factors to disk, forget."""
+    """Format "adapter": merge, refactor and stream each layer's factors to disk, then the config.
+
+    With ``out`` the folder is built in a temporary sibling (:func:`lorakit.fsutil.atomic_folder`)
+    and renamed at the end: an error or an interrupt leaves nothing behind. Without ``out`` the
+    merge runs and is reported, and nothing is written.
+    """
     written_task = _written_task_type(plan, summary)
-    tmp = stream = None
-    if out is not None:
-        out, tmp = temp_sibling(out, overwrite)
-    try:
-        if tmp is not None:
-            stream = SafetensorsStream(tmp / ADAPTER_WEIGHTS)
-        ranks: dict[str, int] = {}
-        for module in _modules(plan, progress):
-            A, B, energy = plan.factors(module)
-            ranks[module] = int(A.shape[0])
-            summary["energy_per_layer"][module] = energy
-            if stream is not None:
-                summary["lora_parameters"] += stream.add(peft_lora_key(module, "A"), A.float())
-                summary["lora_parameters"] += stream.add(peft_lora_key(module, "B"), B.float())
-            else:
-                summary["lora_parameters"] += A.numel() + B.numel()
-        summary["rank"] = {"min": min(ranks.values()), "max": max(ranks.values())}
-        energies = list(summary["energy_per_layer"].values())
-        summary["energy"] = {"min": min(energies), "mean": sum(energies) / len(energies)}
-        if tmp is not None:
+    if out is None:
+        _stream_layers(plan, None, summary, progress)
+        return
+    with atomic_folder(out, overwrite) as tmp:
+        stream = SafetensorsStream(tmp / ADAPTER_WEIGHTS)
+        try:
+            ranks = _stream_layers(plan, stream, summary, progress)
             for key, tensor in plan.head.items():
                 stream.add(PEFT_PREFIX + key, tensor)
-            stream.close()
-            config = adapter_config(ranks, plan.base_name, written_task, head_modules(plan.head), plan.transpose)
-            (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-            (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-            commit_folder(tmp, out)
-    except BaseException:
-        if stream is not None:
+        except BaseException:
             stream.abort()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
+        stream.close()
+        config = adapter_config(ranks, plan.base_name, written_task, head_modules(plan.head), plan.transpose)
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+
+
+def _stream_layers(plan: MergePlan, stream: SafetensorsStream | None, summary: dict, progress: bool) -> dict[str, int]:
+    """The layer loop: ``(A*, B*)`` of each layer written (or counted) and forgotten; returns ``{module: rank}``."""
+    ranks: dict[str, int] = {}
+    for module in _modules(plan, progress):
+        A, B, energy = plan.factors(module)
+        ranks[module] = int(A.shape[0])
+        summary["energy_per_layer"][module] = energy
+        if stream is not None:
+            summary["lora_parameters"] += stream.add(peft_lora_key(module, "A"), A.float())
+            summary["lora_parameters"] += stream.add(peft_lora_key(module, "B"), B.float())
+        else:
+            summary["lora_parameters"] += A.numel() + B.numel()
+    summary["rank"] = {"min": min(ranks.values()), "max": max(ranks.values())}
+    energies = list(summary["energy_per_layer"].values())
+    summary["energy"] = {"min": min(energies), "mean": sum(energies) / len(energies)}
+    return ranks
 
 
 def _merge_to_model(plan: MergePlan, base: str, out, overwrite: bool, summary: dict, progress: bool) -> None:

@@ -5,7 +5,16 @@ markdown cell whose lines start with "# "). This writes ``notebooks/NN_name.ipyn
 ``--execute``, runs it top to bottom in a fresh kernel so the committed outputs come from a real
 run (in the profile named by ``LORAKIT_PROFILE``).
 
-    python tools/build_notebooks.py [--execute] [names...]
+With ``--keep-outputs`` it rebuilds without executing, for edits that touch markdown only: every
+code cell keeps the outputs, execution count and metadata of the committed notebook. The code
+cells of the source must equal the committed notebook's code cells, in order; if any code cell
+changed (or was added or removed), it prints which one and that the notebook needs ``--execute``,
+writes nothing, and exits with status 1.
+
+    python tools/build_notebooks.py [--execute | --keep-outputs] [names...]
+
+A name selects every source whose file stem contains it (``04`` → ``04_osrm`` and
+``solutions__04_solutions``).
 """
 
 from __future__ import annotations
@@ -48,18 +57,72 @@ def parse(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def main() -> int:
+def notebook_path(src: Path) -> Path:
+    """``notebooks/src/solutions__01_x.py`` → ``notebooks/solutions/01_x.ipynb`` (under ``ROOT``)."""
+    return ROOT / "notebooks" / (src.stem.replace("__", "/") + ".ipynb")
+
+
+def _short(text: str, width: int = 60) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def keep_outputs(nb: nbformat.NotebookNode, old: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode | None, list[str]]:
+    """``nb`` (freshly parsed) with the outputs of ``old`` (the committed notebook) kept.
+
+    The code cells of ``nb`` and ``old`` are matched in order; each must have the same source
+    text. Then every code cell takes ``old``'s outputs, execution count, metadata and id, the
+    k-th markdown cell takes the id of ``old``'s k-th markdown cell (when there is one), and the
+    notebook keeps ``old``'s metadata. Returns ``(merged, [])``, or ``(None, problems)`` naming
+    the first code cell that differs.
+    """
+    new_code = [c for c in nb.cells if c.cell_type == "code"]
+    old_code = [c for c in old.cells if c.cell_type == "code"]
+    for k, (a, b) in enumerate(zip(new_code, old_code)):
+        if a.source != b.source:
+            return None, [f"code cell {k + 1} changed: source {_short(a.source)!r}, notebook {_short(b.source)!r}"]
+    if len(new_code) != len(old_code):
+        k = min(len(new_code), len(old_code))
+        what = (f"code cell {k + 1} is new ({_short(new_code[k].source)!r})" if len(new_code) > k
+                else f"code cell {k + 1} was removed ({_short(old_code[k].source)!r})")
+        return None, [f"{what}: the source has {len(new_code)} code cells, the notebook {len(old_code)}"]
+    merged = nbformat.from_dict(nbformat.v4.new_notebook(cells=[], metadata=dict(old.metadata or nb.metadata)))
+    old_md = iter([c for c in old.cells if c.cell_type == "markdown"])
+    old_code_iter = iter(old_code)
+    for cell in nb.cells:
+        cell = nbformat.from_dict(dict(cell))
+        if cell.cell_type == "code":
+            prev = next(old_code_iter)
+            cell.outputs = prev.get("outputs", [])
+            cell.execution_count = prev.get("execution_count")
+            cell.metadata = prev.get("metadata", {})
+            if "id" in prev:
+                cell.id = prev.id
+        elif cell.cell_type == "markdown":
+            prev = next(old_md, None)
+            if prev is not None and "id" in prev:
+                cell.id = prev.id
+        merged.cells.append(cell)
+    return merged, []
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*")
-    ap.add_argument("--execute", action="store_true")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--execute", action="store_true", help="run each notebook in a fresh kernel")
+    mode.add_argument("--keep-outputs", action="store_true",
+                      help="markdown-only edits: keep the committed notebook's outputs; refuse if a code cell changed")
     ap.add_argument("--timeout", type=int, default=1800)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sources = sorted(SRC.glob("*.py"))
     if args.names:
         sources = [s for s in sources if any(n in s.stem for n in args.names)]
+    if args.keep_outputs:
+        return _main_keep_outputs(sources)
     for src in sources:
-        rel = Path(src.stem.replace("__", "/") + ".ipynb")
-        out = ROOT / "notebooks" / rel
+        out = notebook_path(src)
+        rel = out.relative_to(ROOT / "notebooks")
         out.parent.mkdir(parents=True, exist_ok=True)
         nb = parse(src)
         if args.execute:
@@ -71,6 +134,34 @@ def main() -> int:
             print(f"executed {rel} in {time.time() - t0:.0f} s (profile {os.environ.get('LORAKIT_PROFILE', 'default')})")
         nbformat.write(nb, out)
         print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+def _main_keep_outputs(sources: list[Path]) -> int:
+    """``--keep-outputs``: check every selected notebook first; write all of them or none."""
+    planned, failed = [], False
+    for src in sources:
+        out = notebook_path(src)
+        rel = out.relative_to(ROOT)
+        if not out.is_file():
+            problems = [f"there is no {rel} to take outputs from"]
+            merged = None
+        else:
+            merged, problems = keep_outputs(parse(src), nbformat.read(out, as_version=4))
+        if merged is None:
+            failed = True
+            for problem in problems:
+                print(f"warning: {rel}: {problem}", file=sys.stderr)
+            print(f"warning: {rel} needs a real run: python tools/build_notebooks.py --execute {src.stem}",
+                  file=sys.stderr)
+        else:
+            planned.append((out, merged))
+    if failed:
+        print("--keep-outputs is for markdown-only edits; nothing written", file=sys.stderr)
+        return 1
+    for out, merged in planned:
+        nbformat.write(merged, out)
+        print(f"wrote {out.relative_to(ROOT)} (outputs kept)")
     return 0
 
 

@@ -13,8 +13,11 @@ computed in float64.
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Mapping, Sequence, Union
 
+import numpy as np
 import torch
 
 from .errors import LorakitError
@@ -185,8 +188,6 @@ def spectrum(delta: Delta) -> torch.Tensor:
 
 def _average_ranks(values):
     """Ranks 1..n of a 1-D array, ties given their average rank (scipy's ``rankdata`` default)."""
-    import numpy as np
-
     order = np.argsort(values, kind="mergesort")
     ranks = np.empty(len(values), dtype=np.float64)
     ranks[order] = np.arange(1, len(values) + 1)
@@ -198,8 +199,6 @@ def _average_ranks(values):
 
 def _pearson_rows(x, ys):
     """Pearson r of ``x`` (n,) with every row of ``ys`` (P, n); NaN where either is constant."""
-    import numpy as np
-
     xc = x - x.mean()
     yc = ys - ys.mean(axis=-1, keepdims=True)
     denom = np.sqrt((xc**2).sum() * (yc**2).sum(axis=-1))
@@ -229,11 +228,6 @@ def group_correlation(xs: Sequence[float], ys: Sequence[float], permutations: in
         ``{"n", "pearson", "pearson_p", "spearman", "spearman_p"}`` (NaN statistics when
         ``n < 3`` or either list is constant).
     """
-    import itertools
-    import math
-
-    import numpy as np
-
     x = np.asarray(xs, dtype=np.float64)
     y = np.asarray(ys, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape:

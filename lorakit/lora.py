@@ -13,130 +13,92 @@ Notation (notebook 01, eq. 1.1–1.3; peft's convention):
 
 Everything else in lorakit (merging, analysis, OSRM) works on :class:`LoRAUpdate` objects or on
 dense ``ΔW`` tensors made by :meth:`LoRAUpdate.delta`; the scaling is folded in exactly once,
-here.
+here. The math lives in :mod:`lorakit.lora_update` (re-exported here); this module holds the
+PEFT naming rules (the only place that knows peft's ``base_model.model.`` prefix and
+``lora_A``/``lora_B`` key layout) and reading/writing adapter folders.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
+import safetensors.torch  # module attribute calls: a monkeypatched save_file/load_file is seen
 import torch
+from safetensors import SafetensorError
 
 from .errors import LorakitError
 from .fsutil import atomic_folder
+from .lora_update import (  # noqa: F401  (re-exported: the public names of lorakit.lora)
+    Adapter,
+    LoRAUpdate,
+    adapter_deltas,
+    check_compatible,
+    factorize_delta,
+    lora_delta,
+    lora_scaling,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_WEIGHTS_BIN = "adapter_model.bin"
 
 
-def lora_scaling(alpha: float, r: int, use_rslora: bool = False) -> float:
-    r"""peft's scaling: :math:`s = \alpha / r`, or :math:`\alpha / \sqrt r` with rsLoRA."""
-    if r <= 0:
-        raise LorakitError(f"LoRA rank must be positive, got r={r}")
-    return float(alpha) / (math.sqrt(r) if use_rslora else r)
+# ----------------------------------------------------------------------------------------------
+# PEFT naming: module names relative to the base model <-> peft's state-dict keys
+# ----------------------------------------------------------------------------------------------
+
+#: What peft puts before every base-model name (``PeftModel.base_model.model`` is the wrapped model).
+PEFT_PREFIX = "base_model.model."
+LORA_PARTS = ("A", "B")
 
 
-def lora_delta(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
-    r"""Dense LoRA update :math:`\Delta W = s\,B A`.
+def strip_peft_prefix(name: str) -> str:
+    """A module or parameter name relative to the base model (peft's ``base_model.model.`` removed).
 
-    Args:
-        A: ``(r, d_in)``.
-        B: ``(d_out, r)``.
-        scaling: ``s``.
-
-    Returns:
-        ``ΔW`` of shape ``(d_out, d_in)``.
+    ``strip_peft_prefix("base_model.model.bert.pooler.dense") == "bert.pooler.dense"``; a name
+    without the prefix is returned unchanged.
     """
-    if A.ndim != 2 or B.ndim != 2 or B.shape[1] != A.shape[0]:
-        raise LorakitError(
-            f"LoRA factor shapes do not fit: A {tuple(A.shape)} must be (r, d_in) and B "
-            f"{tuple(B.shape)} must be (d_out, r) with the same r"
-        )
-    return scaling * (B @ A)
+    return name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
 
 
-@dataclass
-class LoRAUpdate:
-    r"""The LoRA update of one Linear layer: :math:`\Delta W = s\,B A`.
+def peft_key(name: str) -> str:
+    """``base_model.model.<name>``: the key peft saves a base-model tensor under (e.g. a head in
+    ``modules_to_save``: ``peft_key("classifier.weight")``)."""
+    return PEFT_PREFIX + name
 
-    Attributes:
-        A: ``(r, d_in)``, peft's ``lora_A.weight``.
-        B: ``(d_out, r)``, peft's ``lora_B.weight``.
-        scaling: ``s`` (``α/r``, or ``α/√r`` for rsLoRA).
+
+def peft_lora_key(module: str, part: str) -> str:
+    """The key of one LoRA factor in ``adapter_model.safetensors``, as ``save_pretrained`` writes it.
+
+    ``peft_lora_key("bert.encoder.layer.0.attention.self.query", "A")`` is
+    ``"base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"``
+    (``A``: ``(r, d_in)``, ``B``: ``(d_out, r)``). Inverse of :func:`parse_peft_lora_key`.
     """
-
-    A: torch.Tensor
-    B: torch.Tensor
-    scaling: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.A.ndim != 2 or self.B.ndim != 2 or self.B.shape[1] != self.A.shape[0]:
-            raise LorakitError(
-                f"LoRA factor shapes do not fit: A {tuple(self.A.shape)} must be (r, d_in) and "
-                f"B {tuple(self.B.shape)} must be (d_out, r) with the same r"
-            )
-        self.scaling = float(self.scaling)
-
-    @property
-    def rank(self) -> int:
-        """``r``, the number of rows of ``A``."""
-        return int(self.A.shape[0])
-
-    @property
-    def d_in(self) -> int:
-        return int(self.A.shape[1])
-
-    @property
-    def d_out(self) -> int:
-        return int(self.B.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Shape of ``ΔW``: ``(d_out, d_in)``."""
-        return (self.d_out, self.d_in)
-
-    def delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        r""":math:`\Delta W = s\,B A`, shape ``(d_out, d_in)``, optionally cast to ``dtype`` first."""
-        A, B = self.A, self.B
-        if dtype is not None:
-            A, B = A.to(dtype), B.to(dtype)
-        return lora_delta(A, B, self.scaling)
-
-    @classmethod
-    def from_dense(cls, delta: torch.Tensor) -> "LoRAUpdate":
-        """A dense update (e.g. from full fine-tuning) as a LoRA update: ``A = I_{d_in}``, ``B = ΔW``, ``s = 1``.
-
-        Exact (``B A = ΔW``), so every merge method and analysis applies to full fine-tuning too.
-        """
-        return cls(torch.eye(delta.shape[1], dtype=delta.dtype), delta.clone(), 1.0)
-
-    def folded(self) -> "LoRAUpdate":
-        """The same update with the scaling folded into ``B`` (``B ← s·B``, ``s ← 1``)."""
-        return LoRAUpdate(self.A, self.B * self.scaling, 1.0)
-
-    def to(self, *args, **kwargs) -> "LoRAUpdate":
-        """Move/cast both factors, like ``torch.Tensor.to``."""
-        return LoRAUpdate(self.A.to(*args, **kwargs), self.B.to(*args, **kwargs), self.scaling)
-
-    def is_finite(self) -> bool:
-        return bool(torch.isfinite(self.A).all() and torch.isfinite(self.B).all())
+    if part not in LORA_PARTS:
+        raise LorakitError(f"LoRA factor part must be 'A' or 'B', got {part!r}")
+    return f"{PEFT_PREFIX}{module}.lora_{part}.weight"
 
 
-# A whole adapter: target module name (e.g. "bert.encoder.layer.0.attention.self.query") -> update.
-Adapter = dict[str, LoRAUpdate]
+def parse_peft_lora_key(key: str) -> tuple[str, str] | None:
+    """Split a peft state-dict key into (module name, "A"|"B"), or None if it is no LoRA factor.
+
+    Keys look like ``base_model.model.<module>.lora_A[.default].weight`` (saved files drop the
+    adapter name, a live model's ``state_dict`` keeps it); the module name comes back relative
+    to the base model.
+    """
+    for part in ("lora_A", "lora_B"):
+        marker = f".{part}."
+        if marker in key and key.endswith(".weight"):
+            return strip_peft_prefix(key.split(marker)[0]), part[-1]
+    return None
 
 
-def adapter_deltas(adapter: Mapping[str, LoRAUpdate]) -> dict[str, torch.Tensor]:
-    """``{module: ΔW}`` for every layer of an adapter."""
-    return {name: upd.delta() for name, upd in adapter.items()}
+_module_name_from_key = parse_peft_lora_key  # the old private name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,23 +106,8 @@ def adapter_deltas(adapter: Mapping[str, LoRAUpdate]) -> dict[str, torch.Tensor]
 # ----------------------------------------------------------------------------------------------
 
 
-def _module_name_from_key(key: str) -> tuple[str, str] | None:
-    """Split a peft state-dict key into (module name, "A"|"B"), or None if it is no LoRA factor.
-
-    Keys look like ``base_model.model.<module>.lora_A[.default].weight``.
-    """
-    for part in ("lora_A", "lora_B"):
-        marker = f".{part}."
-        if marker in key and key.endswith(".weight"):
-            module = key.split(marker)[0]
-            if module.startswith("base_model.model."):
-                module = module[len("base_model.model.") :]
-            return module, part[-1]
-    return None
-
-
 def _factors_to_adapter(
-    factors: Mapping[str, Mapping[str, torch.Tensor]], scaling_for: "callable"
+    factors: Mapping[str, Mapping[str, torch.Tensor]], scaling_for: Callable[[str, int], float]
 ) -> Adapter:
     adapter: Adapter = {}
     for module in sorted(factors):
@@ -194,8 +141,7 @@ def read_peft_model(model: torch.nn.Module, adapter_name: str = "default") -> Ad
         A = module.lora_A[adapter_name].weight.detach().float().cpu().clone()
         B = module.lora_B[adapter_name].weight.detach().float().cpu().clone()
         s = float(module.scaling[adapter_name])
-        short = name[len("base_model.model.") :] if name.startswith("base_model.model.") else name
-        adapter[short] = LoRAUpdate(A, B, s)
+        adapter[strip_peft_prefix(name)] = LoRAUpdate(A, B, s)
     if not adapter:
         raise LorakitError("the model has no LoRA layers: pass a peft model made by get_peft_model")
     return adapter
@@ -240,11 +186,8 @@ def load_adapter_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     folder = Path(folder)
     st, binf = folder / ADAPTER_WEIGHTS, folder / ADAPTER_WEIGHTS_BIN
     if st.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(st))
+            return safetensors.torch.load_file(str(st))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise LorakitError(f"{st} is corrupt or unreadable ({exc}); re-save the adapter") from None
     if binf.is_file():
@@ -268,7 +211,7 @@ def read_adapter(source: "str | os.PathLike | torch.nn.Module", adapter_name: st
         state = load_adapter_state(source)
         factors: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in state.items():
-            parsed = _module_name_from_key(key)
+            parsed = parse_peft_lora_key(key)
             if parsed is None:
                 continue
             module, part = parsed
@@ -287,10 +230,9 @@ def read_head(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     state = load_adapter_state(folder)
     head = {}
     for key, tensor in state.items():
-        if _module_name_from_key(key) is not None:
+        if parse_peft_lora_key(key) is not None:
             continue
-        name = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
-        head[name] = tensor
+        head[strip_peft_prefix(key)] = tensor
     return head
 
 
@@ -321,22 +263,6 @@ def apply_deltas(model: torch.nn.Module, deltas: Mapping[str, torch.Tensor], sig
         for name, delta in deltas.items():
             weight = modules[name].weight
             weight.add_(delta.to(weight.dtype).to(weight.device), alpha=sign)
-
-
-def factorize_delta(delta: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    r"""Factor a dense ``ΔW`` (d_out×d_in) as ``B A`` with ``A`` (r×d_in), ``B`` (d_out×r) by SVD.
-
-    ``ΔW = U Σ Vᵀ``; ``B = U_r Σ_r^{1/2}``, ``A = Σ_r^{1/2} V_rᵀ``. Returns ``(A, B, energy)``, with
-    ``energy = ‖Σ_r‖² / ‖Σ‖²`` the fraction of ‖ΔW‖²_F kept (1.0 when nothing is cut).
-    """
-    U, S, Vh = torch.linalg.svd(delta.double(), full_matrices=False)
-    total = float((S**2).sum())
-    k = len(S) if rank is None else min(rank, len(S))
-    root = S[:k].sqrt()
-    A = (root[:, None] * Vh[:k]).to(delta.dtype)
-    B = (U[:, :k] * root[None, :]).to(delta.dtype)
-    energy = 1.0 if total == 0 else float((S[:k] ** 2).sum()) / total
-    return A, B, energy
 
 
 def adapter_config(
@@ -378,8 +304,6 @@ def write_adapter(
     non-LoRA weights (e.g. ``classifier.weight``) saved as ``modules_to_save``. The folder is
     written to a temporary sibling and renamed, so a failure leaves nothing behind.
     """
-    from safetensors.torch import save_file
-
     if not adapter:
         raise LorakitError("nothing to write: the adapter has no layers")
     ranks = {m: u.rank for m, u in adapter.items()}
@@ -387,14 +311,14 @@ def write_adapter(
         state: dict[str, torch.Tensor] = {}
         for module, upd in adapter.items():
             folded = upd.folded()
-            state[f"base_model.model.{module}.lora_A.weight"] = folded.A.contiguous().float()
-            state[f"base_model.model.{module}.lora_B.weight"] = folded.B.contiguous().float()
+            state[peft_lora_key(module, "A")] = folded.A.contiguous().float()
+            state[peft_lora_key(module, "B")] = folded.B.contiguous().float()
         modules_to_save = sorted({k.rsplit(".", 1)[0] for k in (extra_state or {})})
         for key, tensor in (extra_state or {}).items():
-            state[f"base_model.model.{key}"] = tensor.contiguous()
+            state[peft_key(key)] = tensor.contiguous()
         config = adapter_config(ranks, base_model_name, task_type, modules_to_save)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-        save_file(state, str(tmp / ADAPTER_WEIGHTS))
+        safetensors.torch.save_file(state, str(tmp / ADAPTER_WEIGHTS))
     return Path(out)
 
 
@@ -426,26 +350,3 @@ def write_merged(
                 for name, weight in originals.items():
                     modules[name].weight.copy_(weight)
     return Path(out)
-
-
-def check_compatible(adapters: Iterable[Mapping[str, LoRAUpdate]], names: Iterable[str] | None = None) -> None:
-    """Raise a one-line error unless all adapters adapt the same modules with the same ΔW shapes."""
-    adapters = list(adapters)
-    names = list(names) if names is not None else [f"adapter {i}" for i in range(len(adapters))]
-    if not adapters:
-        raise LorakitError("no adapters given; pass at least one")
-    ref_modules = set(adapters[0])
-    for name, ad in zip(names[1:], adapters[1:]):
-        if set(ad) != ref_modules:
-            missing = sorted(ref_modules - set(ad))[:2]
-            extra = sorted(set(ad) - ref_modules)[:2]
-            raise LorakitError(
-                f"{name} adapts different modules than {names[0]} (missing {missing}, extra {extra}); "
-                "merge only adapters trained with the same target_modules"
-            )
-        for module in ref_modules:
-            if ad[module].shape != adapters[0][module].shape:
-                raise LorakitError(
-                    f"{name}: ΔW of {module} is {ad[module].shape} but {adapters[0][module].shape} in "
-                    f"{names[0]}; the adapters were made for different base models"
-                )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 
+import torch
+
 from .assets import quiet
 from .profiles import Profile, apply_threads, get_profile
 
@@ -13,8 +15,6 @@ def setup(profile: str | None = None, seed: int = 0, **overrides) -> Profile:
 
     Prints which profile and machine the notebook's outputs come from.
     """
-    import torch
-
     quiet()
     p = get_profile(profile, **overrides)
     apply_threads(p)

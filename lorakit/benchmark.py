@@ -11,46 +11,28 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from . import __version__
 from .analysis import magnitude_variance
 from .errors import LorakitError
-from .fsutil import atomic_folder
 from .evaluate import Evaluator, mean, select_and_report
+from .fsutil import atomic_folder
+from .lora import LoRAUpdate
+from .merge import METHODS, merge_adapters, orthogonalize_adapters
+from .osrm import osrm_init_for_tasks
 from .profiles import Profile, apply_threads, get_profile
-from .tasks import get_card, load_task
-from .train import task_seed, train_all
+# Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
+from .results import format_table, lambda_curve, load_results, machine_description, run_note, summary_rows  # noqa: F401
+from .tasks import TaskData, get_card, load_task
+from .train import TrainedAdapter, task_seed, train_all
 
-
-def machine_description(device: str = "cpu") -> dict:
-    """What the numbers were measured on."""
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    try:
-        import peft
-        import transformers
-
-        info["transformers"] = transformers.__version__
-        info["peft"] = peft.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+Log = Callable[[str], object]
 
 
 def method_grid(method: str, profile: Profile) -> list[dict]:
@@ -73,8 +55,6 @@ def method_grid(method: str, profile: Profile) -> list[dict]:
 
 def resolve_method(method: str) -> tuple[str, dict]:
     """Benchmark method name → (registered merge method, fixed params). ``do_ties`` = DO with TIES."""
-    from .merge import METHODS
-
     if method in METHODS:
         return method, {}
     if method.startswith("do_") and method[3:] in METHODS:
@@ -85,8 +65,6 @@ def resolve_method(method: str) -> tuple[str, dict]:
 
 def osrm_inits(tasks: Sequence[str], profile: Profile, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """Each task's OSRM ``lora_A`` per module, from the other tasks' features (leave-one-out)."""
-    from .osrm import osrm_init_for_tasks
-
     return osrm_init_for_tasks(tasks, profile, progress=progress)
 
 
@@ -133,18 +111,14 @@ def run_benchmark(
     return results
 
 
-def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
-    from .merge import merge_adapters, orthogonalize_adapters
-
+def _run(p: Profile, tasks: list[str], methods: list[str], inits: list[str], seeds: list[int], progress: bool,
+         log: Log) -> dict:
+    """The grid: per init (OSRM's A once) and seed, train, score each adapter alone, merge with every method."""
     timings = {"train_seconds": 0.0, "osrm_seconds": 0.0, "merge_seconds": 0.0, "orthogonalize_seconds": 0.0,
                "eval_seconds": 0.0}
     data = {t: load_task(t, profile=p) for t in tasks}
     evaluator = Evaluator(list(data.values()), p)
-    task_info = {
-        t: {"majority": d.majority_baseline("test"), "n_test": len(d.test[1]), "n_val": len(d.val[1]),
-            "n_train": len(d.train[1]), "num_labels": d.num_labels, "individual": []}
-        for t, d in data.items()
-    }
+    task_info = _task_info(data)
     records, adapter_stats = [], []
     for init in inits:
         init_A = None
@@ -156,51 +130,13 @@ def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
             t0 = time.perf_counter()
             adapters = train_all(tasks, p, init=init, init_A_by_task=init_A, seed=seed, progress=progress)
             timings["train_seconds"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            ind_val = evaluator.individual(adapters, "val")
-            ind_test = evaluator.individual(adapters, "test")
-            timings["eval_seconds"] += time.perf_counter() - t0
-            for t in tasks:
-                task_info[t]["individual"].append({"init": init, "seed": seed, "test": ind_test[t], "val": ind_val[t],
-                                                   "train_seconds": adapters[t].metrics.get("seconds")})
-            log(f"[{init} seed {seed}] individual test accuracy: "
-                + ", ".join(f"{t} {ind_test[t]:.3f}" for t in tasks))
+            ind_val, ind_test = _score_individual(evaluator, adapters, tasks, init, seed, task_info, timings, log)
             mv = magnitude_variance([adapters[t].updates for t in tasks])
             adapter_stats.append({"init": init, "seed": seed, "magnitude_variance": mv})
-            orthogonalized = None  # DO's factor orthogonalisation: once per (init, seed), shared by do_*
-            for method in methods:
-                name, fixed = resolve_method(method)
-                merge_time = [0.0]
-                if name == "do" and orthogonalized is None:
-                    t1 = time.perf_counter()
-                    orthogonalized = orthogonalize_adapters([adapters[t].updates for t in tasks])[0]
-                    merge_time[0] += time.perf_counter() - t1
-                    timings["orthogonalize_seconds"] += merge_time[0]
-
-                def merge_fn(**params):
-                    t1 = time.perf_counter()
-                    if name == "do":  # equal bit for bit to do(orthogonalize=True) on the raw adapters
-                        merged = merge_adapters(orthogonalized, name, orthogonalize=False, **{**params, **fixed})
-                    else:
-                        merged = merge_adapters([adapters[t].updates for t in tasks], name, **{**params, **fixed})
-                    merge_time[0] += time.perf_counter() - t1
-                    return merged
-
-                t0 = time.perf_counter()
-                grid = [{k: v for k, v in g.items() if not (k == "base" and name == "do")} for g in method_grid(method, p)]
-                rec = select_and_report(evaluator, adapters, merge_fn, grid, ind_val, ind_test, test_curve=p.test_curves,
-                                        extend_edges=p.lam_extend)
-                elapsed = time.perf_counter() - t0
-                timings["merge_seconds"] += merge_time[0]
-                timings["eval_seconds"] += elapsed - merge_time[0]
-                rec.update({"init": init, "method": method, "seed": seed, "merge_seconds": round(merge_time[0], 3),
-                            "seconds": round(elapsed, 2)})
-                records.append(rec)
-                log(f"[{init} seed {seed}] {method:>16}: normalized {rec['avg_normalized']:.3f} "
-                    f"accuracy {rec['avg_accuracy']:.3f} params {rec['params']}")
+            records += _merge_methods(evaluator, adapters, tasks, methods, p, init, seed, (ind_val, ind_test),
+                                      timings, log)
     for t in tasks:
-        ind = task_info[t]["individual"]
-        task_info[t]["individual_accuracy"] = mean(r["test"] for r in ind)
+        task_info[t]["individual_accuracy"] = mean(r["test"] for r in task_info[t]["individual"])
     return {
         "lorakit": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -218,116 +154,92 @@ def _run(p: Profile, tasks, methods, inits, seeds, progress, log) -> dict:
     }
 
 
-def summary_rows(results: Mapping) -> list[dict]:
-    """Mean ± std over seeds of average normalized accuracy per (method, init)."""
-    import statistics
-
-    rows = []
-    for init in results["inits"]:
-        for method in results["methods"]:
-            recs = [r for r in results["records"] if r["init"] == init and r["method"] == method]
-            if not recs:
-                continue
-            vals = [r["avg_normalized"] for r in recs]
-            accs = [r["avg_accuracy"] for r in recs]
-            rows.append({"method": method, "init": init, "normalized_mean": statistics.fmean(vals),
-                         "normalized_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                         "accuracy_mean": statistics.fmean(accs), "n_seeds": len(recs)})
-    return rows
+def _task_info(data: Mapping[str, TaskData]) -> dict[str, dict]:
+    """Per task: majority baseline and split sizes; ``individual`` is filled in per (init, seed)."""
+    return {
+        t: {"majority": d.majority_baseline("test"), "n_test": len(d.test[1]), "n_val": len(d.val[1]),
+            "n_train": len(d.train[1]), "num_labels": d.num_labels, "individual": []}
+        for t, d in data.items()
+    }
 
 
-def lambda_curve(results: Mapping, method: str, init: str) -> dict[float, float]:
-    """``{λ: mean normalized accuracy}`` of ``method`` with ``init`` over seeds (test where recorded, else validation)."""
-    import statistics
-
-    points: dict[float, list[float]] = {}
-    for r in results["records"]:
-        if r["method"] != method or r["init"] != init:
-            continue
-        for c in r["curve"]:
-            if "lam" in c["params"]:
-                points.setdefault(c["params"]["lam"], []).append(c.get("test_normalized", c["val_normalized"]))
-    return {lam: statistics.fmean(points[lam]) for lam in sorted(points)}
-
-
-def format_table(results: Mapping) -> str:
-    """A markdown report: per-task individual/majority/merged accuracy and the method summary."""
-    tasks = list(results["tasks"])
-    lines = [f"# lorakit run — profile `{results['profile']}`, model `{results['model']}`", "",
-             f"Machine: {results['machine'].get('gpu') or results['machine'].get('processor')} "
-             f"({results['machine'].get('device')}), torch {results['machine'].get('torch')}; "
-             f"date {results['date']}; seeds {results['seeds']}.", "",
-             "## Per task (test accuracy)", ""]
-    header = "| task | n_test | majority | individual |"
-    sep = "|---|---:|---:|---:|"
-    merged_cols = []
-    for init in results["inits"]:
-        for method in results["methods"]:
-            merged_cols.append((method, init))
-            header += f" {method} ({init}) |"
-            sep += "---:|"
-    lines += [header, sep]
+def _score_individual(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str], init: str,
+                      seed: int, task_info: dict, timings: dict, log: Log) -> tuple[dict, dict]:
+    """Each adapter alone on validation and test (the normalizer); recorded in ``task_info``."""
+    t0 = time.perf_counter()
+    ind_val = evaluator.individual(adapters, "val")
+    ind_test = evaluator.individual(adapters, "test")
+    timings["eval_seconds"] += time.perf_counter() - t0
     for t in tasks:
-        info = results["tasks"][t]
-        row = f"| {t} | {info['n_test']} | {info['majority']:.3f} | {info['individual_accuracy']:.3f} |"
-        for method, init in merged_cols:
-            recs = [r for r in results["records"] if r["method"] == method and r["init"] == init]
-            row += f" {mean(r['accuracy'][t] for r in recs):.3f} |"
-        lines.append(row)
-    lines += ["", "## Average normalized accuracy (merged ÷ individual), mean ± std over seeds", "",
-              "| method | init | normalized | accuracy | seeds |", "|---|---|---:|---:|---:|"]
-    for row in summary_rows(results):
-        lines.append(f"| {row['method']} | {row['init']} | {row['normalized_mean']:.3f} ± {row['normalized_std']:.3f} "
-                     f"| {row['accuracy_mean']:.3f} | {row['n_seeds']} |")
-    tm = results["timings"]
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in tm.items()), "",
-              f"Command: `{results.get('command', '')}`", ""]
-    return "\n".join(lines)
+        task_info[t]["individual"].append({"init": init, "seed": seed, "test": ind_test[t], "val": ind_val[t],
+                                           "train_seconds": adapters[t].metrics.get("seconds")})
+    log(f"[{init} seed {seed}] individual test accuracy: " + ", ".join(f"{t} {ind_test[t]:.3f}" for t in tasks))
+    return ind_val, ind_test
 
 
-def run_note(results: Mapping) -> str:
-    """``RUN.md`` of a run folder: what produced these numbers (machine, date, versions, command, timings)."""
-    m = results["machine"]
-    cfg = results.get("profile_config", {})
-    lines = [
-        "# How this run was made", "",
-        f"- command: `{results.get('command', '')}`",
-        f"- date (UTC): {results['date']}",
-        f"- machine: {m.get('gpu') or m.get('processor')} ({m.get('device')}), {m.get('cpu_count')} CPUs, "
-        f"{m.get('platform')}; torch threads {m.get('torch_threads')}",
-        f"- versions: lorakit {results.get('lorakit')}, python {m.get('python')}, torch {m.get('torch')}, "
-        f"transformers {m.get('transformers')}, peft {m.get('peft')}",
-        f"- profile: `{results['profile']}` — tasks {list(results['tasks'])}, inits {results['inits']}, "
-        f"methods {results['methods']}, seeds {results['seeds']} ({cfg.get('task_seeds', 'shared')} across tasks), "
-        f"λ grid {cfg.get('lam_grid')} (+ up to {cfg.get('lam_extend', 0)} points beyond an edge λ)",
-        f"- sizes: train {cfg.get('train_examples')}, val {cfg.get('val_examples')}, test {cfg.get('test_examples')}, "
-        f"steps {cfg.get('steps')}, batch {cfg.get('batch_size')}, max length {cfg.get('max_length')}, "
-        f"lr {cfg.get('lr')}, r {cfg.get('rank')}, α {cfg.get('alpha')}, targets {cfg.get('target_modules')}",
-        "- timings (s): " + ", ".join(f"{k} {v}" for k, v in results["timings"].items()),
-        "",
-        "Files: `results.json` (every number), `results.md` (tables), `*.png` (figures). "
-        "Re-make with the command above (adapters are cached under `LORAKIT_CACHE`).",
-        "",
-    ]
-    return "\n".join(lines)
+def _merge_methods(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str],
+                   methods: Sequence[str], p: Profile, init: str, seed: int, individual: tuple[dict, dict],
+                   timings: dict, log: Log) -> list[dict]:
+    """One record per method: hyperparameters chosen on validation, test accuracy at the choice."""
+    updates = [adapters[t].updates for t in tasks]
+    orthogonalized = None  # DO's factor orthogonalisation: once per (init, seed), shared by do_*
+    records = []
+    for method in methods:
+        name, fixed = resolve_method(method)
+        merge_time = [0.0]
+        if name == "do" and orthogonalized is None:
+            t1 = time.perf_counter()
+            orthogonalized = orthogonalize_adapters(updates)[0]
+            merge_time[0] += time.perf_counter() - t1
+            timings["orthogonalize_seconds"] += merge_time[0]
+        sources = orthogonalized if name == "do" else updates
+        rec, elapsed = _select_method(evaluator, adapters, method, p, sources, individual, merge_time, timings)
+        rec.update({"init": init, "method": method, "seed": seed, "merge_seconds": round(merge_time[0], 3),
+                    "seconds": round(elapsed, 2)})
+        records.append(rec)
+        log(f"[{init} seed {seed}] {method:>16}: normalized {rec['avg_normalized']:.3f} "
+            f"accuracy {rec['avg_accuracy']:.3f} params {rec['params']}")
+    return records
+
+
+def _select_method(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], method: str, p: Profile,
+                   sources: list[dict[str, LoRAUpdate]], individual: tuple[dict, dict], merge_time: list[float],
+                   timings: dict) -> tuple[dict, float]:
+    """:func:`select_and_report` over ``method``'s grid, and its seconds; merge time (in ``merge_time``) and
+    evaluation time are added to ``timings`` apart.
+
+    ``sources`` are the raw adapters, or for DO the already orthogonalised ones (merged with
+    ``orthogonalize=False``, equal bit for bit to ``do(orthogonalize=True)`` on the raw adapters).
+    """
+    name, fixed = resolve_method(method)
+
+    def merge_fn(**params):
+        t1 = time.perf_counter()
+        if name == "do":
+            merged = merge_adapters(sources, name, orthogonalize=False, **{**params, **fixed})
+        else:
+            merged = merge_adapters(sources, name, **{**params, **fixed})
+        merge_time[0] += time.perf_counter() - t1
+        return merged
+
+    t0 = time.perf_counter()
+    grid = [{k: v for k, v in g.items() if not (k == "base" and name == "do")} for g in method_grid(method, p)]
+    rec = select_and_report(evaluator, adapters, merge_fn, grid, *individual, test_curve=p.test_curves,
+                            extend_edges=p.lam_extend)
+    elapsed = time.perf_counter() - t0
+    timings["merge_seconds"] += merge_time[0]
+    timings["eval_seconds"] += elapsed - merge_time[0]
+    return rec, elapsed
 
 
 def write_results(results: Mapping, folder: Path, figures: bool = True) -> None:
+    """``results.json``, ``results.md``, ``RUN.md`` and (``figures=True``) the figures into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
     (folder / "results.md").write_text(format_table(results))
     (folder / "RUN.md").write_text(run_note(results))
     if figures:
-        from .plots import plot_results
+        from .plots import plot_results  # lazy: matplotlib is slow to import and only needed for figures
 
         plot_results(results, folder)
-
-
-def load_results(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise LorakitError(f"{path} not found; run `lorakit run --out DIR` first")
-    return json.loads(path.read_text())

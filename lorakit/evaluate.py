@@ -22,6 +22,7 @@ import torch
 from .assets import load_base, load_tokenizer, quiet
 from .errors import LorakitError
 from .profiles import Profile, get_profile
+from .results import mean
 from .tasks import TaskData, load_task
 from .train import TrainedAdapter, encode_texts, predict
 
@@ -29,11 +30,6 @@ from .train import TrainedAdapter, encode_texts, predict
 def normalized_accuracy(merged: Mapping[str, float], individual: Mapping[str, float]) -> dict[str, float]:
     """``merged[t] / individual[t]`` for every task (NaN where the individual accuracy is 0)."""
     return {t: (merged[t] / individual[t] if individual[t] else float("nan")) for t in merged}
-
-
-def mean(values) -> float:
-    values = [v for v in values if v == v]
-    return sum(values) / len(values) if values else float("nan")
 
 
 @dataclass

@@ -28,11 +28,19 @@ import json
 import lzma
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from . import tasks as task_sources  # module, not names: _read_pools is looked up at call time (tests patch it)
+from .assets import PACKAGED_MODELS, resolve_model_path
 from .errors import LorakitError
+from .fsutil import atomic_folder
+from .profiles import PROFILES
+from .tasks import bigbench_cache, cards_dir, get_card
 
 #: Largest allowed export (fp16), in bytes (decimal megabytes: 60 MB).
 EXPORT_LIMIT_BYTES = 60_000_000
@@ -44,8 +52,6 @@ FORMAT_VERSION = 1
 
 def default_export_tasks() -> list[str]:
     """The ``gpu`` profile's tasks: what a full GPU run needs."""
-    from .profiles import PROFILES
-
     return list(PROFILES["gpu"].tasks)
 
 
@@ -55,8 +61,6 @@ def select_tasks(tasks: Sequence[str] | None) -> tuple[list[str], dict[str, str]
     With ``tasks=None`` (the gpu profile's tasks) a BIG-bench task whose ``task.json`` is not in
     the cache (``lorakit data fetch``) is skipped; a task named explicitly must be there.
     """
-    from .tasks import bigbench_cache, get_card
-
     explicit = tasks is not None
     names = list(dict.fromkeys(tasks if explicit else default_export_tasks()))
     chosen, skipped = [], {}
@@ -86,11 +90,6 @@ def write_model(dest: Path, alias: str = "minilm", fp16: bool = True) -> dict[st
     are kept. ``config.json`` gets ``"dtype": "float32"`` so ``from_pretrained`` loads fp32 as
     from the package. Returns ``{"alias", "source", "weights_dtype", "load_dtype"}``.
     """
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from .assets import PACKAGED_MODELS, resolve_model_path
-
     if alias not in PACKAGED_MODELS or PACKAGED_MODELS[alias]["kind"] != "encoder":
         raise LorakitError(f"only the packaged encoder models can be exported, not {alias!r}")
     src = Path(resolve_model_path(alias))
@@ -163,9 +162,6 @@ def export_data(
             model alone exceeds it); a larger result raises LorakitError and writes nothing.
         log: where notes (skipped tasks, sizes) go.
     """
-    from . import __version__
-    from .tasks import _read_pools, cards_dir
-
     target = Path(dir).expanduser().resolve()
     _check_target(target, overwrite)
     if max_bytes is None and fp16:
@@ -173,66 +169,83 @@ def export_data(
     names, skipped = select_tasks(tasks)
     for name, why in skipped.items():
         log(f"note: skipping {name}: {why}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    except OSError as exc:
-        raise LorakitError(f"cannot write to {target.parent} ({exc.strerror}); choose a writable folder") from None
-    try:
+    with atomic_folder(target) as tmp:  # a failed or interrupted export leaves nothing behind
         model_info = write_model(tmp / "models" / model, model, fp16)
-        task_info = {}
-        for name in names:
-            log(f"exporting {name}")
-            try:
-                train, test = _read_pools(name)
-            except LorakitError as exc:  # a default task whose source is missing here is skipped
-                if tasks is not None:
-                    raise
-                skipped[name] = str(exc)
-                log(f"note: skipping {name}: {exc}")
-                continue
-            write_pools(tmp / "pools" / f"{name}.json.xz", train, test)
-            task_info[name] = {
-                "file": f"pools/{name}.json.xz",
-                "train_pool": len(train),
-                "test_pool": None if test is None else len(test),
-            }
-        (tmp / "tasks").mkdir()
-        for card in sorted(cards_dir().glob("*.yaml")):
-            shutil.copyfile(card, tmp / "tasks" / card.name)
-        files = file_table(tmp)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "lorakit": __version__,
-            "usage": "LORAKIT_DATA=<this folder> lorakit run ...",
-            "model": model_info | {"folder": f"models/{model}"},
-            "tasks": task_info,
-            "skipped": skipped,
-            "total_bytes": sum(f["bytes"] for f in files.values()),
-            "files": files,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        total = _folder_bytes(tmp)
-        model_bytes = sum(f["bytes"] for k, f in files.items() if k.startswith("models/"))
-        if max_bytes is not None and total > max_bytes:
-            raise LorakitError(
-                f"the export would be {_mb(total)} (model {_mb(model_bytes)}, task data {_mb(total - model_bytes)}), "
-                f"over the {_mb(max_bytes)} limit; export fewer tasks with --tasks"
-            )
-        if max_bytes is None and total > EXPORT_LIMIT_BYTES:
-            log(f"note: the export is {_mb(total)}, over the {_mb(EXPORT_LIMIT_BYTES)} of an fp16 export")
-        if target.exists():  # overwrite (checked above): move the old folder aside, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "old")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        task_info = export_pools(tmp, names, skipped, explicit=tasks is not None, log=log)
+        copy_cards(tmp)
+        files = write_manifest(tmp, model, model_info, task_info, skipped)
+        total = check_size(tmp, files, max_bytes, log)
     log(f"{len(task_info)} task(s), model {model} ({model_info['weights_dtype']}), {_mb(total)} in {target}")
     return target
+
+
+def export_pools(
+    root: Path, names: Sequence[str], skipped: dict[str, str], explicit: bool, log: Callable[[str], Any]
+) -> dict[str, dict[str, Any]]:
+    """Write ``pools/<task>.json.xz`` for each task; returns the manifest's ``tasks`` entries.
+
+    A default task (``explicit=False``) whose source is missing here is added to ``skipped``
+    with a note; a task named explicitly must load.
+    """
+    task_info = {}
+    for name in names:
+        log(f"exporting {name}")
+        try:
+            train, test = task_sources._read_pools(name)
+        except LorakitError as exc:
+            if explicit:
+                raise
+            skipped[name] = str(exc)
+            log(f"note: skipping {name}: {exc}")
+            continue
+        write_pools(root / "pools" / f"{name}.json.xz", train, test)
+        task_info[name] = {
+            "file": f"pools/{name}.json.xz",
+            "train_pool": len(train),
+            "test_pool": None if test is None else len(test),
+        }
+    return task_info
+
+
+def copy_cards(root: Path) -> None:
+    """Copy every task card into ``root/tasks``."""
+    (root / "tasks").mkdir()
+    for card in sorted(cards_dir().glob("*.yaml")):
+        shutil.copyfile(card, root / "tasks" / card.name)
+
+
+def write_manifest(
+    root: Path, model: str, model_info: Mapping[str, Any], task_info: Mapping[str, Any], skipped: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Write ``manifest.json`` (bytes and sha256 of every file, model, tasks, skipped); returns its file table."""
+    files = file_table(root)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "lorakit": __version__,
+        "usage": "LORAKIT_DATA=<this folder> lorakit run ...",
+        "model": dict(model_info) | {"folder": f"models/{model}"},
+        "tasks": dict(task_info),
+        "skipped": dict(skipped),
+        "total_bytes": sum(f["bytes"] for f in files.values()),
+        "files": files,
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return files
+
+
+def check_size(root: Path, files: Mapping[str, Mapping[str, Any]], max_bytes: int | None, log: Callable[[str], Any]) -> int:
+    """The export's size in bytes; over ``max_bytes`` is a LorakitError, an fp32 export over the fp16 limit a note."""
+    total = _folder_bytes(root)
+    model_bytes = sum(f["bytes"] for k, f in files.items() if k.startswith("models/"))
+    if max_bytes is not None and total > max_bytes:
+        raise LorakitError(
+            f"the export would be {_mb(total)} (model {_mb(model_bytes)}, task data {_mb(total - model_bytes)}), "
+            f"over the {_mb(max_bytes)} limit; export fewer tasks with --tasks"
+        )
+    if max_bytes is None and total > EXPORT_LIMIT_BYTES:
+        log(f"note: the export is {_mb(total)}, over the {_mb(EXPORT_LIMIT_BYTES)} of an fp16 export")
+    return total
 
 
 def verify_export(dir: str | os.PathLike) -> dict[str, Any]:

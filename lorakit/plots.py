@@ -8,11 +8,11 @@ from typing import Mapping
 
 import matplotlib.pyplot as plt  # matplotlib falls back to Agg without a display
 
+from .results import lambda_curve, mean, summary_rows
+
 
 def bars_normalized(results: Mapping, ax=None):
     """Average normalized accuracy per method, one bar per init (mean ± std over seeds)."""
-    from .benchmark import summary_rows
-
     rows = summary_rows(results)
     methods = list(results["methods"])
     inits = list(results["inits"])
@@ -34,8 +34,6 @@ def bars_normalized(results: Mapping, ax=None):
 
 def per_task_accuracy(results: Mapping, init: str | None = None, ax=None):
     """Per-task test accuracy: majority, individual, and each method's merged model."""
-    from .evaluate import mean
-
     init = init or results["inits"][0]
     tasks = list(results["tasks"])
     ax = ax or plt.subplots(figsize=(1.5 + 1.2 * len(tasks), 3.4))[1]
@@ -59,8 +57,6 @@ def per_task_accuracy(results: Mapping, init: str | None = None, ax=None):
 def lambda_curves(results: Mapping, method: str = "task_arithmetic", ax=None):
     """Test normalized accuracy against λ for each init (the robustness curve)."""
     ax = ax or plt.subplots(figsize=(4.2, 3.2))[1]
-    from .benchmark import lambda_curve
-
     for init in results["inits"]:
         curve = lambda_curve(results, method, init)
         if curve:
@@ -75,8 +71,6 @@ def lambda_curves(results: Mapping, method: str = "task_arithmetic", ax=None):
 
 def per_task_heatmap(results: Mapping, ax=None):
     """Heatmap of per-task normalized test accuracy (rows: method × init, columns: tasks), mean over seeds."""
-    from .evaluate import mean
-
     tasks = list(results["tasks"])
     rows, labels = [], []
     for init in results["inits"]:

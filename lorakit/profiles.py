@@ -15,6 +15,8 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 from .errors import LorakitError
 
 ENV_PROFILE = "LORAKIT_PROFILE"
@@ -151,12 +153,7 @@ def default_profile_name() -> str:
     name = os.environ.get(ENV_PROFILE)
     if name:
         return name
-    try:
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def with_overrides(profile: Profile, **overrides) -> Profile:
@@ -184,17 +181,12 @@ def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
         except ValueError:
             raise LorakitError(f"{ENV_THREADS} must be an integer, got {os.environ[ENV_THREADS]!r}") from None
     profile = with_overrides(profile, **overrides)
-    if profile.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            profile = dataclasses.replace(profile, device="cpu")
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        profile = dataclasses.replace(profile, device="cpu")
     return profile
 
 
 def apply_threads(profile: Profile) -> None:
     """Set torch's CPU thread count from the profile (2 threads collapse on a busy 2-core box)."""
-    import torch
-
     if profile.threads and profile.threads > 0:
         torch.set_num_threads(int(profile.threads))

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import LorakitError
-from .benchmark import lambda_curve, summary_rows
-from .evaluate import mean
+from .results import lambda_curve, mean, summary_rows
 
 #: DO-Merging variant → the base method it must beat (same direction merge, no decoupling).
 DO_PAIRS = {"do": "task_arithmetic", "do_ties": "ties", "do_dare": "dare"}

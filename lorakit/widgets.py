@@ -132,7 +132,7 @@ def explorer_figure(curves: Mapping[str, Curve], individual: Mapping[str, float]
     methods that have one), marks the selected point (●) and the best point on ``split`` (★).
     Returns the matplotlib figure.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: importing lorakit.widgets needs no display (module docstring)
 
     if method not in curves:
         raise LorakitError(f"no curve for method {method!r}; have {', '.join(curves)}")
@@ -175,7 +175,7 @@ def lambda_explorer(curves: Mapping[str, Curve], individual: Mapping[str, float]
     disabled for the others. Needs ipywidgets (``pip install 'lorakit[notebooks]'``).
     """
     try:
-        import ipywidgets as widgets
+        import ipywidgets as widgets  # lazy and optional: the notebooks extra
     except ImportError:  # pragma: no cover - ipywidgets is in the notebooks extra
         raise LorakitError("the explorer needs ipywidgets: pip install 'lorakit[notebooks]'") from None
     if split not in available_splits(curves):
@@ -197,11 +197,11 @@ def lambda_explorer(curves: Mapping[str, Curve], individual: Mapping[str, float]
     _sync()
 
     def draw(method: str, lam: float, density: float | None):
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy, as in explorer_figure
 
         fig = explorer_figure(curves, individual, method, lam, density, split)
         try:
-            from IPython.display import display
+            from IPython.display import display  # lazy: only inside a notebook kernel
 
             display(fig)
         finally:

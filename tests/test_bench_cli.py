@@ -12,8 +12,9 @@ import peft.utils.merge_utils  # noqa: F401  (imported at collection: peft's imp
 import pytest
 import torch
 
-from lorakit import bench, bench_cli, cli
-from lorakit.bench_cli import llm_report, write_json
+from lorakit import bench, cli
+from lorakit.cli import bench as bench_cli
+from lorakit.cli.bench import llm_report, write_json
 
 TINY_LLM = {"q_proj": (24, 16), "down_proj": (16, 40)}
 

@@ -1,4 +1,4 @@
-"""``lorakit merge`` on real PEFT adapter folders (lorakit.merge_folders, lorakit.merge_cli).
+"""``lorakit merge`` on real PEFT adapter folders (lorakit.merge_folders, lorakit.cli.merge).
 
 Every adapter is made by peft itself (``get_peft_model`` + ``save_pretrained``) on one tiny random
 BERT classifier saved to disk, with ``lora_B`` and the classifier head randomised (peft starts B
@@ -29,7 +29,7 @@ from transformers import AutoModelForSequenceClassification
 from lorakit.cli import main
 from lorakit.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAUpdate, factorize_delta, read_adapter, read_head
 from lorakit.merge import METHODS, merge_adapters
-from lorakit.merge_cli import parse_params, parse_value
+from lorakit.cli.merge import parse_params, parse_value
 from lorakit.merge_folders import SUMMARY_FILE, merge_adapter_folders, truncate_factors
 
 transformers.logging.set_verbosity_error()

@@ -12,7 +12,7 @@ Two modes (both write ``--out``, default ``bench.json``, atomically, and print a
   from it when fewer layers ran, peak memory, peft's time on the same tensors (TA, TIES, DARE) and
   DO-Merging's orthogonalisation cost per layer.
 
-The JSON carries ``machine`` (:func:`lorakit.benchmark.machine_description`), ``date`` (UTC),
+The JSON carries ``machine`` (:func:`lorakit.results.machine_description`), ``date`` (UTC),
 ``command`` (exactly as typed), ``settings``, ``notes`` (what each number means) and ``results``.
 """
 
@@ -24,11 +24,19 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import LorakitError
+import torch
+
+from .. import __version__
+from .. import bench as bench_lib  # module, not names: LLAMA3_8B_SHAPES is read at call time (tests patch it)
+from ..bench import LLAMA3_8B_LAYERS, bench_llm_shapes, bench_merge, resolve_bench_method
+from ..errors import LorakitError
+from ..fsutil import atomic_file
+from ..merge import METHODS
+from ..profiles import apply_threads, get_profile
+from ..results import machine_description
 
 #: Default-mode layers: ``{label: (d_out, d_in, r)}`` — MiniLM's attention projections with the
 #: profiles' rank, and a BERT-large/RoBERTa-large sized projection with r = 16.
@@ -48,10 +56,21 @@ TIMING_NOTE = (
 )
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and its options to the ``lorakit`` subparsers."""
+    bench = sub.add_parser("bench", help="time merge methods against peft's functions")
+    bench.add_argument("--llm-shapes", action="store_true", help="Llama-3-8B adapter shapes (r=16, 7 modules, 32 layers)")
+    bench.add_argument("--layers", type=int, help="limit the number of layers (LLM shapes)")
+    bench.add_argument("--tasks", type=int, default=8, dest="n_tasks", help="number of adapters")
+    bench.add_argument("--methods", nargs="+")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--out", default="bench.json")
+    bench.set_defaults(func=run_bench)
+
+
 def pick_device(requested: str | None) -> str:
     """``--device``: ``cuda`` when available and not given, else ``cpu``; a missing GPU is an error."""
-    import torch
-
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -63,9 +82,6 @@ def pick_device(requested: str | None) -> str:
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
     """Method names (registry names or ``do_<base>``); default every registered method."""
-    from .bench import resolve_bench_method
-    from .merge import METHODS
-
     names = list(methods or METHODS)
     for name in names:
         resolve_bench_method(name)  # LorakitError listing the known names
@@ -82,9 +98,6 @@ def command_line(args: argparse.Namespace) -> str:
 
 def header(mode: str, device: str, command: str) -> dict[str, Any]:
     """What every bench JSON starts with: mode, command, date, lorakit version, machine."""
-    from . import __version__
-    from .benchmark import machine_description
-
     return {
         "benchmark": "lorakit bench",
         "mode": mode,
@@ -105,8 +118,6 @@ def merge_report(
     params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The default mode's ``settings``, ``notes`` and ``results`` (one record per shape × method)."""
-    from .bench import bench_merge
-
     shapes = dict(shapes or BENCH_SHAPES)
     results = []
     for label, (d_out, d_in, r) in shapes.items():
@@ -145,9 +156,7 @@ def llm_report(
     log=None,
 ) -> dict[str, Any]:
     """The ``--llm-shapes`` mode's ``settings``, ``notes`` and ``results`` (one record per method)."""
-    from .bench import LLAMA3_8B_LAYERS, LLAMA3_8B_SHAPES, bench_llm_shapes
-
-    shapes = dict(shapes or LLAMA3_8B_SHAPES)
+    shapes = dict(shapes or bench_lib.LLAMA3_8B_SHAPES)
     results = bench_llm_shapes(
         n_tasks=n_tasks, r=r, n_layers=n_layers, methods=methods, device=device, seed=seed, shapes=shapes,
         params=params, log=log,
@@ -194,24 +203,19 @@ def llm_report(
 
 
 def write_json(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON atomically (temporary file in the same folder, then rename)."""
+    """Write ``payload`` as indented JSON atomically (:func:`lorakit.fsutil.atomic_file`: temporary file, rename)."""
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     except OSError as exc:
         raise LorakitError(f"cannot write {out} ({exc.strerror}); choose a writable --out path") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
+    with atomic_file(out) as tmp:
+        with open(tmp, "w") as fh:
             json.dump(payload, fh, indent=2)
             fh.write("\n")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 
@@ -268,8 +272,6 @@ def format_table(payload: Mapping[str, Any]) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     """``lorakit bench [--llm-shapes] [--layers L] [--tasks N] [--methods ...] [--repeats K] [--device D] [--out F]``."""
-    from .bench import LLAMA3_8B_LAYERS
-
     if args.n_tasks < 2:
         raise LorakitError(f"--tasks must be at least 2 (adapters to merge), got {args.n_tasks}")
     if args.repeats < 1:
@@ -282,11 +284,6 @@ def run_bench(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     methods = check_methods(args.methods)
     command = command_line(args)
-
-    import torch
-
-    from .profiles import apply_threads, get_profile
-
     apply_threads(get_profile())  # the profile's thread count, or LORAKIT_THREADS
     print(f"lorakit bench on {device} with {torch.get_num_threads()} torch thread(s): {command}", file=sys.stderr)
     if args.llm_shapes:

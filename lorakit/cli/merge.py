@@ -1,4 +1,4 @@
-"""``lorakit merge``: command-line and YAML front end of :func:`lorakit.merge_folders.merge_adapter_folders`.
+"""``lorakit merge``: command-line and YAML front end of :func:`lorakit.merge.merge_adapter_folders`.
 
 ::
 
@@ -22,7 +22,29 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import LorakitError
+import yaml
+
+from ..errors import LorakitError
+from ..merge import METHODS, merge_adapter_folders
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``merge`` and its options to the ``lorakit`` subparsers."""
+    merge = sub.add_parser("merge", help="merge PEFT adapter folders into one adapter or merged model")
+    merge.add_argument("adapters", nargs="*", help="PEFT adapter folders")
+    merge.add_argument("--method", default=None)
+    merge.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    merge.add_argument("--weights", nargs="+", type=float)
+    merge.add_argument("--out")
+    merge.add_argument("--format", choices=["adapter", "merged"], default=None, help="adapter (default) or merged")
+    merge.add_argument("--rank", type=int, help="truncate the merged adapter to this rank by SVD")
+    merge.add_argument("--base", help="base model (needed for --format merged)")
+    merge.add_argument("--device", default=None, help="cpu (default) or cuda")
+    merge.add_argument("--config", help="a YAML file with the same keys")
+    merge.add_argument("--overwrite", action="store_true")
+    merge.add_argument("--head-from", type=int, help="keep this adapter's head (0 = the first); default: drop heads of several adapters")
+    merge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    merge.set_defaults(func=run_merge)
+
 
 #: Keys of a ``--config`` YAML file: the keyword arguments of ``merge_adapter_folders``.
 CONFIG_KEYS = (
@@ -73,8 +95,6 @@ def _kind_ok(key: str, value: Any) -> bool:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a merge YAML file into keyword arguments (types checked, relative paths resolved)."""
-    import yaml
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -118,8 +138,6 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "no_progress", False):
         options["progress"] = False
     options = {k: v for k, v in options.items() if v is not None}
-    from .merge import METHODS
-
     if not options.get("method"):
         raise LorakitError(f"pass --method (one of {', '.join(METHODS)})")
     if not options.get("adapters"):
@@ -162,8 +180,6 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 def run_merge(args: argparse.Namespace) -> int:
     """``lorakit merge``: merge, print the summary, return 0 (errors raise LorakitError)."""
-    from .merge_folders import merge_adapter_folders
-
     summary = merge_adapter_folders(**options_from_args(args))
     print(format_summary(summary))
     return 0

@@ -24,7 +24,7 @@ from .errors import LorakitError
 from .evaluate import Evaluator, mean, select_and_report
 from .fsutil import atomic_folder
 from .lora import LoRAUpdate
-from .merge import METHODS, merge_adapters, orthogonalize_adapters
+from .merge import METHODS, merge_adapters, orthogonalize_adapters, resolve_variant, variant_base
 from .osrm import osrm_init_for_tasks
 from .profiles import Profile, apply_threads, get_profile
 # Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
@@ -36,7 +36,10 @@ Log = Callable[[str], object]
 
 
 def method_grid(method: str, profile: Profile) -> list[dict]:
-    """Hyperparameter points tried on validation for ``method`` (λ from the profile)."""
+    """Hyperparameter points tried on validation for ``method`` (λ from the profile).
+
+    A DO-Merging name (``do``, ``do_ties``, …) gets its base method's grid with ``base`` set.
+    """
     lams = list(profile.lam_grid)
     grids = {
         "task_arithmetic": [{"lam": lam} for lam in lams],
@@ -46,21 +49,19 @@ def method_grid(method: str, profile: Profile) -> list[dict]:
     }
     if method in grids:
         return grids[method]
-    if method.startswith("do"):
-        # DO-Merging variants: "do" (TA directions) or "do_<base>"
-        base = method[3:] if method.startswith("do_") else "task_arithmetic"
+    registered, _ = resolve_variant(method)
+    if METHODS[registered].variants:
+        base = variant_base(method)
         return [dict(p, base=base) for p in grids.get(base, [{"lam": lam} for lam in lams])]
     return [{"lam": lam} for lam in lams]
 
 
 def resolve_method(method: str) -> tuple[str, dict]:
-    """Benchmark method name → (registered merge method, fixed params). ``do_ties`` = DO with TIES."""
-    if method in METHODS:
-        return method, {}
-    if method.startswith("do_") and method[3:] in METHODS:
-        return "do", {"base": method[3:]}
-    known = sorted(METHODS) + [f"do_{m}" for m in sorted(METHODS) if m != "do"]
-    raise LorakitError(f"unknown merge method {method!r}; known: {', '.join(known)}")
+    """Benchmark method name → (registered merge method, fixed params). ``do_ties`` = DO with TIES.
+
+    The names are the merge registry's (:func:`lorakit.merge.resolve_variant`).
+    """
+    return resolve_variant(method)
 
 
 def osrm_inits(tasks: Sequence[str], profile: Profile, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:

@@ -55,6 +55,12 @@ def atomic_folder(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path beside ``out``; on success it replaces ``out``, on any error it is removed.
@@ -77,6 +83,7 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the permissions open() would
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

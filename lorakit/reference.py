@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .errors import LorakitError
+from .merge import METHODS, resolve_variant, variant_base
 from .results import lambda_curve, mean, summary_rows
 
-#: DO-Merging variant → the base method it must beat (same direction merge, no decoupling).
-DO_PAIRS = {"do": "task_arithmetic", "do_ties": "ties", "do_dare": "dare"}
+
+def variant_pairs(methods: Sequence[str]) -> dict[str, str]:
+    """DO-Merging variant → the base method it must beat (same direction merge, no decoupling).
+
+    Read from the merge registry: every name in ``methods`` that selects a method with
+    ``variants`` (``do``, ``do_ties``, …) is paired with its base (``task_arithmetic``, ``ties``, …).
+    """
+    return {name: variant_base(name) for name in methods if METHODS[resolve_variant(name)[0]].variants}
 
 
 def reference_dir() -> Path:
@@ -74,7 +81,7 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0) -> ClaimsReport:
     normalized = {(row["method"], row["init"]): row["normalized_mean"] for row in summary_rows(results)}
 
     if "standard" in inits:
-        for do, base in DO_PAIRS.items():
+        for do, base in variant_pairs(results["methods"]).items():
             if do in methods and base in methods:
                 a, b = normalized.get((do, "standard")), normalized.get((base, "standard"))
                 report.add(f"DO-Merging ({do}) beats {base}", f"normalized {a:.3f} vs {b:.3f} (standard init)", a > b)

@@ -42,3 +42,14 @@ def test_atomic_folder_interrupt_leaves_nothing(tmp_path):
             (tmp / "a.txt").write_text("x")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_file_gets_the_permissions_open_would_give(tmp_path):
+    import os
+
+    out = tmp_path / "report.json"
+    with atomic_file(out) as tmp:
+        tmp.write_text("{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -213,9 +213,6 @@ def write_json(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
         with open(tmp, "w") as fh:
             json.dump(payload, fh, indent=2)
             fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
     return out
 
 

@@ -1,4 +1,4 @@
-"""Tests of DO-Merging's orthogonalisation (lorakit.merge.ortho): the fast solver against a frozen copy of the old one."""
+"""Tests of DO-Merging's orthogonalisation (lorakit.merge.ortho): the fast solver vs a frozen copy of the old one."""
 
 from __future__ import annotations
 

@@ -4,6 +4,16 @@ Zheng et al., "Decouple and Orthogonalize: A Data-Free Framework for LoRA Mergin
 2505.15875 (the orthogonalisation step of its method section). For one side (A or B) of one
 layer, the tasks' factors are moved a little so that their pairwise cross terms
 :math:`A_i A_j^\top` (or :math:`B_i^\top B_j`) shrink, by gradient descent on a penalised loss.
+
+Speed: closed-form gradients and the row-space reduction (:func:`_prepare`) make a step cost
+:math:`O(K^3)` (``K = Σ r_i``) instead of autograd's :math:`O(K^2 n)`. Per layer (A and B,
+defaults, one thread), against the earlier autograd / per-entry-Adam version: 384 × 384, 3
+tasks, r = 8: 0.13 s → 0.0055 s (24×); 1024 × 1024, 8 tasks, r = 16: 1.8 s → 0.041 s (43×);
+14336 × 4096 (Llama-3-8B gate_proj), 8 tasks, r = 16: 15 s → 0.10 s (146×). The final losses
+equal the earlier ones or are lower: the earlier 200 Adam steps had not quite converged (up to
+2.7e-5 relative above the optimum on these), per-row Adam reaches it and stops early. GD (same
+iterates as before up to rounding, same final loss to 2e-16): 9–12× at 384 and 1024, 49× at
+14336 × 4096.
 """
 
 from __future__ import annotations
@@ -185,7 +195,8 @@ def _descend(problem: _Problem, gamma: float, steps: int, rates: torch.Tensor, o
                 t, m, v = 0, torch.zeros_like(grad), torch.zeros_like(grad[:, :1] if row_space else grad)
             t += 1
             m = m.mul_(beta1).add_(grad, alpha=1 - beta1)
-            v = v.mul_(beta2).add_((grad * grad).sum(dim=1, keepdim=True) if row_space else grad * grad, alpha=1 - beta2)
+            square = (grad * grad).sum(dim=1, keepdim=True) if row_space else grad * grad
+            v = v.mul_(beta2).add_(square, alpha=1 - beta2)
             move = (m / (1 - beta1**t)).div_((v / (1 - beta2**t)).sqrt_().add_(adam_eps))
         proposal = delta - (shrink * rates) * move
         c_loss, c_cross, c_grad = _loss_and_grad(coords, proposal, offdiag, gamma)
@@ -197,6 +208,23 @@ def _descend(problem: _Problem, gamma: float, steps: int, rates: torch.Tensor, o
             rejected += 1
             m = v = None
     return delta, history, cross_before, cross, tried, rejected
+
+
+def _apply(problem: _Problem, delta: torch.Tensor | None) -> tuple[list[torch.Tensor], tuple[float, ...]]:
+    r"""Back to the factors' units: :math:`\hat A_i = A_i + s_i\,\delta_i`, :math:`\delta = D Q^\top`.
+
+    ``delta`` None (no step accepted) returns the input rows themselves (bit for bit). Also returns
+    :math:`\rho_i = \lVert \hat A_i - A_i \rVert_F / \lVert A_i \rVert_F` (0 for a zero factor).
+    """
+    rows = problem.rows
+    new_rows = rows
+    if delta is not None:
+        full = delta if problem.basis is None else delta @ problem.basis.T
+        new_rows = [x + s * d for x, s, d in zip(rows, problem.scales, torch.split(full, problem.sizes, dim=0))]
+    rel = tuple(
+        float(torch.linalg.vector_norm(y - x)) / n if n > 0 else 0.0 for x, y, n in zip(rows, new_rows, problem.norms)
+    )
+    return new_rows, rel
 
 
 def orthogonalize_factors(
@@ -243,15 +271,21 @@ def orthogonalize_factors(
     from the same A), the cross term is much larger and so is the move: with rows of cosine 0.5
     (0.9) across tasks, γ = 1 moves each factor by ≈ 13–22 % (35–49 %); raise γ to stay small.
 
-    Optimiser: ``"adam"`` (default; ``lr`` is each step per entry as a fraction of the task's RMS
-    entry, default 0.05) or ``"gd"`` (plain gradient descent on the normalised problem, default
-    ``lr`` 0.1). Both reach the same optimum within the default 200 steps on all the cases above
-    (loss within 1e-5 of a 3000-step run); GD gets there in ≈ 100 steps. A step that would
-    raise the loss is undone and the step size halved (Adam's moments restart), so the loss never
-    increases; the run stops early once the gradient norm is ≤ ``ORTHO_GTOL`` or the step has
-    been halved below ``ORTHO_MIN_STEP`` of the first. Float64, gradients by autograd, no
-    randomness: deterministic. Already-orthogonal factors (and a single task) come back
-    unchanged, bit for bit.
+    Optimiser: ``"adam"`` (default) or ``"gd"`` (plain gradient descent on the normalised
+    problem, default ``lr`` 0.1). Adam keeps one second moment per row,
+    :math:`\lVert g_\text{row} \rVert^2`, and moves a row by about ``lr`` (default 0.05) times the
+    task's RMS row norm :math:`\lVert N_i \rVert_F / \sqrt{r_i}`: rotation-invariant, so exact in
+    the row space (:func:`_prepare`). ``row_space=False`` runs the earlier Adam instead, per entry
+    of the ``n`` original coordinates (``lr`` × the RMS entry), at :math:`O(K^2 n)` per step
+    (``K = \sum_i r_i``). All reach the same optimum within the default 200 steps on the cases
+    above (loss within 1e-5 of a 3000-step run); per-row Adam ends no higher than per-entry Adam
+    (≤ 1e-12 relative; not so in raw units with tasks of very unequal scale, where neither
+    converges in 200 steps) and usually stops after 40–140 steps, GD after ≈ 100. A step that
+    would raise the loss is undone and the step size halved (Adam's moments restart), so the loss
+    never increases; the run stops early once the gradient norm is ≤ ``ORTHO_GTOL`` or the step
+    has been halved below ``ORTHO_MIN_STEP`` of the first. Float64, closed-form gradients
+    (:func:`_loss_and_grad`), no randomness: deterministic. Already-orthogonal factors (and a
+    single task) come back unchanged, bit for bit.
 
     Returns:
         ``(new_mats, report)``: float64 factors with the input shapes, and an :class:`OrthoReport`.
@@ -262,22 +296,9 @@ def orthogonalize_factors(
     lr = ORTHO_LR[optimizer] if lr is None else lr
     rates = _step_rates(problem, lr, optimizer, row_space)
     delta, history, cross_before, cross, tried, rejected = _descend(problem, gamma, steps, rates, optimizer, row_space)
-    rows = problem.rows
-    new_rows = rows
-    if len(history) > 1:
-        full = delta if problem.basis is None else delta @ problem.basis.T
-        new_rows = [x + s * d for x, s, d in zip(rows, problem.scales, torch.split(full, problem.sizes, dim=0))]
-    rel = tuple(
-        float(torch.linalg.vector_norm(y - x)) / n if n > 0 else 0.0 for x, y, n in zip(rows, new_rows, problem.norms)
-    )
+    new_rows, rel = _apply(problem, delta if len(history) > 1 else None)
     report = OrthoReport(
-        side=side,
-        cross_before=cross_before,
-        cross_after=cross,
-        relative_perturbation=rel,
-        loss_history=tuple(history),
-        steps=tried,
-        rejected=rejected,
-        lr=lr,
+        side=side, cross_before=cross_before, cross_after=cross, relative_perturbation=rel,
+        loss_history=tuple(history), steps=tried, rejected=rejected, lr=lr,
     )
     return [y if side == "A" else y.T for y in new_rows], report

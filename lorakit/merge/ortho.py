@@ -4,13 +4,23 @@ Zheng et al., "Decouple and Orthogonalize: A Data-Free Framework for LoRA Mergin
 2505.15875 (the orthogonalisation step of its method section). For one side (A or B) of one
 layer, the tasks' factors are moved a little so that their pairwise cross terms
 :math:`A_i A_j^\top` (or :math:`B_i^\top B_j`) shrink, by gradient descent on a penalised loss.
+
+Speed: closed-form gradients and the row-space reduction (:func:`_prepare`) make a step cost
+:math:`O(K^3)` (``K = Σ r_i``) instead of autograd's :math:`O(K^2 n)`. Per layer (A and B,
+defaults, one thread), against the earlier autograd / per-entry-Adam version: 384 × 384, 3
+tasks, r = 8: 0.13 s → 0.0055 s (24×); 1024 × 1024, 8 tasks, r = 16: 1.8 s → 0.041 s (43×);
+14336 × 4096 (Llama-3-8B gate_proj), 8 tasks, r = 16: 15 s → 0.10 s (146×). The final losses
+equal the earlier ones or are lower: the earlier 200 Adam steps had not quite converged (up to
+2.7e-5 relative above the optimum on these), per-row Adam reaches it and stops early. GD (same
+iterates as before up to rounding, same final loss to 2e-16): 9–12× at 384 and 1024, 49× at
+14336 × 4096.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -78,11 +88,143 @@ ORTHO_GTOL = 1e-12
 ORTHO_MIN_STEP = 2.0**-20
 
 
-def _ortho_loss(base: list[torch.Tensor], deltas: list[torch.Tensor], offdiag: torch.Tensor, gamma: float):
-    rows = torch.cat([b + d for b, d in zip(base, deltas)], dim=0)
-    gram = rows @ rows.T
-    cross = ((gram * offdiag) ** 2).sum() / 2
-    return cross + gamma * sum((d**2).sum() for d in deltas), cross
+class _Problem(NamedTuple):
+    """One side of one layer in the coordinates the solver iterates in (float64, ``K = Σ_i r_i``).
+
+    ``rows``: the factors as ``(r_i, n)`` blocks (A, or Bᵀ); ``norms``: their Frobenius norms;
+    ``scales``: :math:`s_i` with :math:`N_i = A_i / s_i`; ``coords``: the stacked :math:`N` as
+    ``K × k`` coordinates on ``basis`` (``n × k``, orthonormal columns; None: the identity,
+    ``k = n``); ``offdiag``: the ``K × K`` mask :math:`O` of the cross-task blocks; ``sizes``: the
+    :math:`r_i`.
+    """
+
+    rows: list[torch.Tensor]
+    norms: list[float]
+    scales: list[float]
+    coords: torch.Tensor
+    basis: torch.Tensor | None
+    offdiag: torch.Tensor
+    sizes: list[int]
+
+
+def _prepare(mats: Sequence[torch.Tensor], side: str, normalize_factors: bool, row_space: bool) -> _Problem:
+    r"""Rescale the factors to :math:`N_i` and, with ``row_space`` and ``n > K``, move to their row space.
+
+    Row-space reduction: every gradient :math:`2MR + 2\gamma\delta` is a combination of the rows of
+    :math:`R = N + \delta`, so from :math:`\delta = 0` the iterates stay in the row space of the
+    stacked :math:`N` (``K × n``). A reduced QR :math:`N^\top = Q T` (``Q``: ``n × K``, orthonormal
+    columns) gives :math:`N = C Q^\top` with :math:`C = T^\top` (``K × K``), and :math:`\delta = D
+    Q^\top` keeps the loss (:math:`R R^\top = (C + D)(C + D)^\top`), the gradient
+    (:math:`\nabla_D = \nabla_\delta Q`) and its norm: gradient descent on :math:`D` is gradient
+    descent on :math:`\delta`, at :math:`O(K^3)` per step instead of :math:`O(K^2 n)`.
+    """
+    rows = _as_rows(mats, side)
+    norms = [float(torch.linalg.vector_norm(x)) for x in rows]
+    scales = [n / math.sqrt(x.shape[0]) if normalize_factors and n > 0 else 1.0 for x, n in zip(rows, norms)]
+    coords = torch.cat([x / s for x, s in zip(rows, scales)], dim=0)
+    sizes = [x.shape[0] for x in rows]
+    basis = None
+    if row_space and coords.shape[1] > coords.shape[0]:
+        basis, tri = torch.linalg.qr(coords.T)
+        coords = tri.T.contiguous()
+    owner = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(sizes)).to(coords.device)
+    offdiag = (owner[:, None] != owner[None, :]).to(torch.float64)
+    return _Problem(rows, norms, scales, coords, basis, offdiag, sizes)
+
+
+def _loss_and_grad(coords: torch.Tensor, delta: torch.Tensor, offdiag: torch.Tensor, gamma: float):
+    r"""Closed-form ``(L, cross term, ∇_δ L)`` on stacked rows (``K × k``), float64.
+
+    With :math:`R = N + \delta` and :math:`M = O \odot R R^\top` (the cross-task blocks of the Gram
+    matrix), :math:`\sum_{i<j} \lVert R_i R_j^\top \rVert_F^2 = \tfrac12 \lVert M \rVert_F^2`;
+    its differential is :math:`\langle M, dR\,R^\top + R\,dR^\top \rangle = 2\langle MR, dR \rangle`
+    (:math:`M` symmetric), so :math:`\nabla_\delta L = 2MR + 2\gamma\delta`: two ``K × K × k``
+    products per evaluation.
+    """
+    hat = coords + delta
+    cross_gram = (hat @ hat.T).mul_(offdiag)
+    cross = float((cross_gram * cross_gram).sum()) / 2
+    loss = cross + gamma * float((delta * delta).sum())
+    grad = torch.addmm(delta, cross_gram, hat, beta=gamma).mul_(2)
+    return loss, cross, grad
+
+
+def _step_rates(problem: _Problem, lr: float, optimizer: str, row_space: bool) -> torch.Tensor:
+    r"""Step size per row (``K × 1``).
+
+    GD: ``lr``. Adam per entry (``row_space=False``): ``lr`` × the task's RMS entry
+    :math:`\lVert N_i \rVert_F / \sqrt{r_i n}`. Adam per row: ``lr`` × the task's RMS row norm
+    :math:`\lVert N_i \rVert_F / \sqrt{r_i}` (a row moves by about that much: the same step as per
+    entry, where each of the ``n`` entries moves by about its rate).
+    """
+    rates = []
+    for block in torch.split(problem.coords, problem.sizes, dim=0):
+        if optimizer == "gd" or block.numel() == 0:
+            rates.append(lr if optimizer == "gd" else 0.0)
+        else:
+            rates.append(lr * math.sqrt(float((block**2).mean() * (block.shape[1] if row_space else 1))))
+    per_row = torch.repeat_interleave(torch.tensor(rates, dtype=torch.float64), torch.tensor(problem.sizes))
+    return per_row[:, None].to(problem.coords.device)
+
+
+def _descend(problem: _Problem, gamma: float, steps: int, rates: torch.Tensor, optimizer: str, row_space: bool):
+    r"""The safeguarded descent from δ = 0 on ``problem.coords``: Adam or GD, early stops.
+
+    A step that raises the loss is undone, the step halved and Adam's moments restarted; the run
+    stops once :math:`\lVert\nabla L\rVert \le` ``ORTHO_GTOL`` or the step is below
+    ``ORTHO_MIN_STEP`` of the first. Adam keeps its second moment per entry, or with ``row_space``
+    per row (:math:`v_\text{row} \leftarrow \beta_2 v_\text{row} + (1-\beta_2)\lVert g_\text{row}
+    \rVert^2`: invariant under rotations of the row, hence exact in the row-space coordinates).
+    Returns ``(delta, history, cross_before, cross_after, tried, rejected)``.
+    """
+    coords, offdiag = problem.coords, problem.offdiag
+    delta = torch.zeros_like(coords)
+    loss, cross, grad = _loss_and_grad(coords, delta, offdiag, gamma)
+    cross_before, history = cross, [loss]
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-16
+    m = v = None  # Adam moments; reset after a rejected step so the next move is a descent direction
+    t, tried, rejected = 0, 0, 0
+    shrink = 1.0  # halved after every rejected step
+    for _ in range(steps):
+        if float(torch.linalg.vector_norm(grad)) <= ORTHO_GTOL or shrink < ORTHO_MIN_STEP:
+            break
+        tried += 1
+        move = grad
+        if optimizer == "adam":
+            if m is None:
+                t, m, v = 0, torch.zeros_like(grad), torch.zeros_like(grad[:, :1] if row_space else grad)
+            t += 1
+            m = m.mul_(beta1).add_(grad, alpha=1 - beta1)
+            square = (grad * grad).sum(dim=1, keepdim=True) if row_space else grad * grad
+            v = v.mul_(beta2).add_(square, alpha=1 - beta2)
+            move = (m / (1 - beta1**t)).div_((v / (1 - beta2**t)).sqrt_().add_(adam_eps))
+        proposal = delta - (shrink * rates) * move
+        c_loss, c_cross, c_grad = _loss_and_grad(coords, proposal, offdiag, gamma)
+        if c_loss <= loss:
+            delta, loss, cross, grad = proposal, c_loss, c_cross, c_grad
+            history.append(loss)
+        else:
+            shrink *= 0.5
+            rejected += 1
+            m = v = None
+    return delta, history, cross_before, cross, tried, rejected
+
+
+def _apply(problem: _Problem, delta: torch.Tensor | None) -> tuple[list[torch.Tensor], tuple[float, ...]]:
+    r"""Back to the factors' units: :math:`\hat A_i = A_i + s_i\,\delta_i`, :math:`\delta = D Q^\top`.
+
+    ``delta`` None (no step accepted) returns the input rows themselves (bit for bit). Also returns
+    :math:`\rho_i = \lVert \hat A_i - A_i \rVert_F / \lVert A_i \rVert_F` (0 for a zero factor).
+    """
+    rows = problem.rows
+    new_rows = rows
+    if delta is not None:
+        full = delta if problem.basis is None else delta @ problem.basis.T
+        new_rows = [x + s * d for x, s, d in zip(rows, problem.scales, torch.split(full, problem.sizes, dim=0))]
+    rel = tuple(
+        float(torch.linalg.vector_norm(y - x)) / n if n > 0 else 0.0 for x, y, n in zip(rows, new_rows, problem.norms)
+    )
+    return new_rows, rel
 
 
 def orthogonalize_factors(
@@ -93,6 +235,8 @@ def orthogonalize_factors(
     lr: float | None = None,
     optimizer: str = "adam",
     normalize_factors: bool = True,
+    *,
+    row_space: bool = True,
 ) -> tuple[list[torch.Tensor], OrthoReport]:
     r"""DO-Merging's data-free orthogonalisation of one side of one layer (papers.md §3.3, D4/D5/D8).
 
@@ -127,89 +271,34 @@ def orthogonalize_factors(
     from the same A), the cross term is much larger and so is the move: with rows of cosine 0.5
     (0.9) across tasks, γ = 1 moves each factor by ≈ 13–22 % (35–49 %); raise γ to stay small.
 
-    Optimiser: ``"adam"`` (default; ``lr`` is each step per entry as a fraction of the task's RMS
-    entry, default 0.05) or ``"gd"`` (plain gradient descent on the normalised problem, default
-    ``lr`` 0.1). Both reach the same optimum within the default 200 steps on all the cases above
-    (loss within 1e-5 of a 3000-step run); GD gets there in ≈ 100 steps. A step that would
-    raise the loss is undone and the step size halved (Adam's moments restart), so the loss never
-    increases; the run stops early once the gradient norm is ≤ ``ORTHO_GTOL`` or the step has
-    been halved below ``ORTHO_MIN_STEP`` of the first. Float64, gradients by autograd, no
-    randomness: deterministic. Already-orthogonal factors (and a single task) come back
-    unchanged, bit for bit.
+    Optimiser: ``"adam"`` (default) or ``"gd"`` (plain gradient descent on the normalised
+    problem, default ``lr`` 0.1). Adam keeps one second moment per row,
+    :math:`\lVert g_\text{row} \rVert^2`, and moves a row by about ``lr`` (default 0.05) times the
+    task's RMS row norm :math:`\lVert N_i \rVert_F / \sqrt{r_i}`: rotation-invariant, so exact in
+    the row space (:func:`_prepare`). ``row_space=False`` runs the earlier Adam instead, per entry
+    of the ``n`` original coordinates (``lr`` × the RMS entry), at :math:`O(K^2 n)` per step
+    (``K = \sum_i r_i``). All reach the same optimum within the default 200 steps on the cases
+    above (loss within 1e-5 of a 3000-step run); per-row Adam ends no higher than per-entry Adam
+    (≤ 1e-12 relative; not so in raw units with tasks of very unequal scale, where neither
+    converges in 200 steps) and usually stops after 40–140 steps, GD after ≈ 100. A step that
+    would raise the loss is undone and the step size halved (Adam's moments restart), so the loss
+    never increases; the run stops early once the gradient norm is ≤ ``ORTHO_GTOL`` or the step
+    has been halved below ``ORTHO_MIN_STEP`` of the first. Float64, closed-form gradients
+    (:func:`_loss_and_grad`), no randomness: deterministic. Already-orthogonal factors (and a
+    single task) come back unchanged, bit for bit.
 
     Returns:
         ``(new_mats, report)``: float64 factors with the input shapes, and an :class:`OrthoReport`.
     """
     if optimizer not in ORTHO_LR:
         raise LorakitError(f"optimizer must be one of {sorted(ORTHO_LR)}, got {optimizer!r}")
-    rows = _as_rows(mats, side)
-    norms = [float(torch.linalg.vector_norm(x)) for x in rows]
-    scales = [n / math.sqrt(x.shape[0]) if normalize_factors and n > 0 else 1.0 for x, n in zip(rows, norms)]
-    base = [x / s for x, s in zip(rows, scales)]
-    sizes = [x.shape[0] for x in rows]
-    owner = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(sizes)).to(rows[0].device)
-    offdiag = (owner[:, None] != owner[None, :]).to(torch.float64)
-
-    if lr is None:
-        lr = ORTHO_LR[optimizer]
-    if optimizer == "adam":  # per-entry steps relative to each task's RMS entry
-        rates = [lr * math.sqrt(float((b**2).mean())) if b.numel() else 0.0 for b in base]
-    else:
-        rates = [lr] * len(base)
-
-    def evaluate(deltas):
-        deltas = [d.detach().requires_grad_(True) for d in deltas]
-        loss, cross = _ortho_loss(base, deltas, offdiag, gamma)
-        grads = torch.autograd.grad(loss, deltas)
-        return deltas, float(loss.detach()), float(cross.detach()), [g.detach() for g in grads]
-
-    deltas, loss, cross, grads = evaluate([torch.zeros_like(b) for b in base])
-    cross_before, history = cross, [loss]
-    beta1, beta2, adam_eps = 0.9, 0.999, 1e-16
-    m = v = None  # Adam moments; reset after a rejected step so the next move is a descent direction
-    t, tried, rejected = 0, 0, 0
-    shrink = 1.0  # halved after every rejected step
-    for _ in range(steps):
-        if math.sqrt(sum(float((g**2).sum()) for g in grads)) <= ORTHO_GTOL or shrink < ORTHO_MIN_STEP:
-            break
-        tried += 1
-        if optimizer == "adam":
-            if m is None:
-                t, m, v = 0, [torch.zeros_like(g) for g in grads], [torch.zeros_like(g) for g in grads]
-            t += 1
-            m = [beta1 * mi + (1 - beta1) * g for mi, g in zip(m, grads)]
-            v = [beta2 * vi + (1 - beta2) * g**2 for vi, g in zip(v, grads)]
-            moves = [(mi / (1 - beta1**t)) / ((vi / (1 - beta2**t)).sqrt() + adam_eps) for mi, vi in zip(m, v)]
-        else:
-            moves = grads
-        proposal = [d.detach() - shrink * rate * mv for d, rate, mv in zip(deltas, rates, moves)]
-        cand, c_loss, c_cross, c_grads = evaluate(proposal)
-        if c_loss <= loss:
-            deltas, loss, cross, grads = cand, c_loss, c_cross, c_grads
-            history.append(loss)
-        else:
-            shrink *= 0.5
-            rejected += 1
-            m = v = None
-    moved = len(history) > 1
-
-    if moved:
-        new_rows = [x + s * d.detach() for x, s, d in zip(rows, scales, deltas)]
-    else:
-        new_rows = rows
-    rel = tuple(
-        float(torch.linalg.vector_norm(y - x)) / n if n > 0 else 0.0 for x, y, n in zip(rows, new_rows, norms)
-    )
-    new_mats = [y if side == "A" else y.T for y in new_rows]
+    problem = _prepare(mats, side, normalize_factors, row_space)
+    lr = ORTHO_LR[optimizer] if lr is None else lr
+    rates = _step_rates(problem, lr, optimizer, row_space)
+    delta, history, cross_before, cross, tried, rejected = _descend(problem, gamma, steps, rates, optimizer, row_space)
+    new_rows, rel = _apply(problem, delta if len(history) > 1 else None)
     report = OrthoReport(
-        side=side,
-        cross_before=cross_before,
-        cross_after=cross,
-        relative_perturbation=rel,
-        loss_history=tuple(history),
-        steps=tried,
-        rejected=rejected,
-        lr=lr,
+        side=side, cross_before=cross_before, cross_after=cross, relative_perturbation=rel,
+        loss_history=tuple(history), steps=tried, rejected=rejected, lr=lr,
     )
-    return new_mats, report
-
+    return [y if side == "A" else y.T for y in new_rows], report

@@ -1,6 +1,6 @@
 r"""Diagnostics of LoRA task updates: magnitudes, their variance across tasks, cosines, spectra.
 
-Notation (papers.md §1, §3.2, §3.5): for one layer and task :math:`i`,
+Notation (docs/methods.md §1, §3.2, §3.5): for one layer and task :math:`i`,
 :math:`\Delta W_i = s_i B_i A_i \in \mathbb{R}^{d_{out} \times d_{in}}` (torch layout, out × in).
 "Column" means an **input** column :math:`\Delta W[:, j]` (length ``d_out``), so a per-column
 magnitude vector has length ``d_in``; ``axis="out"`` is the DoRA/peft-style alternative (one
@@ -48,7 +48,7 @@ def norm_dim(axis: str) -> int:
 
 
 def column_magnitudes(delta: Delta, axis: str = "in") -> torch.Tensor:
-    r"""Per-column L2 norms :math:`\alpha[j] = \lVert \Delta W[:, j] \rVert_2` (papers.md §3.2).
+    r"""Per-column L2 norms :math:`\alpha[j] = \lVert \Delta W[:, j] \rVert_2` (docs/methods.md §3.2).
 
     Args:
         delta: ``ΔW`` of shape ``(d_out, d_in)`` (or a :class:`LoRAUpdate`).
@@ -95,7 +95,7 @@ def _cv(values: torch.Tensor) -> torch.Tensor:
 def magnitude_variance(
     tasks: Sequence[TaskInput], axis: str = "in", kind: str = "column", per_layer: bool = False
 ) -> float | dict[str, float]:
-    r"""Scale-free magnitude variance across tasks (papers.md §3.5, our definition **[D]**).
+    r"""Scale-free magnitude variance across tasks (docs/methods.md §3.5, our definition **[D]**).
 
     ``kind="column"`` (default): for every layer, take each task's column-norm vector
     :math:`\alpha_i \in \mathbb{R}^{d}` (``d = d_in`` for ``axis="in"``), then the across-task
@@ -175,7 +175,7 @@ def direction_share(merged: TaskInput, deltas: Sequence[TaskInput]) -> torch.Ten
     r"""Cosine of the merged update with each task's update, shape ``(N,)``.
 
     :math:`\cos(\Delta W^*, \Delta W_i)`; a low value for task i means the merged direction
-    ignores that task (the "magnitude dominance" of papers.md §3.2).
+    ignores that task (the "magnitude dominance" of docs/methods.md §3.2).
     """
     cos = _cosines_from_gram(_gram([merged, *deltas]))
     return cos[0, 1:]

@@ -1,4 +1,4 @@
-"""lorakit.lora: parity with peft's own merge, save and load (papers.md §1 and §5.1–5.3).
+"""lorakit.lora: parity with peft's own merge, save and load (docs/methods.md §1 and §5.1–5.3).
 
 Every adapter here is made by peft itself on a tiny random BERT classifier; ``lora_B`` is
 randomised (peft initialises it to zero, which would make every ΔW comparison vacuous). The

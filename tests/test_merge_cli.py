@@ -1,4 +1,4 @@
-"""``lorakit merge`` on real PEFT adapter folders (lorakit.merge_folders, lorakit.cli.merge).
+"""``lorakit merge`` on real PEFT adapter folders (lorakit.merge.folders, lorakit.cli.merge).
 
 Every adapter is made by peft itself (``get_peft_model`` + ``save_pretrained``) on one tiny random
 BERT classifier saved to disk, with ``lora_B`` and the classifier head randomised (peft starts B
@@ -30,7 +30,8 @@ from lorakit.cli import main
 from lorakit.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAUpdate, factorize_delta, read_adapter, read_head
 from lorakit.merge import METHODS, merge_adapters
 from lorakit.cli.merge import parse_params, parse_value
-from lorakit.merge_folders import SUMMARY_FILE, merge_adapter_folders, truncate_factors
+from lorakit.merge.folders import SUMMARY_FILE, merge_adapter_folders
+from lorakit.merge.refactor import truncate_factors
 
 transformers.logging.set_verbosity_error()
 

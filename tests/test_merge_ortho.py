@@ -142,7 +142,7 @@ def factors(ranks, dim, side="A", shared=0.0, seed=0, scales=None):
 
 
 def loss_of(mats, new, side, gamma, normalize=True):
-    """L(δ) of papers.md §3.3 recomputed from the returned factors, in the solver's units."""
+    """L(δ) of docs/methods.md §3.3 recomputed from the returned factors, in the solver's units."""
     rows = [m.double() if side == "A" else m.double().T for m in mats]
     hats = [m.double() if side == "A" else m.double().T for m in new]
     scales = [float(x.norm()) / math.sqrt(x.shape[0]) if normalize and float(x.norm()) > 0 else 1.0 for x in rows]

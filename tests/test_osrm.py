@@ -1,4 +1,4 @@
-"""OSRM (lorakit.osrm): one test per hard part H1–H9 of papers.md §2.12, plus parity checks.
+"""OSRM (lorakit.osrm): one test per hard part H1–H9 of docs/methods.md §2.12, plus parity checks.
 
 Tiny random BERTs (hidden 32, 2 layers) keep these fast; one test uses the installed MiniLM.
 """

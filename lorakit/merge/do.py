@@ -33,7 +33,7 @@ def _broadcast(vector: torch.Tensor, axis: str) -> torch.Tensor:
 
 
 def decouple(delta: torch.Tensor, axis: str = "in", eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Split ``ΔW`` into magnitude and direction (papers.md §3.2, D1/D2).
+    r"""Split ``ΔW`` into magnitude and direction (docs/methods.md §3.2, D1/D2).
 
     ``axis="in"`` (the paper's column-wise reading; default):
 
@@ -109,7 +109,7 @@ def do_merge_with_report(
     normalize_factors: bool = True,
     **base_params: Any,
 ) -> tuple[torch.Tensor, DOReport]:
-    r"""DO-Merging of one layer (papers.md §3.4), with its orthogonalisation diagnostics.
+    r"""DO-Merging of one layer (docs/methods.md §3.4), with its orthogonalisation diagnostics.
 
     .. math::
 

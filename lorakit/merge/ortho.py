@@ -38,7 +38,7 @@ def _as_rows(mats: Sequence[torch.Tensor], side: str) -> list[torch.Tensor]:
 
 
 def factor_cross_terms(mats: Sequence[torch.Tensor], side: str = "A") -> dict[tuple[int, int], torch.Tensor]:
-    r"""The pairwise cross terms DO-Merging drives to zero (papers.md §3.3, D5), each ``r_i × r_j``.
+    r"""The pairwise cross terms DO-Merging drives to zero (docs/methods.md §3.3, D5), each ``r_i × r_j``.
 
     ``side="A"`` (``A_i``: ``r × d_in``): :math:`A_i A_j^\top`, the overlap of input row spaces.
     ``side="B"`` (``B_i``: ``d_out × r``): :math:`B_i^\top B_j`, the overlap of output column spaces.
@@ -78,7 +78,7 @@ class OrthoReport:
         return 0.0 if self.cross_before == 0 else 1.0 - self.cross_after / self.cross_before
 
 
-#: DO-Merging orthogonalisation defaults (ours, papers.md §3.3: the paper does not give them).
+#: DO-Merging orthogonalisation defaults (ours, docs/methods.md §3.3: the paper does not give them).
 ORTHO_GAMMA = 1.0
 ORTHO_STEPS = 200
 ORTHO_LR = {"adam": 0.05, "gd": 0.1}
@@ -238,7 +238,7 @@ def orthogonalize_factors(
     *,
     row_space: bool = True,
 ) -> tuple[list[torch.Tensor], OrthoReport]:
-    r"""DO-Merging's data-free orthogonalisation of one side of one layer (papers.md §3.3, D4/D5/D8).
+    r"""DO-Merging's data-free orthogonalisation of one side of one layer (docs/methods.md §3.3, D4/D5/D8).
 
     For ``side="A"`` (``A_i``: ``r_i × d_in``) it minimises, from :math:`\delta = 0`,
 
@@ -257,7 +257,7 @@ def orthogonalize_factors(
     factor the norm of an orthonormal one (:math:`\lVert N_i \rVert_F^2 = r_i`), so γ means the
     same for every task and layer whatever the LoRA scale (a task 1000× larger is moved by the
     same relative amount), and the loss is dimensionless. ``normalize_factors=False`` optimises
-    the raw :math:`L_A` of papers.md §3.3 in the factors' own units.
+    the raw :math:`L_A` of docs/methods.md §3.3 in the factors' own units.
 
     Since the loss never increases from :math:`L(0) = C_0` (the cross term before),
     :math:`\gamma \sum_i \lVert\delta_i\rVert_F^2 \le C_0`, i.e.
@@ -265,7 +265,7 @@ def orthogonalize_factors(
     :math:`\rho_i = \lVert \hat A_i - A_i \rVert_F / \lVert A_i \rVert_F`. Default γ = 1
     (ours; the paper gives none): on random factors it removes ≈ 89 % of the cross term and moves
     each factor by ≈ 6–7 % (3 tasks, r = 8, d = 384) or ≈ 13 % (8 tasks, r = 16, d = 768) of
-    its norm, inside the 0.1–0.2 budget of papers.md §3.3. γ = 0.5 removes ≈ 96 % for ≈ 8 % / 15 %.
+    its norm, inside the 0.1–0.2 budget of docs/methods.md §3.3. γ = 0.5 removes ≈ 96 % for ≈ 8 % / 15 %.
 
     When the tasks' factors share a component (e.g. adapters trained from the same seed start
     from the same A), the cross term is much larger and so is the move: with rows of cosine 0.5

@@ -1,6 +1,6 @@
 r"""OSRM: choose each task's LoRA input subspace *before* fine-tuning (notebook 04).
 
-Notation (notebook 04; papers.md §2). A target Linear layer computes ``y = W h``, with
+Notation (notebook 04; docs/methods.md §2). A target Linear layer computes ``y = W h``, with
 ``W0`` of shape ``(d_out, d_in)``; task ``i``'s LoRA update is ``ΔW_i = s B_i A_i``
 (``A_i``: ``(r, d_in)``, ``B_i``: ``(d_out, r)``, see :mod:`lorakit.lora`). ``H_j`` has shape
 ``(k, d_in)``: ``k`` inputs of that layer in the **pre-trained** model, computed on task ``j``'s

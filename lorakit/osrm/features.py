@@ -191,7 +191,7 @@ def collect_features(
 
     Args:
         model: a transformers model or a peft model. For a peft model the adapters are switched
-            off (pre-trained features, papers.md §2.4) unless ``use_adapters``.
+            off (pre-trained features, docs/methods.md §2.4) unless ``use_adapters``.
         batches: an iterable of dicts with ``input_ids`` and ``attention_mask``
             (``(batch, seq)``), optionally ``token_type_ids``; other keys (labels) are ignored.
         module_names: Linear module names, relative to the base model

@@ -1,6 +1,6 @@
 """Writing OSRM's ``A_t`` into a peft model (``lora_A ← A_t``, ``lora_B ← 0``) and OSRM-INIT.
 
-OSRM-INIT (papers.md §2.8): features of every task on the pre-trained model
+OSRM-INIT (docs/methods.md §2.8): features of every task on the pre-trained model
 (:func:`~lorakit.osrm.features.collect_features`), then task ``t``'s ``A_t`` from the others'
 (:func:`~lorakit.osrm.subspace.leave_one_out_subspaces`, eq. 4.2), shape ``(r, d_in)``.
 """
@@ -33,7 +33,7 @@ def init_lora_A(
     exactly. Each ``lora_A`` parameter keeps its dtype and device (``A`` is cast to them, never
     the parameter replaced; with peft's default ``autocast_adapter_dtype`` the adapter of a bf16
     model is float32). OSRM's ``A`` has unit rows while peft's default ``A`` does not, so the
-    learning rate that suits ``B`` may differ (papers.md §2.12, H3).
+    learning rate that suits ``B`` may differ (docs/methods.md §2.12, H3).
 
     Args:
         peft_model: a model made by ``peft.get_peft_model`` (LoRA, not DoRA).
@@ -100,7 +100,7 @@ def osrm_init(
     progress: bool = False,
     return_features: bool = False,
 ):
-    """OSRM-INIT (papers.md §2.8): each task's ``{module: A_t}``, built from the other tasks' features.
+    """OSRM-INIT (docs/methods.md §2.8): each task's ``{module: A_t}``, built from the other tasks' features.
 
     Features are collected once per task on the pre-trained model (a path is loaded with
     ``AutoModelForSequenceClassification``; a peft model's adapters are switched off), then

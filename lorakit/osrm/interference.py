@@ -95,7 +95,7 @@ def interference_matrix(
 
 
 # ----------------------------------------------------------------------------------------------
-# Parameter-space orthogonality is not functional orthogonality (papers.md §2.1)
+# Parameter-space orthogonality is not functional orthogonality (docs/methods.md §2.1)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -108,7 +108,7 @@ class Counterexample(NamedTuple):
 
 
 def counterexample() -> Counterexample:
-    r"""Orthogonal in parameter space, yet interfering (papers.md §2.1).
+    r"""Orthogonal in parameter space, yet interfering (docs/methods.md §2.1).
 
     :math:`\langle \Delta W_1, \Delta W_2\rangle_F = (b_1\cdot b_2)\lVert a\rVert^2 = 0`, but for
     :math:`h \parallel a`, :math:`\Delta W_2 h = b_2 (a\cdot h) \ne 0`: task 2's update still

@@ -99,7 +99,7 @@ def subspace(H_other: torch.Tensor, r: int, tie_rtol: float = TIE_RTOL) -> torch
 
     Uncentered on purpose: a mean-subtracted covariance ignores the mean ``μ``, so a direction
     carrying a large mean but little variance could be chosen and ``s B A μ`` would shift every
-    input (papers.md §2.2).
+    input (docs/methods.md §2.2).
 
     ``G`` is formed and diagonalised in float64; the basis is made reproducible as described
     in :func:`subspace_from_gram` (fixed reference vectors inside degenerate eigenspaces such as

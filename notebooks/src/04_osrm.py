@@ -183,7 +183,7 @@ assert objective(A_centred, H) > 100 * objective(A_osrm, H)
 #
 # Now the packaged MiniLM encoder (6 layers, $d_\text{in} = 384$) and the profile's tasks. For every
 # adapted layer (`query` and `value` of each block) a forward pre-hook records its **input** on the
-# **pre-trained** model, one row per token, with padding dropped (papers.md §2.4: the official code
+# **pre-trained** model, one row per token, with padding dropped (docs/methods.md §2.4: the official code
 # averages over padded positions). `osrm_init_for_tasks` is what `lorakit run --inits osrm` calls: the
 # first 100 training texts of each task, tokens mode, then for each task $t$ the leave-one-out
 # subspace of the others.
@@ -247,7 +247,7 @@ assert float(E0[off].max()) < 0.5                # A_t is nearly blind to the OT
 # %% [markdown]
 # The off-diagonal entries are far below 1 (the cell asserts < 0.5): the OSRM subspaces avoid the
 # directions that the other tasks use, also on held-out texts. The diagonal is the leave-one-out test
-# (papers.md H4): $A_t$ never saw task $t$, so nothing forces $e(A_t, H_t)$ down:
+# (docs/methods.md H4): $A_t$ never saw task $t$, so nothing forces $e(A_t, H_t)$ down:
 
 # %%
 diag, offd = float(E0.diag().mean()), float(E0[off].mean())
@@ -396,7 +396,7 @@ print(f"training multiplied OSRM's share of the other tasks' features by {drift:
 # %% [markdown]
 # The gradient of $A_t$ is $s B_t^\top (\partial L/\partial y)\, x^\top$: it lies in the span of task
 # $t$'s inputs, which overlap the other tasks' inputs. A large factor above means the rows of $A_t$ left
-# their low-energy directions during training and the protection faded (papers.md §2.3, H8). The test:
+# their low-energy directions during training and the protection faded (docs/methods.md §2.3, H8). The test:
 # freeze $A$ (`freeze_A=True`, train $B$ and the head only) and compare interference and accuracy.
 
 # %%

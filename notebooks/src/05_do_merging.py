@@ -79,7 +79,7 @@ assert torch.allclose(direction_share(ta, dW), torch.tensor(share_ta, dtype=torc
 norms = torch.tensor([d.norm() for d in dW])
 predicted = norms / norms.norm()                                 # (5.1)
 assert max(abs(p - s) for p, s in zip(predicted.tolist(), share_ta)) < 0.05
-assert share_ta[1] < 0.2 and min(share_do) > 0.45               # papers.md D7
+assert share_ta[1] < 0.2 and min(share_do) > 0.45               # docs/methods.md D7
 
 rows = {"‖ΔW_k‖ / ‖ΔW_1‖": (norms / norms[0]).tolist(), "(5.1) predicted": predicted.tolist(),
         "task arithmetic": share_ta, "DO, decouple only (5.2)": share_do,
@@ -331,7 +331,7 @@ assert sweep[0.25].cross_after < sweep[1.0].cross_after < sweep[4.0].cross_after
 assert min(sweep[0.25].relative_perturbation) > max(sweep[4.0].relative_perturbation)
 
 # %% [markdown]
-# ## 3c. Which orthogonality survives the normalisation (papers.md D6)
+# ## 3c. Which orthogonality survives the normalisation (docs/methods.md D6)
 #
 # If both sides are orthogonal, $A_iA_j^\top = 0$ and $B_i^\top B_j = 0$, the two dense updates are
 # orthogonal in every sense: $\Delta W_i^\top \Delta W_j = A_i^\top (B_i^\top B_j) A_j = 0$ and
@@ -464,7 +464,7 @@ ax.set_title(layer.split("encoder.")[-1]); ax.legend();
 # `lorakit run` uses, so these numbers come from the same code as the benchmark table. The cells
 # with orthogonalize on merge the factors orthogonalised above, with `orthogonalize=False`; the
 # next cell checks that this equals DO-Merging with `orthogonalize=True` bit for bit, and that the
-# (off, off) cell is the plain base method bit for bit (papers.md D9).
+# (off, off) cell is the plain base method bit for bit (docs/methods.md D9).
 
 # %%
 from lorakit.benchmark import method_grid
@@ -584,7 +584,7 @@ print("\n".join(lines))
 # | scale of the factors in the loss | not said | `normalize_factors=True` ($\lVert N_i\rVert_F^2 = r$) | `False` (raw units) |
 # | γ | not given | `gamma=1.0` | any $\gamma \ge 0$ |
 # | optimizer | "gradient descent" | `optimizer="adam"` | `"gd"` |
-# | learning rate | not given | `lr=None`: Adam 0.05 (per entry, relative to the factor's RMS entry), GD 0.1 | a number |
+# | learning rate | not given | `lr=None`: Adam 0.05 (one second moment per row, each row moving by about 0.05 × the task's RMS row norm; `orthogonalize_factors(..., row_space=False)` is the per-entry Adam), GD 0.1 | a number |
 # | steps | not given | `steps=200` (stops early when the gradient vanishes) | any integer ≥ 0 |
 #
 # Fixed, not options: the LoRA scaling $s_i$ is folded into $B_i$ before anything else (so a single

@@ -20,7 +20,7 @@
 #   ratio asks "how much of what the adapter learned survives the merge?".
 # * **Validation for choosing, test for reporting**: λ (and density, drop rate) are chosen on a
 #   validation split and reported on a separate test split. Choosing on the reported split would
-#   flatter every method (papers.md §5.4: GLUE practice often does exactly that).
+#   flatter every method (docs/methods.md §5.4: GLUE practice often does exactly that).
 # * **Seeds**: a merge result depends on the adapters, which depend on the training seed; the
 #   `gpu` profile repeats everything over 3 seeds and reports mean ± std.
 #

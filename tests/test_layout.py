@@ -133,3 +133,33 @@ def test_cli_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout
     assert out.strip() == "[]"
+
+
+#: lorakit-internal imports allowed inside a function (so the circle test above still sees every
+#: other dependency): ``(module, imported module) → why``.
+LAZY_INTERNAL = {
+    ("lorakit.benchmark", "lorakit.plots"): "plots imports matplotlib; only writing a run's figures needs it",
+}
+
+
+def function_level_internal_imports() -> set[tuple[str, str]]:
+    """``(module, lorakit module)`` for every lorakit import that runs only when a function is called."""
+    files = module_files()
+    found = set()
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(), str(path))
+        at_import = {id(node) for node in import_time_imports(tree)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in at_import:
+                for name in _targets(node, module, path.name == "__init__.py"):
+                    while name and name not in files:
+                        name = name.rpartition(".")[0]
+                    if name.startswith("lorakit") and name != module:
+                        found.add((module, name))
+    return found
+
+
+def test_no_hidden_internal_imports():
+    """An import inside a function hides a dependency from the circle test: only listed ones are allowed."""
+    hidden = function_level_internal_imports() - set(LAZY_INTERNAL)
+    assert not hidden, f"lorakit imports inside functions (move them to the top, or list them with a reason): {sorted(hidden)}"

@@ -93,8 +93,8 @@ def test_tost_equals_two_one_sided_scipy_tests(seed, delta):
     assert res.p_upper == pytest.approx(p_upper, rel=1e-9, abs=1e-14)
     assert res.pvalue == max(res.p_lower, res.p_upper)
     ref = scipy.stats.ttest_rel(a, b).confidence_interval(confidence_level=0.90)
-    assert (res.ci_low, res.ci_high) == pytest.approx((ref.low, ref.high), abs=1e-8)
-    assert res.equivalent == (res.pvalue < 0.05) == (-lo < res.ci_low and res.ci_high < hi)
+    assert (res.ci.low, res.ci.high) == pytest.approx((ref.low, ref.high), abs=1e-8)
+    assert res.equivalent == (res.pvalue < 0.05) == (-lo < res.ci.low and res.ci.high < hi)
 
 
 def test_tost_decides_both_ways_and_rejects_bad_margins():
@@ -178,7 +178,7 @@ def test_sign_flip_monte_carlo_beyond_max_exact_agrees_with_exact():
     mc = sign_flip_test(d, "greater", max_exact=10, n_resamples=40_000, seed=1)
     assert not mc.exact and mc.n_flips == 40_000
     assert mc.pvalue == pytest.approx(exact.pvalue, abs=4 * math.sqrt(0.25 / 40_000))
-    assert (mc.ci_low, mc.ci_high) == pytest.approx((exact.ci_low, exact.ci_high), abs=0.05)
+    assert (mc.ci.low, mc.ci.high) == pytest.approx((exact.ci.low, exact.ci.high), abs=0.05)
     assert sign_flip_test(d, max_exact=10, seed=2).pvalue == sign_flip_test(d, max_exact=10, seed=2).pvalue
 
 
@@ -191,18 +191,18 @@ def test_sign_flip_ci_is_the_test_inversion():
         return (sign_flip_test(d - mu, "greater").pvalue > alpha / 2
                 and sign_flip_test(d - mu, "less").pvalue > alpha / 2)
 
-    assert kept(res.ci_low) and kept(res.ci_high) and kept(res.ci_low + eps) and kept(res.ci_high - eps)
-    assert not kept(res.ci_low - eps) and not kept(res.ci_high + eps)
-    assert res.ci_low < d.mean() < res.ci_high
+    assert kept(res.ci.low) and kept(res.ci.high) and kept(res.ci.low + eps) and kept(res.ci.high - eps)
+    assert not kept(res.ci.low - eps) and not kept(res.ci.high + eps)
+    assert res.ci.low < d.mean() < res.ci.high
     grid = np.linspace(d.min(), d.max(), 301)
     inside = np.array([kept(mu) for mu in grid])
-    assert np.array_equal(inside, (grid >= res.ci_low) & (grid <= res.ci_high))
+    assert np.array_equal(inside, (grid >= res.ci.low) & (grid <= res.ci.high))
 
 
 def test_sign_flip_ci_is_unbounded_with_too_few_pairs_and_rejects_bad_input():
     res = sign_flip_test([0.1, 0.2, 0.3, 0.4, 0.5])  # 2^4 = 16 < 1/0.05
-    assert res.pvalue == pytest.approx(2 / 32) and res.ci_low == -math.inf and res.ci_high == math.inf
-    assert math.isfinite(sign_flip_test([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]).ci_low)  # 2^5 = 32 ≥ 20
+    assert res.pvalue == pytest.approx(2 / 32) and res.ci.low == -math.inf and res.ci.high == math.inf
+    assert math.isfinite(sign_flip_test([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]).ci.low)  # 2^5 = 32 ≥ 20
     with pytest.raises(LorakitError, match="alternative"):
         sign_flip_test([0.1, 0.2], "bigger")
     with pytest.raises(LorakitError, match="at least 1"):
@@ -243,9 +243,9 @@ def test_bootstrap_equals_brute_force_loop(examples):
         res = paired_bootstrap(a, b, stat, n_resamples=23, seed=5, examples=examples, block=10)
         expected = brute_force_bootstrap(a, b, stat or stats.mean_difference, 23, 5, examples, 10)
         np.testing.assert_allclose(res.resamples, expected, rtol=1e-12, atol=1e-14)
-        assert (res.low, res.high) == pytest.approx(tuple(np.quantile(expected, [0.025, 0.975])), abs=1e-12)
+        assert (res.ci.low, res.ci.high) == pytest.approx(tuple(np.quantile(expected, [0.025, 0.975])), abs=1e-12)
     truth = np.mean([u.mean() - v.mean() for u, v in zip(a, b)])
-    assert paired_bootstrap(a, b, n_resamples=5, examples=examples).estimate == pytest.approx(truth, abs=1e-14)
+    assert paired_bootstrap(a, b, n_resamples=5, examples=examples).ci.estimate == pytest.approx(truth, abs=1e-14)
 
 
 def test_bootstrap_is_deterministic_and_accepts_arrays_and_mappings():
@@ -258,20 +258,20 @@ def test_bootstrap_is_deterministic_and_accepts_arrays_and_mappings():
     as_map = paired_bootstrap({"x": a[0], "y": a[1]}, {"y": b[1], "x": b[0]}, n_resamples=300, seed=3)
     assert as_map.tasks == ("x", "y") and np.array_equal(as_map.resamples, one.resamples)
     single = paired_bootstrap(a[0], b[0], n_resamples=50)
-    assert single.tasks == ("task0",) and single.estimate == pytest.approx(a[0].mean() - b[0].mean())
+    assert single.tasks == ("task0",) and single.ci.estimate == pytest.approx(a[0].mean() - b[0].mean())
 
 
 def test_bootstrap_identical_and_equal_accuracy_methods():
     rng = gen(13)
     a = (rng.random((4, 3, 400)) < 0.75).astype(float)
     same = paired_bootstrap(a, a.copy(), n_resamples=500)
-    assert same.low == same.high == same.estimate == 0.0
+    assert same.ci.low == same.ci.high == same.ci.estimate == 0.0
     b = (rng.random((4, 3, 400)) < 0.75).astype(float)  # same true accuracy, independent errors
     res = paired_bootstrap(a, b, n_resamples=2000, seed=1)
-    assert res.low < 0 < res.high
-    centre = np.median(res.resamples) - res.estimate
-    assert abs((res.high - res.estimate) - (res.estimate - res.low)) < 0.25 * (res.high - res.low)
-    assert abs(centre) < 0.05 * (res.high - res.low)
+    assert res.ci.low < 0 < res.ci.high
+    centre = np.median(res.resamples) - res.ci.estimate
+    assert abs((res.ci.high - res.ci.estimate) - (res.ci.estimate - res.ci.low)) < 0.25 * (res.ci.high - res.ci.low)
+    assert abs(centre) < 0.05 * (res.ci.high - res.ci.low)
 
 
 def test_bootstrap_covers_a_known_difference_with_large_n():
@@ -279,7 +279,7 @@ def test_bootstrap_covers_a_known_difference_with_large_n():
     a = (rng.random((8, 5, 4000)) < 0.82).astype(float)
     b = (rng.random((8, 5, 4000)) < 0.80).astype(float)
     res = paired_bootstrap(a, b, n_resamples=1000)  # sd of the estimate ≈ 0.002
-    assert res.low < 0.02 < res.high and res.high - res.low < 0.012
+    assert res.ci.low < 0.02 < res.ci.high and res.ci.high - res.ci.low < 0.012
 
 
 # example kinds (P(A right), P(B right)) and their shares: easy, hard, A's, B's; truth 0.035
@@ -303,7 +303,7 @@ def coverage(s, n, seed_sd, modes, reps=200):
         a, b = crossed_sample(rng, s, n, seed_sd)
         for mode in modes:
             res = paired_bootstrap(a, b, n_resamples=400, seed=rep, examples=mode, block=400)
-            hits[mode] += res.low <= TRUTH <= res.high
+            hits[mode] += res.ci.low <= TRUTH <= res.ci.high
     return {mode: h / reps for mode, h in hits.items()}
 
 
@@ -326,7 +326,7 @@ def test_bootstrap_is_fast_at_benchmark_size():
     start = time.perf_counter()
     res = paired_bootstrap(a, b, n_resamples=10_000)
     assert time.perf_counter() - start < 8.0  # about 1.5 s on one core; a gross-regression guard
-    assert res.low < res.estimate < res.high
+    assert res.ci.low < res.ci.estimate < res.ci.high
 
 
 def test_bootstrap_bad_input():
@@ -335,7 +335,7 @@ def test_bootstrap_bad_input():
         paired_bootstrap(a, np.ones((2, 11)))
     with pytest.raises(LorakitError, match="NaN"):
         paired_bootstrap(a, np.full((2, 10), np.nan))
-    with pytest.raises(LorakitError, match="empty"):
+    with pytest.raises(LorakitError, match="n_examples ≥ 1"):
         paired_bootstrap(np.ones((2, 0)), np.ones((2, 0)))
     with pytest.raises(LorakitError, match="x\\[None, :\\]"):
         paired_bootstrap(np.ones(10), np.ones(10))
@@ -393,7 +393,7 @@ def test_verdict_is_inconclusive_for_methods_of_equal_accuracy():
         a = (rng.random((3, 3, 200)) < 0.7).astype(float)
         b = (rng.random((3, 3, 200)) < 0.7).astype(float)
         res = paired_bootstrap(a, b, n_resamples=400, seed=rep, block=400)
-        verdicts.append(verdict(res.low, res.high, +1).verdict)
+        verdicts.append(verdict(res.ci.low, res.ci.high, +1).verdict)
     assert verdicts.count("inconclusive") >= 88, verdicts.count("inconclusive")
     assert set(verdicts) <= {"inconclusive", "held", "contradicted"}
 

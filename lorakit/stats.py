@@ -25,10 +25,6 @@ Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ALTERNATIVES = ("two-sided", "greater", "less")
 
 
-def _fail(message: str):
-    raise LorakitError(message)
-
-
 def _check_level(level: float) -> float:
     if not 0.0 < float(level) < 1.0:
         raise LorakitError(f"level must be a confidence level strictly between 0 and 1 (e.g. 0.95), got {level!r}")
@@ -154,13 +150,11 @@ def tost_paired(a: ArrayLike, b: ArrayLike | None = None, delta: float | tuple[f
                 alpha: float = 0.05) -> TOSTResult:
     r"""Equivalence (TOST) of paired samples: is the mean difference within :math:`(-\delta_L, +\delta_U)`?
 
-    With :math:`d_j = a_j - b_j`, :math:`\mathrm{se} = s_d/\sqrt m`, :math:`\nu = m - 1`:
-
-    * lower test, :math:`H_0: \mu \le -\delta_L`: :math:`p_L = 1 - F_\nu((\bar d + \delta_L)/\mathrm{se})`;
-    * upper test, :math:`H_0: \mu \ge +\delta_U`: :math:`p_U = F_\nu((\bar d - \delta_U)/\mathrm{se})`.
-
-    ``equivalent`` iff :math:`\max(p_L, p_U) < \alpha`, i.e. iff the :math:`1-2\alpha` (90 %) paired t
-    interval lies strictly inside the margin. ``delta``: in the data's units (0.01 = one accuracy
+    With :math:`d_j = a_j - b_j`, :math:`\mathrm{se} = s_d/\sqrt m`, :math:`\nu = m - 1`: for
+    :math:`H_0: \mu \le -\delta_L`, :math:`p_L = 1 - F_\nu((\bar d + \delta_L)/\mathrm{se})`; for
+    :math:`H_0: \mu \ge +\delta_U`, :math:`p_U = F_\nu((\bar d - \delta_U)/\mathrm{se})`. ``equivalent``
+    iff :math:`\max(p_L, p_U) < \alpha`, i.e. iff the :math:`1-2\alpha` (90 %) paired t interval lies
+    strictly inside the margin. ``delta``: in the data's units (0.01 = one accuracy
     point), one number or ``(delta_L, delta_U)``. For "preserves single-task accuracy within δ" pass
     ``a`` = merged, ``b`` = individual, one value per task.
     """
@@ -185,8 +179,7 @@ def holm(pvalues: ArrayLike | Mapping[str, float]) -> np.ndarray | dict[str, flo
     A mapping ``{claim: p}`` gives back ``{claim: adjusted p}``.
     """
     if isinstance(pvalues, Mapping):
-        keys = list(pvalues)
-        return dict(zip(keys, holm([pvalues[k] for k in keys]).tolist()))  # type: ignore[union-attr]
+        return dict(zip(pvalues, holm(list(pvalues.values())).tolist()))  # type: ignore[union-attr]
     p = _vector(pvalues, "p-values")
     if np.any((p < 0) | (p > 1)):
         raise LorakitError("p-values must lie in [0, 1]; check what produced them")
@@ -240,7 +233,8 @@ def sign_flip_test(d: ArrayLike, alternative: str = "two-sided", level: float = 
     if n <= max_exact:
         (sums, sizes), extra = _subset_sums(d), 0
     elif n_resamples >= 1:  # Monte Carlo: the observed flip counts once more, as in scipy
-        flipped = np.random.Generator(np.random.PCG64(seed)).integers(0, 2, size=(n_resamples, n), dtype=np.int8).astype(np.float64)
+        rng = np.random.Generator(np.random.PCG64(seed))
+        flipped = rng.integers(0, 2, size=(n_resamples, n), dtype=np.int8).astype(np.float64)
         sums, sizes, extra = flipped @ d, flipped.sum(axis=1), 1
     else:
         raise LorakitError(f"n_resamples must be at least 1, got {n_resamples}")
@@ -274,13 +268,16 @@ def mean_difference(acc_a: np.ndarray, acc_b: np.ndarray) -> np.ndarray:
 def _task_arrays(x: TaskScores, name: str) -> dict[str, np.ndarray]:
     """``{task: checked (S, n_t) float64 array}`` from an (S, n) or (T, S, n) array, a list or a mapping."""
     if not isinstance(x, Mapping):
-        x = {f"task{t}": v for t, v in enumerate([x] if isinstance(x, np.ndarray) and x.ndim == 2 else x)}
+        x = {f"task{t}": v for t, v in enumerate([x] if isinstance(x, np.ndarray) and x.ndim != 3 else x)}
     out = {str(t): np.asarray(v, dtype=np.float64) for t, v in x.items()}
+    if not out:
+        raise LorakitError(f"{name} has no tasks; pass an (n_seeds, n_examples) array per task")
     for t, v in out.items():
         if v.ndim != 2 or v.size == 0 or not np.all(np.isfinite(v)):
+            bad = " with NaN or inf" if v.ndim == 2 and v.size else ""
             raise LorakitError(f"{name}[{t}] must be a finite (n_seeds ≥ 1, n_examples ≥ 1) array, got shape "
-                               f"{v.shape}{'' if v.ndim != 2 or not v.size else ' with NaN or inf'}; one seed: x[None, :]")
-    return out or _fail(f"{name} has no tasks; pass an (n_seeds, n_examples) array per task")
+                               f"{v.shape}{bad}; for one seed pass x[None, :]")
+    return out
 
 
 def _paired_tasks(a: TaskScores, b: TaskScores) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
@@ -331,8 +328,8 @@ def paired_bootstrap(a: TaskScores, b: TaskScores, statistic: Statistic | None =
                      examples: str = "shared", block: int = 1000) -> BootstrapResult:
     r"""Paired two-level percentile bootstrap CI of ``statistic(acc_a, acc_b)`` (default: mean difference).
 
-    ``a``, ``b``: per task, scores of shape (S seeds, :math:`n_t` examples): a (S, n) array for one
-    task, a (T, S, n) array, a list of (S, n_t) arrays or ``{task: (S, n_t)}``. One resample draws
+    ``a``, ``b``: scores per task, (S seeds, :math:`n_t` examples): an (S, n) array (one task), a (T, S,
+    n) array, a list of (S, n_t) arrays or ``{task: (S, n_t)}``. One resample draws
     seeds :math:`s^*_1..s^*_S` with replacement (shared by all tasks: a seed is a run), then per task
     examples :math:`i^*_1..i^*_{n_t}` with replacement, one draw for all drawn seeds (``"shared"``) or a
     fresh one per drawn seed (``"nested"``); :math:`\bar a^*_t = \frac{1}{S n_t}\sum_{j,k}
@@ -340,13 +337,12 @@ def paired_bootstrap(a: TaskScores, b: TaskScores, statistic: Statistic | None =
     accuracies to (R,), e.g. ``lambda a, b: (a / b).mean(-1)`` (mean of per-task ratios). CI: the α/2
     and 1 − α/2 quantiles of the R values (numpy's linear interpolation); estimate: on the data.
 
-    Assumed independent: seeds (exchangeable runs) and test examples (i.i.d. within a task and
-    across tasks). Tasks are fixed: the claim is about these tasks. Test splits repeat across
-    seeds, so each example's effect does too: ``"shared"`` resamples it once (crossed design). That
-    is conservative, counting the seed × example noise twice (97–99 % coverage for a nominal 95 %
-    in tests/test_stats.py); ``"nested"`` divides the example variance by S and under-covers then,
-    right only when each seed has its own test sample. Few seeds under-resample the seed level (its
-    spread shrinks by about :math:`\sqrt{(S-1)/S}`).
+    Assumed independent: seeds (exchangeable runs) and test examples (i.i.d., within and across
+    tasks); tasks are fixed (the claim is about these tasks). Test splits repeat across seeds, so
+    each example's effect does too: ``"shared"`` resamples it once (crossed design), conservatively
+    (seed × example noise counts twice: 97–99 % coverage at nominal 95 % in tests/test_stats.py);
+    ``"nested"`` divides the example variance by S and under-covers then, so it is right only when
+    each seed has its own test sample. Few seeds shrink the seed part by about :math:`\sqrt{(S-1)/S}`.
 
     Random stream, per block of ``block`` resamples (the last may be shorter): ``integers(0, S, (B,
     S), int32)``, then per task in order ``integers(0, n_t, (B·k, n_t), int32)`` with k = 1 (shared)

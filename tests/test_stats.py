@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -415,3 +417,10 @@ def test_floor_adjusted_normalized_values_and_nan_rule():
         floor_adjusted_normalized([0.1], [np.nan], [0.0])
     with pytest.raises(LorakitError, match="same tasks"):
         floor_adjusted_normalized({"a": 0.1}, {"b": 0.2}, {"a": 0.0})
+
+
+def test_stats_imports_no_scipy_at_run_time():
+    """numpy only: the t quantiles come from lorakit's own incomplete beta, not scipy."""
+    code = "import sys, lorakit.stats; assert 'scipy' not in sys.modules, 'scipy was imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -23,7 +23,15 @@ Output (``format``):
   numerical rank (exact), or — with ``rank=k`` — truncated to rank k, keeping the energy
   :math:`\sum_{j \le k} \sigma_j^2 / \sum_j \sigma_j^2` (reported per layer).
 * ``"merged"`` — the base model with :math:`W_0 + \Delta W^*` in every layer, saved for
-  ``AutoModel…from_pretrained`` (needs ``base``).
+  ``AutoModel…from_pretrained`` (needs ``base``), in the class the adapters were trained on
+  (:mod:`lorakit.merge.bases`), sharded with ``max_shard_size``. Each layer's
+  :math:`W_0 + \Delta W^*` is added in float32 and rounded once to the base's dtype.
+
+``dtype`` (``float32``, ``bfloat16``, ``float16``) is the dtype of what is written: the factors
+and head of an adapter (default float32), the weights of a merged model (default: the base's).
+Task arithmetic also merges peft's ``lora_bias`` exactly (:meth:`MergePlan.bias`).
+``dry_run`` runs every check (the merged format builds the base on the ``meta`` device: shapes,
+no weights), reports the plan and the memory it needs, and writes nothing.
 
 Heads (``modules_to_save``, e.g. a classifier): a merged LoRA carries one head at most, and heads
 of different tasks are never mixed. With one adapter its head is kept; with several, heads are
@@ -33,13 +41,14 @@ Streaming: the adapters' factors are read once (they are small); then each layer
 refactored and written (or added into the base model's weight) before the next one, so beyond
 the adapters (and the base model for ``"merged"``) memory holds about one layer's worth. The
 adapter file is written tensor by tensor (:class:`SafetensorsStream`). Output goes to a temporary
-folder beside ``out`` that is renamed at the end: a failure leaves nothing behind.
+folder beside ``out`` that is renamed at the end: a failure or an interrupt leaves nothing behind.
+The summary is written inside the output (``lorakit_merge.json``) and, with ``summary_json``, to
+that file too.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -51,75 +60,36 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LorakitError
-from ..fsutil import atomic_folder
-from ..lora import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    adapter_config,
-    apply_deltas,
-    check_compatible,
-    peft_key,
-    peft_lora_key,
-    write_merged,
-)
-from .refactor import SafetensorsStream, concat_factors, refactor_dense, truncate_factors, weighted
-from .registry import METHODS, layer_params, resolve_params
-from .sources import (
-    AUTO_CLASSES,
-    HEAD_TASKS,
-    SourceAdapter,
-    check_base_fits,
-    check_same_base,
-    choose_head,
-    head_modules,
-    load_base_for,
-    read_source,
-)
+from ..fsutil import atomic_file, atomic_folder
+from ..lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, adapter_config, check_compatible, peft_key, peft_lora_key
+from .bases import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for, meta_base_for, module_map
+from .plan import DTYPES, FORMATS, MergePlan, check_options, estimate_memory, parse_size  # noqa: F401
+from .refactor import SafetensorsStream
+from .registry import resolve_params
+from .sources import LORA_BIAS, choose_head, head_modules, read_source, check_same_base
 
-FORMATS = ("adapter", "merged")
 #: A record of the merge written beside the weights (peft and transformers ignore it).
 SUMMARY_FILE = "lorakit_merge.json"
 
 
-def check_options(
-    adapters: Sequence, weights: Sequence[float] | None, fmt: str, rank: int | None, base: str | None,
-    out, overwrite: bool, device: str,
-) -> tuple[list[float], torch.device]:
-    """Validate everything that needs no file reading; returns ``(weights, device)``."""
-    if not adapters:
-        raise LorakitError("no adapters given; pass one or more PEFT adapter folders")
-    if fmt not in FORMATS:
-        raise LorakitError(f"format must be 'adapter' or 'merged', got {fmt!r}")
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise LorakitError(f"rank must be a positive integer (the written adapter's rank), got {rank!r}")
-    if rank is not None and fmt == "merged":
-        raise LorakitError("rank applies to format 'adapter' only; drop --rank or use --format adapter")
-    if fmt == "merged" and not base:
-        raise LorakitError("format 'merged' needs the base model: pass --base (a model folder or alias like minilm)")
-    if weights is None:
-        weights = [1.0] * len(adapters)
-    weights = list(weights)
-    if len(weights) != len(adapters):
-        raise LorakitError(f"{len(weights)} weights for {len(adapters)} adapters; give one weight per adapter")
-    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
-        raise LorakitError(f"weights must be finite numbers, got {weights}")
-    if out is not None:
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise LorakitError(f"{out} is a file; choose an output folder")
-        if out.exists() and not overwrite:
-            raise LorakitError(f"{out} already exists; choose another output folder or pass --overwrite")
-        if any(out.resolve() == Path(a).resolve() for a in adapters):
-            raise LorakitError(f"the output folder {out} is one of the input adapters; choose another folder")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise LorakitError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LorakitError("device cuda was asked for but CUDA is not available; use --device cpu")
-    return [float(w) for w in weights], dev
+@dataclass(frozen=True)
+class Output:
+    """Where and how a merge is written."""
 
+    out: Path | None
+    overwrite: bool
+    progress: bool
+    dtype: str | None
+    max_shard_size: int | None
+    start: float
 
+    @property
+    def cast(self) -> torch.dtype | None:
+        return DTYPES[self.dtype] if self.dtype else None
+
+    def write_summary(self, folder: Path, summary: dict) -> None:
+        summary["seconds"] = time.perf_counter() - self.start
+        (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
 
 
 def merge_adapter_folders(
@@ -135,6 +105,10 @@ def merge_adapter_folders(
     overwrite: bool = False,
     progress: bool = True,
     head_from: int | None = None,
+    dtype: str | None = None,
+    max_shard_size: int | str | None = None,
+    dry_run: bool = False,
+    summary_json: str | os.PathLike | None = None,
 ) -> dict:
     r"""Merge PEFT adapter folders with any registered method and write one adapter or merged model.
 
@@ -148,106 +122,62 @@ def merge_adapter_folders(
         out: output folder (must not exist unless ``overwrite``); None computes and reports only.
         format: ``"adapter"`` (a PEFT adapter) or ``"merged"`` (full weights; needs ``base``).
         rank: with ``"adapter"``, truncate every layer to this rank by SVD (energy reported).
-        base: base model folder or alias (``minilm``) for ``"merged"``.
+        base: base model folder, alias (``minilm``) or hub id for ``"merged"``.
         device: where the merge runs (``cpu`` or ``cuda``); files are written from the CPU.
         head_from: keep adapter ``head_from``'s head (0-based); see the module docstring.
+        dtype: ``float32``/``bfloat16``/``float16`` of the written factors or weights.
+        max_shard_size: ``"merged"`` only: shard the safetensors (``"2GB"``, ``"500MiB"`` or bytes).
+        dry_run: check and plan only (summary ``memory`` in bytes); nothing is written to ``out``.
+        summary_json: also write the summary (or a dry run's plan) to this JSON file.
 
     Returns:
         A summary dict: ``adapters``, ``method``, ``params`` (resolved), ``weights``, ``format``,
         ``out``, ``layers``, ``rank`` (``{"min", "max"}``, None for ``"merged"``), ``refactor``
         (how the adapter was factored), ``energy`` (``{"min", "mean"}`` kept per layer),
         ``energy_per_layer``, ``lora_parameters`` (factor entries written), ``head``, ``notes``,
-        ``seconds``, ``device``.
+        ``seconds``, ``device``, ``dtype``, ``dry_run`` (and ``memory``, ``base_class`` for a dry run).
 
     Every user error raises a one-line :class:`~lorakit.errors.LorakitError` before anything is
     written; ``out`` is written through a temporary sibling folder renamed at the end.
     """
     start = time.perf_counter()
     resolved = resolve_params(method, dict(params or {}))
-    weights, dev = check_options(adapters, weights, format, rank, base, out, overwrite, device)
+    weights, dev = check_options(adapters, weights, format, rank, base, out, overwrite, device, dtype, max_shard_size)
+    if summary_json is not None and Path(summary_json).is_dir():
+        raise LorakitError(f"summary JSON {summary_json} is a folder; pass a file name such as merge.json")
     sources = [read_source(a) for a in adapters]
     check_same_base(sources)
     check_compatible([s.layers for s in sources], names=[str(s.path) for s in sources])
     head, head_note = choose_head(sources, head_from)
     plan = MergePlan(sources, weights, method, resolved, rank, dev, head)
-    summary = plan.summary(format, out, head_note)
-    if format == "adapter":
-        _merge_to_adapter(plan, out, overwrite, summary, progress)
+    summary = {**plan.summary(format, out, head_note), "dtype": dtype, "dry_run": bool(dry_run)}
+    output = Output(Path(out) if out is not None else None, overwrite, progress, dtype, parse_size(max_shard_size), start)
+    if dry_run:
+        _dry_run(plan, format, base, output, summary)
+    elif format == "adapter":
+        _merge_to_adapter(plan, output, summary, _head_config(sources, head, head_from))
     else:
-        _merge_to_model(plan, base, out, overwrite, summary, progress)
+        _merge_to_model(plan, base, output, summary)
     summary["seconds"] = time.perf_counter() - start
-    if format == "merged" and out is not None:
-        (Path(out) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    if summary_json is not None:
+        with atomic_file(summary_json) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-@dataclass(frozen=True)
-class MergePlan:
-    """What one ``merge_adapter_folders`` call merges: the checked sources and options."""
-
-    sources: Sequence[SourceAdapter]
-    weights: Sequence[float]
-    method: str
-    resolved: Mapping[str, Any]
-    rank: int | None
-    device: torch.device
-    head: Mapping[str, torch.Tensor]
-
-    @property
-    def task_type(self) -> str | None:
-        return next((s.config["task_type"] for s in self.sources if s.config.get("task_type")), None)
-
-    @property
-    def transpose(self) -> bool:
-        """peft's ``fan_in_fan_out`` (GPT-2's Conv1D stores ``W`` as ``(d_in, d_out)``)."""
-        return bool(self.sources[0].config.get("fan_in_fan_out"))
-
-    @property
-    def base_name(self) -> str | None:
-        names = (s.config.get("base_model_name_or_path") for s in self.sources)
-        return next((n for n in names if n), None)
-
-    @property
-    def factored(self) -> bool:
-        """The method's result is exactly its concatenated factors (task arithmetic)."""
-        return METHODS[self.method].factored
-
-    def updates(self, module: str) -> list:
-        """Layer ``module`` of every adapter, weighted (:math:`B_i \leftarrow w_i B_i`), on the merge device."""
-        return [weighted(s.layers[module], w, self.device) for s, w in zip(self.sources, self.weights)]
-
-    def dense(self, module: str) -> torch.Tensor:
-        """Dense float32 ``ΔW*`` of one layer, exactly as :func:`lorakit.merge.merge_adapters` computes it
-        (a ``seed`` is mixed with the module name, :func:`lorakit.merge.layer_params`)."""
-        params = layer_params(self.resolved, module)
-        return METHODS[self.method].function(self.updates(module), **params).float()
-
-    def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``(A*, B*, energy kept)`` of one layer for the adapter format."""
-        if self.factored:
-            A, B = concat_factors(self.updates(module), self.resolved["lam"])
-            return (A, B, 1.0) if self.rank is None else truncate_factors(A, B, self.rank)
-        return refactor_dense(self.dense(module), self.rank)
-
-    def summary(self, format: str, out, head_note: str) -> dict[str, Any]:
-        """The summary dict before the merge runs (filled in as layers are written)."""
-        refactor = None
-        if format == "adapter":
-            refactor = (
-                "exact: factors concatenated (rank = sum of the adapters' ranks)" if self.factored and self.rank is None
-                else "exact: SVD at full numerical rank" if self.rank is None else f"SVD truncated to rank {self.rank}"
-            )
-        return {
-            "adapters": [str(s.path) for s in self.sources], "method": self.method, "params": dict(self.resolved),
-            "weights": list(self.weights), "format": format, "out": str(out) if out is not None else None,
-            "layers": len(self.sources[0].layers), "rank": None, "refactor": refactor, "energy": None,
-            "energy_per_layer": {}, "lora_parameters": 0, "head": head_note, "notes": [], "device": str(self.device),
-        }
+def _head_config(sources, head: Mapping, head_from: int | None):
+    """``modules_to_save`` of the adapter whose head is kept, as its config wrote it (peft matches these)."""
+    if not head:
+        return None
+    return sources[head_from or 0].config.get("modules_to_save")
 
 
 def _modules(plan: MergePlan, progress: bool):
-    modules = list(plan.sources[0].layers)
-    return tqdm(modules, desc=f"merging ({plan.method})", unit="layer", disable=not progress, file=sys.stderr)
+    """The layers in order, with a progress bar (on stderr) naming the layer being merged."""
+    bar = tqdm(plan.modules, desc=f"merging ({plan.method})", unit="layer", disable=not progress, file=sys.stderr)
+    for module in bar:
+        bar.set_postfix_str(module, refresh=False)
+        yield module
 
 
 def _written_task_type(plan: MergePlan, summary: dict) -> str | None:
@@ -261,7 +191,7 @@ def _written_task_type(plan: MergePlan, summary: dict) -> str | None:
     return None
 
 
-def _merge_to_adapter(plan: MergePlan, out, overwrite: bool, summary: dict, progress: bool) -> None:
+def _merge_to_adapter(plan: MergePlan, o: Output, summary: dict, modules_to_save) -> None:
     """Format "adapter": merge, refactor and stream each layer's factors to disk, then the config.
 
     With ``out`` the folder is built in a temporary sibling (:func:`lorakit.fsutil.atomic_folder`)
@@ -269,34 +199,45 @@ def _merge_to_adapter(plan: MergePlan, out, overwrite: bool, summary: dict, prog
     merge runs and is reported, and nothing is written.
     """
     written_task = _written_task_type(plan, summary)
-    if out is None:
-        _stream_layers(plan, None, summary, progress)
+    if o.out is None:
+        _stream_layers(plan, None, summary, o.progress)
         return
-    with atomic_folder(out, overwrite) as tmp:
+    cast = o.cast or torch.float32
+    with atomic_folder(o.out, o.overwrite) as tmp:
         stream = SafetensorsStream(tmp / ADAPTER_WEIGHTS)
         try:
-            ranks = _stream_layers(plan, stream, summary, progress)
+            ranks = _stream_layers(plan, stream, summary, o.progress, cast)
             for key, tensor in plan.head.items():
-                stream.add(peft_key(key), tensor)
+                stream.add(peft_key(key), tensor.to(cast) if tensor.is_floating_point() else tensor)
         except BaseException:
             stream.abort()
             raise
         stream.close()
         config = adapter_config(ranks, plan.base_name, written_task, head_modules(plan.head), plan.transpose)
+        if plan.head and modules_to_save:
+            config["modules_to_save"] = list(modules_to_save)
+        config["lora_bias"] = bool(plan.bias_modules)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        o.write_summary(tmp, summary)
 
 
-def _stream_layers(plan: MergePlan, stream: SafetensorsStream | None, summary: dict, progress: bool) -> dict[str, int]:
+def _stream_layers(
+    plan: MergePlan, stream: SafetensorsStream | None, summary: dict, progress: bool, cast=torch.float32,
+) -> dict[str, int]:
     """The layer loop: ``(A*, B*)`` of each layer written (or counted) and forgotten; returns ``{module: rank}``."""
     ranks: dict[str, int] = {}
+    with_bias = bool(plan.bias_modules)
     for module in _modules(plan, progress):
         A, B, energy = plan.factors(module)
         ranks[module] = int(A.shape[0])
         summary["energy_per_layer"][module] = energy
         if stream is not None:
-            summary["lora_parameters"] += stream.add(peft_lora_key(module, "A"), A.float())
-            summary["lora_parameters"] += stream.add(peft_lora_key(module, "B"), B.float())
+            summary["lora_parameters"] += stream.add(peft_lora_key(module, "A"), A.to(cast))
+            summary["lora_parameters"] += stream.add(peft_lora_key(module, "B"), B.to(cast))
+            if with_bias:  # peft gives every layer a lora_B bias once lora_bias is on: zeros where none was
+                bias = plan.bias(module)
+                bias = torch.zeros(B.shape[0]) if bias is None else bias
+                summary["lora_parameters"] += stream.add(f"{PEFT_PREFIX}{module}{LORA_BIAS}", bias.to(cast))
         else:
             summary["lora_parameters"] += A.numel() + B.numel()
     summary["rank"] = {"min": min(ranks.values()), "max": max(ranks.values())}
@@ -305,18 +246,70 @@ def _stream_layers(plan: MergePlan, stream: SafetensorsStream | None, summary: d
     return ranks
 
 
-def _merge_to_model(plan: MergePlan, base: str, out, overwrite: bool, summary: dict, progress: bool) -> None:
-    """Format "merged": :math:`W_0 \leftarrow W_0 + \Delta W^*` layer by layer in the base model, then save it."""
-    model, tokenizer = load_base_for(base, plan.task_type, plan.head, [s.head for s in plan.sources])
-    check_base_fits(model, plan.sources[0].layers, plan.head, plan.transpose)
+def _add_rounded(param: torch.Tensor, delta: torch.Tensor) -> None:
+    """``param ← round(param + delta)``: the sum in float32, rounded once to ``param``'s dtype."""
+    with torch.no_grad():
+        param.copy_((param.float() + delta.to(param.device).float()).to(param.dtype))
+
+
+def _merge_to_model(plan: MergePlan, base: str, o: Output, summary: dict) -> None:
+    r"""Format "merged": :math:`W_0 \leftarrow W_0 + \Delta W^*` layer by layer in the base model, then save it."""
+    model, tokenizer, note = load_base_for(base, plan.task_type, plan.head, [s.head for s in plan.sources])
+    translate = _fit(plan, model, summary, note)
     if plan.task_type == "SEQ_CLS" and not plan.head:
         summary["notes"].append("no head was kept: the merged model's classifier is the base model's (freshly initialised)")
-    for module in _modules(plan, progress):
+    modules = dict(model.named_modules())
+    for module in _modules(plan, o.progress):
+        layer = modules[translate(module)]
         delta = plan.dense(module)
-        apply_deltas(model, {module: delta.T if plan.transpose else delta})
+        _add_rounded(layer.weight, delta.T if plan.transpose else delta)
         del delta  # W ← W + ΔW* done: this layer's ΔW* must not outlive it
-    if out is not None:
-        with torch.no_grad():
-            for key, tensor in plan.head.items():
-                model.get_parameter(key).copy_(tensor)
-        write_merged(model, {}, out, tokenizer=tokenizer, overwrite=overwrite)
+        bias = plan.bias(module)
+        if bias is not None:
+            _add_rounded(layer.bias, bias)
+    with torch.no_grad():
+        for key, tensor in plan.head.items():
+            model.get_parameter(translate(key)).copy_(tensor)
+    if o.cast is not None:
+        model.to(o.cast)
+    if o.out is None:
+        return
+    with atomic_folder(o.out, o.overwrite) as tmp:
+        shard = {} if o.max_shard_size is None else {"max_shard_size": o.max_shard_size}
+        model.save_pretrained(str(tmp), **shard)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        o.write_summary(tmp, summary)
+
+
+def _fit(plan: MergePlan, model: torch.nn.Module, summary: dict, note: str | None):
+    """Check the adapters fit ``model`` (modulo the wrapper prefix); returns the name map, notes added."""
+    translate = module_map(model, plan.modules)
+    check_base_fits(model, plan.sources[0].layers, plan.head, plan.transpose, translate, plan.bias_modules)
+    summary["base_class"] = type(model).__name__
+    if note:
+        summary["notes"].append(note)
+    renamed = next((m for m in plan.modules if translate(m) != m), None)
+    if renamed is not None:
+        summary["notes"].append(
+            f"module names matched modulo the wrapper prefix: {renamed} is {translate(renamed)} in {type(model).__name__}"
+        )
+    return translate
+
+
+def _dry_run(plan: MergePlan, fmt: str, base: str | None, o: Output, summary: dict) -> None:
+    """Check everything a merge would, estimate its memory, write nothing (the merged format's base is
+    built on the ``meta`` device: shapes, no weights)."""
+    base_params, base_dtype = 0, torch.float32
+    if fmt == "merged":
+        model, _, note = meta_base_for(base, plan.task_type, [s.head for s in plan.sources])
+        _fit(plan, model, summary, note)
+        base_params = sum(p.numel() for p in model.parameters())
+        stored = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+        base_dtype = getattr(torch, stored, None) if isinstance(stored, str) else stored
+        base_dtype = base_dtype if isinstance(base_dtype, torch.dtype) else torch.float32
+    written = o.cast or (base_dtype if fmt == "merged" else torch.float32)
+    summary["memory"] = estimate_memory(plan, fmt, written, base_params, base_dtype)
+    if fmt == "adapter":
+        ranks = [plan.out_rank(m) for m in plan.modules]
+        summary["rank"] = {"min": min(ranks), "max": max(ranks)}

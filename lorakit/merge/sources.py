@@ -1,4 +1,4 @@
-"""Reading and checking PEFT adapter folders, and loading the base model they were trained on.
+"""Reading and checking PEFT adapter folders (the base model is :mod:`lorakit.merge.bases`).
 
 The input side of :func:`lorakit.merge.merge_adapter_folders`: every error is one line that
 names the folder and says what to do.
@@ -6,39 +6,31 @@ names the folder and says what to do.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
-from ..assets import quiet, resolve_model_path
 from ..errors import LorakitError
 from ..lora import Adapter, read_adapter, read_adapter_config, read_head
+from .bases import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for  # noqa: F401  (the old home of these)
 
-#: peft task types whose PeftModel insists on loading a head (modules_to_save) from the adapter.
-HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
-#: transformers class for each peft task_type (what ``AutoPeftModel`` uses too).
-AUTO_CLASSES = {
-    "SEQ_CLS": "AutoModelForSequenceClassification",
-    "CAUSAL_LM": "AutoModelForCausalLM",
-    "TOKEN_CLS": "AutoModelForTokenClassification",
-    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering",
-    "FEATURE_EXTRACTION": "AutoModel",
-}
+#: The key suffix of peft's ``lora_bias`` (a bias on lora_B: ΔW x + Δb with Δb = s·b).
+LORA_BIAS = ".lora_B.bias"
 
 
 @dataclass
 class SourceAdapter:
-    """One adapter folder: its config, LoRA layers (``{module: LoRAUpdate}``) and head weights."""
+    r"""One adapter folder: its config, LoRA layers (``{module: LoRAUpdate}``), head weights and
+    ``lora_bias`` vectors (``{module: b}``, unscaled: the layer adds :math:`s\,b`)."""
 
     path: Path
     config: dict
     layers: Adapter
     head: dict[str, torch.Tensor]
+    biases: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def read_source(path: str | os.PathLike) -> SourceAdapter:
@@ -52,13 +44,28 @@ def read_source(path: str | os.PathLike) -> SourceAdapter:
         head = read_head(path)
     except LorakitError as exc:
         raise (exc if str(path) in str(exc) else LorakitError(f"{path}: {exc}")) from None
+    biases = {k[: -len(LORA_BIAS)]: head.pop(k).float() for k in list(head) if k.endswith(LORA_BIAS)}
     stray = sorted(k for k in head if ".lora_" in k)
     if stray:
-        raise LorakitError(
-            f"{path} holds LoRA weights lorakit cannot merge yet ({stray[0]}: LoRA on embeddings, lora_bias, "
-            "or DoRA magnitudes); merge only plain Linear LoRA adapters"
+        raise LorakitError(_unsupported(path, stray[0]))
+    for module, bias in biases.items():
+        if module not in layers or not bool(torch.isfinite(bias).all()):
+            raise LorakitError(f"{path}: the lora_bias of {module} has no LoRA factors or is not finite; re-save the adapter")
+    return SourceAdapter(path, config, layers, head, biases)
+
+
+def _unsupported(path: Path, key: str) -> str:
+    """Why an adapter tensor that is no Linear LoRA factor cannot be merged (one line)."""
+    module = key.split(".lora_")[0]
+    if ".lora_embedding_" in key:
+        return (
+            f"{path} has LoRA on the embedding layer {module}; lorakit merges LoRA on Linear and Conv1D layers "
+            "only (an embedding's update is a table lookup, not B·A·x): train without embeddings in "
+            "target_modules, or merge_and_unload that adapter into its base first"
         )
-    return SourceAdapter(path, config, layers, head)
+    if ".lora_magnitude" in key:
+        return f"{path} holds DoRA magnitudes ({module}); DoRA is not a LoRA update s·B·A, merge plain LoRA adapters"
+    return f"{path} holds LoRA weights lorakit cannot merge ({key}); merge only plain Linear/Conv1D LoRA adapters"
 
 
 def check_same_base(sources: Sequence[SourceAdapter]) -> None:
@@ -107,72 +114,3 @@ def choose_head(sources: Sequence[SourceAdapter], head_from: int | None) -> tupl
 
 def head_modules(head: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in head})
-
-
-
-
-def load_base_for(base: str, task_type: str | None, head: Mapping[str, torch.Tensor], heads_seen: Sequence[Mapping]):
-    """Load the base model in the class the adapters were trained on (peft's ``task_type``).
-
-    Without a task type, the class named in the base's ``config.json`` (``architectures``) is
-    used, else ``AutoModel``. A sequence classifier gets ``num_labels`` from the head's output
-    size. Returns ``(model, tokenizer or None)``.
-    """
-    import transformers  # lazy: heavy, and only the "merged" format needs it
-
-    quiet()
-    path = resolve_model_path(base)
-    name = AUTO_CLASSES.get(task_type or "", None)
-    if name is None:
-        name = _architecture(path) or "AutoModel"
-    cls = getattr(transformers, name, None) or transformers.AutoModel
-    kwargs = {}
-    sample = head or next((h for h in heads_seen if h), {})
-    if name.endswith("ForSequenceClassification") and sample:
-        kwargs["num_labels"] = min(int(t.shape[0]) for t in sample.values() if t.ndim == 2)
-    try:
-        model = cls.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise LorakitError(f"cannot load base model {base!r} ({str(exc).splitlines()[0]}); check --base") from None
-    return model.eval(), _tokenizer(path)
-
-
-def _architecture(path: str) -> str | None:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return None
-    archs = json.loads(config.read_text()).get("architectures") or []
-    return archs[0] if archs else None
-
-
-def _tokenizer(path: str):
-    """The base's tokenizer when its folder has one (saved beside the merged model), else None."""
-    folder = Path(path)
-    if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception:  # a model without a usable tokenizer: the merged weights are still complete
-        return None
-
-
-def check_base_fits(model: torch.nn.Module, layers: Adapter, head: Mapping[str, torch.Tensor], transpose: bool) -> None:
-    """One-line error unless every adapted module and head tensor exists in ``model`` with its shape."""
-    modules = dict(model.named_modules())
-    for name, upd in layers.items():
-        weight = getattr(modules.get(name), "weight", None)
-        want = upd.shape[::-1] if transpose else upd.shape
-        if weight is None or tuple(weight.shape) != tuple(want):
-            found = "missing" if weight is None else f"of shape {tuple(weight.shape)}"
-            raise LorakitError(
-                f"module {name} ({want[0]}×{want[1]}) is {found} in the base model {type(model).__name__}; "
-                "pass the base model the adapters were trained on (--base)"
-            )
-    params = dict(model.named_parameters())
-    for key, tensor in head.items():
-        if key not in params or params[key].shape != tensor.shape:
-            raise LorakitError(f"the head tensor {key} {tuple(tensor.shape)} does not fit the base model; check --base")
-
-

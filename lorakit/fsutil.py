@@ -37,10 +37,25 @@ def temp_sibling(out: str | os.PathLike, overwrite: bool = True) -> tuple[Path, 
 
 
 def commit_folder(tmp: Path, out: Path) -> None:
-    """Replace ``out`` (if any) by the finished ``tmp``; the second half of :func:`atomic_folder`."""
+    """Replace ``out`` (if any) by the finished ``tmp``; the second half of :func:`atomic_folder`.
+
+    An existing ``out`` is first renamed aside (one ``rename``), then ``tmp`` takes its name, and
+    only then is the old copy deleted: at every instant either the old or the new folder exists
+    under ``out`` (or, between the two renames, the old one beside it), never neither half-deleted.
+    """
+    old = None
     if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / out.name
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+            shutil.rmtree(old.parent, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -53,3 +53,42 @@ def test_atomic_file_gets_the_permissions_open_would_give(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_commit_folder_replaces_an_existing_folder_and_cleans_up(tmp_path):
+    from lorakit.fsutil import commit_folder
+
+    out, tmp = tmp_path / "out", tmp_path / "new"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    commit_folder(tmp, out)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_commit_folder_failure_keeps_the_old_folder(tmp_path, monkeypatch):
+    import os
+
+    from lorakit import fsutil
+
+    out, tmp = tmp_path / "out", tmp_path / "new"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    tmp.mkdir()
+    real = os.replace
+    calls = []
+
+    def fail_second(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", fail_second)
+    with pytest.raises(KeyboardInterrupt):
+        fsutil.commit_folder(tmp, out)
+    monkeypatch.setattr(fsutil.os, "replace", real)
+    assert (out / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]

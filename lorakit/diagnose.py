@@ -21,6 +21,11 @@ docs/methods.md §1). Everything is computed from the factors in float64 and nev
   1 = same subspace, 0 = orthogonal, :math:`\approx \max(r_i, r_j)/d_{in}` for random subspaces
   (``a_overlap_random``). Adapters trained from one seed start from the identical ``A`` (the
   shared-init artefact) and show 1 or close to it.
+* **A cosine** — :math:`\langle A_i, A_j \rangle_F / (\lVert A_i \rVert_F \lVert A_j \rVert_F)`, the factors
+  compared entry by entry (0 when the ranks differ). Independent random inits give about
+  :math:`\pm 1/\sqrt{r\,d_{in}}`; one shared init gives 1 before training and stays far above that
+  after it, while the subspace overlap of independently initialised adapters also rises in
+  training (they learn similar input directions). It is the sharper sign of a shared init.
 * **interference (an estimate without data)** — docs/methods.md §2.1: under task arithmetic, task
   i's input :math:`h` sees :math:`\Delta W_i h` plus the interference :math:`\sum_{j \ne i} \Delta W_j h`.
   Without data we assume task i's inputs spread evenly over the subspace its own update reads,
@@ -37,10 +42,10 @@ docs/methods.md §1). Everything is computed from the factors in float64 and nev
 
 Verdict (:func:`verdict`; modest: what the numbers favour, not a promise):
 
-1. mean off-diagonal A overlap ≥ :data:`SHARED_A` (0.5) over the layers whose ``A`` does not span
-   all of ``d_in`` → **warning**: the adapters share their initial A (one seed for all tasks);
-   retrain with per-task seeds, or expect interference (DO's orthogonalisation, §3.3, then has
-   to move the factors further);
+1. a pair with A cosine ≥ :data:`SHARED_A_COSINE` (0.3) or A overlap ≥ :data:`SHARED_A` (0.5)
+   (means over the layers whose ``A`` does not span all of ``d_in``) → **warning**: the pair
+   shares its initial A (one seed for all tasks); retrain with per-task seeds, or expect
+   interference (DO's orthogonalisation, §3.3, then has to move the factors further);
 2. pairwise magnitude variance ``frobenius`` ≥ :data:`HIGH_MV_FROBENIUS` (0.2, e.g. one update
    1.5× the other) or ``column_in`` ≥ :data:`HIGH_MV_COLUMN` (0.35) → **do** (decoupling the
    magnitudes is expected to help, §3.5);
@@ -66,13 +71,13 @@ from .lora import LoRAUpdate, check_compatible
 from .merge.sources import check_same_base, read_source
 
 SHARED_A = 0.5
+SHARED_A_COSINE = 0.3
 HIGH_MV_FROBENIUS = 0.2
 HIGH_MV_COLUMN = 0.35
 HIGH_INTERFERENCE = 0.25
 #: Factor entries (all adapters) above which progress is shown by default.
 PROGRESS_ENTRIES = 20_000_000
 MV_KINDS = ("column_in", "column_out", "frobenius")
-MATRICES = ("cosine", "a_overlap", "energy_share", "interference")
 
 
 @dataclass
@@ -87,6 +92,7 @@ class LayerDiagnosis:
     magnitude_variance: dict[str, float]
     magnitude_variance_pairwise: dict[str, float]
     a_overlap: np.ndarray  # (N, N)
+    a_cosine: np.ndarray  # (N, N)
     crosstalk: np.ndarray  # (N, N): ‖ΔW_j P_i‖²_F at [i, j]
     others: np.ndarray  # (N,): ‖Σ_{j≠i} ΔW_j P_i‖²_F
 
@@ -102,7 +108,7 @@ class LayerDiagnosis:
 
     def matrices(self) -> dict[str, np.ndarray]:
         sq = self.norm**2
-        return {"cosine": _cosines(self.inner), "a_overlap": self.a_overlap,
+        return {"cosine": _cosines(self.inner), "a_overlap": self.a_overlap, "a_cosine": self.a_cosine,
                 "energy_share": _ratio(self.crosstalk, sq[None, :]), "interference": _ratio(self.crosstalk, sq[:, None])}
 
     def to_dict(self) -> dict:
@@ -141,7 +147,7 @@ class Diagnosis:
                 "layers": [lay.to_dict() for lay in self.layers], "definitions": DEFINITIONS}
 
 
-RULE = (f"A overlap >= {SHARED_A} -> warn (shared initial A); pairwise MV frobenius >= {HIGH_MV_FROBENIUS} or "
+RULE = (f"a pair with A cosine >= {SHARED_A_COSINE} or A overlap >= {SHARED_A} -> warn (shared initial A); pairwise MV frobenius >= {HIGH_MV_FROBENIUS} or "
         f"column_in >= {HIGH_MV_COLUMN} -> do (decoupling, docs/methods.md §3.5); interference_total >= "
         f"{HIGH_INTERFERENCE} -> do (orthogonalisation, §3.3); else task_arithmetic")
 DEFINITIONS = {
@@ -152,6 +158,9 @@ DEFINITIONS = {
                                    "(lorakit.analysis.magnitude_variance_pairwise)",
     "cosine": "<ΔW_i, ΔW_j>_F / (‖ΔW_i‖ ‖ΔW_j‖) (overall: of the flattened task vectors)",
     "a_overlap": "‖P_i P_j‖_F² / min(r_i, r_j), P = projector on the row space of A (1 = same, ~r/d random)",
+    "a_cosine": "<A_i, A_j>_F / (‖A_i‖ ‖A_j‖), entry by entry (0 for different ranks); ~1/sqrt(r d_in) for "
+                "independent inits, high for a shared initial A",
+    "shared_init_pairs": "[i, j, A cosine, A overlap] of the pairs over the shared-init thresholds",
     "energy_share": "[i][j] = ‖ΔW_j P_i‖² / ‖ΔW_j‖²: share of j's update acting on i's input subspace",
     "interference": "[i][j] = ‖ΔW_j P_i‖² / ‖ΔW_i‖²: interference-to-signal energy on task i's inputs "
                     "(data-free estimate, inputs assumed isotropic in A_i's row space; docs/methods.md §2.1)",
@@ -213,6 +222,8 @@ def layer_diagnosis(name: str, updates: Sequence[LoRAUpdate]) -> LayerDiagnosis:
     GA, GB = A @ A.T, B.T @ B
     prod = GA * GB  # tr(X Yᵀ) = Σ X∘Y: block (i, j) sums to <ΔW_i, ΔW_j>_F
     inner = np.array([[float(prod[bi, bj].sum()) for bj in blocks] for bi in blocks])
+    a_inner = np.array([[float(GA[bi, bj].trace()) if ri == rj else 0.0 for bj, rj in zip(blocks, ranks)]
+                        for bi, ri in zip(blocks, ranks)])  # <A_i, A_j>_F for equal ranks
     bases = [row_basis(u.A) for u in updates]
     overlap = np.zeros((n, n))
     crosstalk = np.zeros((n, n))
@@ -232,7 +243,8 @@ def layer_diagnosis(name: str, updates: Sequence[LoRAUpdate]) -> LayerDiagnosis:
     mv = {k: layer_magnitude_variance(m) for k, m in mags.items()}
     mvp = {k: layer_magnitude_variance(m, pairwise=True) for k, m in mags.items()}
     norm = np.sqrt(np.clip(np.diag(inner), 0, None))
-    return LayerDiagnosis(name, tuple(updates[0].shape), ranks, norm, inner, mv, mvp, overlap, crosstalk, others)
+    return LayerDiagnosis(name, tuple(updates[0].shape), ranks, norm, inner, mv, mvp, overlap, _cosines(a_inner),
+                          crosstalk, others)
 
 
 def summarize(layers: Sequence[LayerDiagnosis]) -> dict:
@@ -243,6 +255,7 @@ def summarize(layers: Sequence[LayerDiagnosis]) -> dict:
     others = sum(lay.others for lay in layers)
     overlap = sum(lay.a_overlap for lay in layers) / len(layers)
     informative = [lay for lay in layers if not lay.a_spans_input]
+    mean = (lambda key: sum(getattr(lay, key) for lay in informative) / len(informative)) if informative else None
     return {
         "norm": np.sqrt(sq),
         "magnitude_variance": {k: float(np.mean([lay.magnitude_variance[k] for lay in layers])) for k in MV_KINDS},
@@ -253,9 +266,18 @@ def summarize(layers: Sequence[LayerDiagnosis]) -> dict:
         "a_overlap_mean": (float(np.mean([_offdiag_mean(lay.a_overlap) for lay in informative]))
                            if informative else None),
         "a_overlap_random": (float(np.mean([lay.a_overlap_random for lay in informative])) if informative else None),
+        "a_cosine": sum(lay.a_cosine for lay in layers) / len(layers),
+        "shared_init_pairs": [] if mean is None else shared_init_pairs(mean("a_cosine"), mean("a_overlap")),
         "energy_share": _ratio(crosstalk, sq[None, :]), "interference": _ratio(crosstalk, sq[:, None]),
         "interference_total": _ratio(others, sq),
     }
+
+
+def shared_init_pairs(a_cosine: np.ndarray, a_overlap: np.ndarray) -> list[list]:
+    """``[i, j, A cosine, A overlap]`` for each pair over the shared-init thresholds (rule 1)."""
+    n = len(a_cosine)
+    return [[i, j, float(a_cosine[i, j]), float(a_overlap[i, j])] for i in range(n) for j in range(i + 1, n)
+            if a_cosine[i, j] >= SHARED_A_COSINE or a_overlap[i, j] >= SHARED_A]
 
 
 def verdict(overall: Mapping) -> Verdict:
@@ -264,11 +286,12 @@ def verdict(overall: Mapping) -> Verdict:
     overlap, random = overall["a_overlap_mean"], overall["a_overlap_random"]
     if overlap is None:
         warnings.append("every layer has an A of full rank d_in (full fine-tuning updates?): the A overlap says nothing")
-    elif overlap >= SHARED_A:
+    elif overall["shared_init_pairs"]:
+        pairs = ", ".join(f"#{i}-#{j} (A cosine {c:.2f}, overlap {o:.2f})" for i, j, c, o in overall["shared_init_pairs"])
         warnings.append(
-            f"A overlap {overlap:.2f} (random subspaces: ~{random:.3f}): the adapters most likely share their initial "
-            "A (one seed for every task); retrain with per-task seeds, or expect interference (their updates read the "
-            "same inputs, and DO's orthogonalisation has to move the factors further)")
+            f"{pairs}; random subspaces overlap ~{random:.3f}: these adapters most likely share their initial A (one "
+            "seed for every task); retrain with per-task seeds, or expect interference (their updates read the same "
+            "inputs, and DO's orthogonalisation has to move the factors further)")
     mvp = overall["magnitude_variance_pairwise"]
     high = [f"{k} {mvp[k]:.3f} >= {limit}" for k, limit in (("frobenius", HIGH_MV_FROBENIUS), ("column_in", HIGH_MV_COLUMN))
             if mvp[k] >= limit]

@@ -13,7 +13,7 @@ import torch
 
 from lorakit import analysis
 from lorakit.cli import main
-from lorakit.diagnose import HIGH_MV_FROBENIUS, SHARED_A, column_norms, diagnose_adapters, diagnose_folders
+from lorakit.diagnose import HIGH_MV_FROBENIUS, SHARED_A, SHARED_A_COSINE, column_norms, diagnose_adapters, diagnose_folders
 from lorakit.errors import LorakitError
 from lorakit.lora import LoRAUpdate, write_adapter
 
@@ -49,9 +49,12 @@ def dense_reference(updates):
     n = len(updates)
     inner = np.array([[np.sum(dW[i] * dW[j]) for j in range(n)] for i in range(n)])
     overlap = np.array([[np.sum((P[i] @ P[j]) ** 2) / min(r[i], r[j]) for j in range(n)] for i in range(n)])
+    A = [u.A.double().numpy() for u in updates]
+    a_cos = np.array([[np.sum(A[i] * A[j]) / np.linalg.norm(A[i]) / np.linalg.norm(A[j]) if A[i].shape == A[j].shape
+                       else 0.0 for j in range(n)] for i in range(n)])
     cross = np.array([[np.sum((dW[j] @ P[i]) ** 2) for j in range(n)] for i in range(n)])
     others = np.array([np.sum((sum(dW[j] for j in range(n) if j != i) @ P[i]) ** 2) for i in range(n)])
-    return dW, inner, overlap, cross, others
+    return dW, inner, overlap, cross, others, a_cos
 
 
 @pytest.mark.parametrize("ranks", [[3, 3, 3], [2, 3, 5]])
@@ -60,13 +63,14 @@ def test_factored_numbers_equal_dense_brute_force(ranks):
     d = diagnose_adapters(ads)
     for lay in d.layers:
         ups = [ad[lay.name] for ad in ads]
-        dW, inner, overlap, cross, others = dense_reference(ups)
+        dW, inner, overlap, cross, others, a_cos = dense_reference(ups)
         norms = np.sqrt(np.diag(inner))
         np.testing.assert_allclose(lay.norm, [np.linalg.norm(x) for x in dW], rtol=1e-6)
         np.testing.assert_allclose(lay.inner, inner, rtol=1e-6, atol=1e-9)
         row = lay.to_dict()
         np.testing.assert_allclose(row["cosine"], inner / np.outer(norms, norms), atol=1e-6)
         np.testing.assert_allclose(row["a_overlap"], overlap, atol=1e-6)
+        np.testing.assert_allclose(row["a_cosine"], a_cos, atol=1e-6)
         np.testing.assert_allclose(row["energy_share"], cross / norms[None, :] ** 2, atol=1e-6)
         np.testing.assert_allclose(row["interference"], cross / norms[:, None] ** 2, atol=1e-6)
         np.testing.assert_allclose(row["interference_total"], others / norms**2, rtol=1e-6)
@@ -171,11 +175,26 @@ def test_shared_initial_a_gives_overlap_one_and_the_verdict_says_so():
     d = diagnose_adapters(adapters(2, seed=6, shared_A=True))
     assert d.overall["a_overlap_mean"] == pytest.approx(1.0)
     assert d.overall["a_overlap"][0][1] == pytest.approx(1.0)
-    assert any("initial A" in w and "per-task seeds" in w for w in d.verdict.warnings), d.verdict
+    assert d.overall["a_cosine"][0][1] == pytest.approx(1.0)
+    assert any("#0-#1" in w and "initial A" in w and "per-task seeds" in w for w in d.verdict.warnings), d.verdict
     assert "initial A" in d.verdict.text()
     # with their own random A (r = 3 of d_in = 14): low overlap, no warning
     fresh = diagnose_adapters(adapters(2, seed=6))
     assert fresh.overall["a_overlap_mean"] < SHARED_A and not fresh.verdict.warnings
+
+
+def test_shared_initial_a_is_seen_by_the_a_cosine_after_training_moved_a():
+    """A = A0 + a move as large as A0 (training): the subspace overlap falls below 0.5, the A cosine stays ~0.5."""
+    gen = torch.Generator().manual_seed(13)
+    d_in, r = 384, 8
+    A0 = torch.randn(r, d_in, generator=gen, dtype=torch.float64)
+    moved = [update(gen, 64, d_in, r, A=A0 + torch.randn(r, d_in, generator=gen, dtype=torch.float64)) for _ in range(2)]
+    other = update(gen, 64, d_in, r)
+    d = diagnose_adapters([{"q": u} for u in (*moved, other)])
+    assert d.overall["a_overlap"][0][1] < SHARED_A and d.overall["a_cosine"][0][1] >= SHARED_A_COSINE
+    assert abs(d.overall["a_cosine"][0][2]) < 0.1 and abs(d.overall["a_cosine"][1][2]) < 0.1
+    assert [p[:2] for p in d.overall["shared_init_pairs"]] == [[0, 1]]
+    assert len(d.verdict.warnings) == 1 and "#0-#1" in d.verdict.warnings[0] and "#2" not in d.verdict.warnings[0]
 
 
 def test_verdict_favours_do_for_unequal_magnitudes_and_task_arithmetic_for_similar_ones():
@@ -250,7 +269,7 @@ def test_cli_writes_json_and_figure(folders, capsys):
     data = json.loads((tmp / "out.json").read_text())
     assert {"adapters", "overall", "layers", "verdict", "definitions"} <= set(data)
     assert data["n_adapters"] == 3 and len(data["layers"]) == 2
-    for key in ("norm", "magnitude_variance", "magnitude_variance_pairwise", "cosine", "a_overlap", "energy_share",
+    for key in ("norm", "magnitude_variance", "magnitude_variance_pairwise", "cosine", "a_overlap", "a_cosine", "energy_share",
                 "interference", "interference_total"):
         assert key in data["overall"] and key in data["layers"][0], key
     assert data["verdict"]["method"] in ("do", "task_arithmetic") and data["verdict"]["reasons"]

@@ -74,12 +74,12 @@ def format_report(d: Diagnosis, top: int = 3) -> str:
         f"  cosine of ΔW (mean)     {o['cosine_mean']:+.3f}",
         f"  A overlap (mean)        {overlap}",
         f"  interference (est.)     {_row(o['interference_total'])}   (per task: ‖Σ_j≠i ΔW_j P_i‖² / ‖ΔW_i‖², no data)",
-        "pairs        cosine  A overlap  share i←j  share j←i",
+        "pairs        cosine  A overlap  A cosine  share i←j  share j←i",
     ]
     for i in range(n):
         for j in range(i + 1, n):
-            lines.append(f"  #{i}-#{j}      {o['cosine'][i][j]:+.3f}     {o['a_overlap'][i][j]:.3f}      "
-                         f"{o['energy_share'][i][j]:.3f}      {o['energy_share'][j][i]:.3f}")
+            lines.append(f"  #{i}-#{j}      {o['cosine'][i][j]:+.3f}     {o['a_overlap'][i][j]:.3f}    "
+                         f"{o['a_cosine'][i][j]:+.3f}      {o['energy_share'][i][j]:.3f}      {o['energy_share'][j][i]:.3f}")
     width = max([len(lay.name) for lay in d.layers] + [5])
     lines.append(f"most extreme layers{' ' * (width - 17)}  MV pairwise  A overlap  cosine  interference  ‖ΔW‖_F")
     for lay in extreme_layers(d, max(top, 0)):

@@ -360,7 +360,8 @@ def diagnosis_figure(diagnosis: Diagnosis, short=None):
     fig = Figure(figsize=(11, 7.5), layout="constrained")
     ax = fig.subplots(2, 2)
     for i, name in enumerate(diagnosis.names):
-        ax[0, 0].semilogy(x, [lay.norm[i] for lay in diagnosis.layers], "o-", ms=3, label=f"#{i} {os.path.basename(str(name))[-30:]}")
+        ax[0, 0].semilogy(x, [lay.norm[i] for lay in diagnosis.layers], "o-", ms=3,
+                          label=f"#{i} {os.path.basename(str(name))[:30]}")
     ax[0, 0].set_ylabel("‖ΔW_ℓ‖_F"); ax[0, 0].set_title("update norm per layer"); ax[0, 0].legend(fontsize=6)
     ax[0, 1].plot(x, [lay.magnitude_variance_pairwise["column_in"] for lay in diagnosis.layers], "o-", ms=3,
                   label="magnitude variance (pairwise, column_in)")

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..diagnose import SHARED_A, Diagnosis, diagnose_folders, diagnosis_figure
+from ..diagnose import SHARED_A, SHARED_A_COSINE, Diagnosis, diagnose_folders, diagnosis_figure
 from ..errors import LorakitError
 from ..fsutil import atomic_file
 
@@ -65,7 +65,8 @@ def format_report(d: Diagnosis, top: int = 3) -> str:
     lines += [f"  #{i}  {name}" for i, name in enumerate(d.names)]
     mv, mvp = o["magnitude_variance"], o["magnitude_variance_pairwise"]
     overlap = "n/a (A spans d_in)" if o["a_overlap_mean"] is None else (
-        f"{o['a_overlap_mean']:.3f}  (random subspaces ~{o['a_overlap_random']:.3f}; >= {SHARED_A}: shared initial A)")
+        f"{o['a_overlap_mean']:.3f}  (random subspaces ~{o['a_overlap_random']:.3f})")
+    shared = ", ".join(f"#{i}-#{j}" for i, j, *_ in o["shared_init_pairs"]) or "none"
     lines += [
         "overall",
         f"  ‖ΔW‖_F                  {_row(o['norm'])}",
@@ -73,6 +74,7 @@ def format_report(d: Diagnosis, top: int = 3) -> str:
         "    pairwise, bias-free   " + "  ".join(f"{k} {mvp[k]:.3f}" for k in mvp) + "   (mean over pairs)",
         f"  cosine of ΔW (mean)     {o['cosine_mean']:+.3f}",
         f"  A overlap (mean)        {overlap}",
+        f"  shared initial A        {shared}   (a pair with A cosine >= {SHARED_A_COSINE} or A overlap >= {SHARED_A})",
         f"  interference (est.)     {_row(o['interference_total'])}   (per task: ‖Σ_j≠i ΔW_j P_i‖² / ‖ΔW_i‖², no data)",
         "pairs        cosine  A overlap  A cosine  share i←j  share j←i",
     ]
@@ -81,12 +83,13 @@ def format_report(d: Diagnosis, top: int = 3) -> str:
             lines.append(f"  #{i}-#{j}      {o['cosine'][i][j]:+.3f}     {o['a_overlap'][i][j]:.3f}    "
                          f"{o['a_cosine'][i][j]:+.3f}      {o['energy_share'][i][j]:.3f}      {o['energy_share'][j][i]:.3f}")
     width = max([len(lay.name) for lay in d.layers] + [5])
-    lines.append(f"most extreme layers{' ' * (width - 17)}  MV pairwise  A overlap  cosine  interference  ‖ΔW‖_F")
+    lines.append(f"layers: the top {top} by MV, A overlap, interference".ljust(width + 2)
+                 + "  MV pairwise  A overlap  cosine  interference  ‖ΔW‖_F")
     for lay in extreme_layers(d, max(top, 0)):
         row = lay.to_dict()
         lines.append(f"  {lay.name:<{width}}  {lay.magnitude_variance_pairwise['column_in']:11.3f}  "
                      f"{row['a_overlap_mean']:9.3f}  {_offdiag(row['cosine']):+6.3f}  "
-                     f"{float(np.mean(row['interference_total'])):12.3f}  {_row(lay.norm, '{:.3g}')}")
+                     f"{float(np.mean(row['interference_total'])):12.3f}  {_row(lay.norm, '{:.2f}')}")
     lines += ["verdict", *("  " + line for line in d.verdict.text().splitlines())]
     return "\n".join(lines)
 

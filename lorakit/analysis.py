@@ -139,6 +139,111 @@ def magnitude_variance(
     return sum(result.values()) / len(result)
 
 
+def layer_magnitude_variance(mags: torch.Tensor, pairwise: bool = False) -> float:
+    r"""One layer's magnitude variance from an ``(N, d)`` matrix of task magnitudes (row i = task i).
+
+    ``pairwise=False``: :func:`magnitude_variance`'s (3.2), the mean over columns of the
+    population CV. ``pairwise=True``: :func:`magnitude_variance_pairwise`'s bias-free form, the
+    mean over the :math:`\binom N2` task pairs of (3.2) for that pair alone. Columns zero in every
+    task (of the pair) are left out; a layer (pair) with no nonzero column gives 0. For callers
+    that compute the magnitudes themselves (e.g. factored, :mod:`lorakit.diagnose`).
+    """
+    mags = mags.to(torch.float64)
+    if mags.ndim != 2 or mags.shape[0] < 1:
+        raise LorakitError(f"magnitudes must be an (N tasks, d) matrix, got shape {tuple(mags.shape)}")
+    if not pairwise:
+        cv = _cv(mags)
+        cv = cv[~torch.isnan(cv)]
+        return float(cv.mean()) if cv.numel() else 0.0
+    n = mags.shape[0]
+    if n < 2:
+        raise LorakitError("the pairwise magnitude variance needs at least 2 tasks")
+    i, k = torch.triu_indices(n, n, offset=1)
+    a, b = mags[i], mags[k]  # (pairs, d)
+    total = a + b
+    h = torch.where(total > 0, (a - b).abs() / torch.where(total > 0, total, 1.0), float("nan"))
+    valid = ~torch.isnan(h)
+    count = valid.sum(dim=1)
+    per_pair = torch.where(count > 0, torch.nan_to_num(h).sum(dim=1) / count.clamp(min=1), 0.0)
+    return float(per_pair.mean())
+
+
+def magnitude_variance_pairwise(
+    tasks: Sequence[TaskInput], axis: str = "in", kind: str = "column", per_layer: bool = False
+) -> float | dict[str, float]:
+    r"""The magnitude variance of :func:`magnitude_variance` made **bias-free in N**: the mean over task pairs.
+
+    Why: (3.2) uses the population std of N values. For tasks whose magnitudes at a column are
+    i.i.d. draws :math:`X_1 \dots X_N` with variance :math:`\sigma^2`,
+    :math:`\mathbb E[\operatorname{std}_{pop}^2] = \tfrac{N-1}{N}\sigma^2`, so (3.2) grows with N by
+    itself (about ×√2 from N = 2 to large N) and groups of different sizes cannot be compared.
+    The ddof = 1 std fixes the variance but not the ratio: :math:`\mathbb E[s/\bar X]` still moves
+    with N (Jensen, and the random mean in the denominator).
+
+    Definition (lorakit) — per column, the U-statistic of the two-task CV,
+
+    .. math::
+
+        U_N = \binom N2^{-1} \sum_{i<k} h(X_i, X_k), \qquad
+        h(a, b) = \frac{\operatorname{std}_{pop}(a, b)}{\operatorname{mean}(a, b)} = \frac{|a-b|}{a+b},
+
+    and per layer the mean over pairs of the mean over columns (as in (3.2), columns zero in both
+    tasks of a pair left out), then the mean over layers. Each term :math:`h(X_i, X_k)` has the
+    law of :math:`h(X_1, X_2)`, so by linearity :math:`\mathbb E[U_N] = \mathbb E[h(X_1, X_2)]` for
+    every N: the expectation does not depend on N (only its spread shrinks). It keeps (3.2)'s
+    properties: 0 for equal magnitudes, unchanged by a common scale, and equal to (3.2) for N = 2.
+
+    Arguments as in :func:`magnitude_variance`; needs N ≥ 2.
+    """
+    if kind not in ("column", "frobenius"):
+        raise LorakitError(f"magnitude_variance kind must be 'column' or 'frobenius', got {kind!r}")
+    norm_dim(axis)
+    layers = _aligned_layers(tasks)
+    result: dict[str, float] = {}
+    for name in layers[0]:
+        if kind == "column":
+            mags = torch.stack([column_magnitudes(lay[name], axis) for lay in layers])
+        else:
+            mags = torch.stack([torch.linalg.vector_norm(as_delta(lay[name])) for lay in layers])[:, None]
+        result[name] = layer_magnitude_variance(mags, pairwise=True)
+    if per_layer:
+        return result
+    return sum(result.values()) / len(result)
+
+
+def row_space_projector(update: LoRAUpdate) -> tuple[torch.Tensor, int]:
+    r"""The orthogonal projector :math:`P = A^+ A` on the row space of ``A`` (d_in × d_in, float64) and ``rank(A)``."""
+    if not isinstance(update, LoRAUpdate):
+        raise LorakitError(f"the A-subspace needs the LoRA factors: pass LoRAUpdate objects, got {type(update).__name__}")
+    A = update.A.to(torch.float64)
+    return torch.linalg.pinv(A) @ A, int(torch.linalg.matrix_rank(A))
+
+
+def subspace_overlap(tasks: Sequence[TaskInput], per_layer: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+    r"""N × N overlap of the tasks' ``A`` row spaces (the inputs each LoRA reads), dense reference.
+
+    .. math:: O_{ij} = \frac{\lVert P_i P_j \rVert_F^2}{\min(r_i, r_j)}, \qquad P_i = A_i^+ A_i,
+
+    with :math:`r_i = \operatorname{rank} A_i`. 1: one subspace contains the other (e.g. the same
+    ``A``); 0: orthogonal subspaces; about :math:`\max(r_i, r_j)/d_{in}` for random ones. A rank-0
+    ``A`` overlaps nothing (0). For adapters: the mean over layers (``per_layer``: ``{layer: O}``).
+    """
+    layers = _aligned_layers(tasks)
+    n = len(layers)
+    result: dict[str, torch.Tensor] = {}
+    for name in layers[0]:
+        proj = [row_space_projector(lay[name]) for lay in layers]
+        out = torch.zeros(n, n, dtype=torch.float64)
+        for i, (Pi, ri) in enumerate(proj):
+            for j, (Pj, rj) in enumerate(proj):
+                if min(ri, rj) > 0:
+                    out[i, j] = float((Pi @ Pj).square().sum()) / min(ri, rj)
+        result[name] = out
+    if per_layer:
+        return result
+    return sum(result.values()) / len(result)
+
+
 def _gram(vectors: Sequence[TaskInput]) -> torch.Tensor:
     r"""Gram matrix :math:`G_{ij} = \sum_\ell \langle \Delta W_{i,\ell}, \Delta W_{j,\ell} \rangle_F` (float64)."""
     layers = _aligned_layers(vectors)

@@ -127,3 +127,104 @@ def test_analysis_input_errors():
         cosine_matrix([torch.zeros(2, 3), torch.zeros(3, 2)])
     with pytest.raises(LorakitError, match="at least one"):
         cosine_matrix([])
+
+
+# ----------------------------------------------------------------------------------------------
+# The bias-free (pairwise) magnitude variance and the A-subspace overlap
+# ----------------------------------------------------------------------------------------------
+
+from itertools import combinations  # noqa: E402
+
+from lorakit.analysis import layer_magnitude_variance, magnitude_variance_pairwise, subspace_overlap  # noqa: E402
+
+
+def iid_adapters(n, gen, d_out=10, d_in=8, r=2):
+    """N i.i.d. one-layer LoRA updates: random factors and a log-normal task scale each."""
+    out = []
+    for _ in range(n):
+        scale = math.exp(0.5 * torch.randn(1, generator=gen, dtype=torch.float64).item())
+        A = torch.randn(r, d_in, generator=gen, dtype=torch.float64)
+        B = scale * torch.randn(d_out, r, generator=gen, dtype=torch.float64)
+        out.append(LoRAUpdate(A, B, 2.0))
+    return out
+
+
+def test_pairwise_magnitude_variance_is_the_mean_of_the_pairs_and_equals_mv_for_two():
+    adapters = [{"q": lora(seed=50 + t, scale=1 + t), "v": lora(seed=60 + t, d_out=5)} for t in range(4)]
+    assert magnitude_variance_pairwise(adapters[:2]) == pytest.approx(magnitude_variance(adapters[:2]), rel=1e-12)
+    per = magnitude_variance_pairwise(adapters, per_layer=True)
+    for name in ("q", "v"):
+        pairs = [magnitude_variance([adapters[i][name], adapters[k][name]]) for i, k in combinations(range(4), 2)]
+        assert per[name] == pytest.approx(np.mean(pairs), rel=1e-12)
+    frob = magnitude_variance_pairwise(adapters, kind="frobenius")
+    pairs = [magnitude_variance([adapters[i], adapters[k]], kind="frobenius") for i, k in combinations(range(4), 2)]
+    assert frob == pytest.approx(np.mean(pairs), rel=1e-12)
+    # scale-free, zero for equal magnitudes, and not the population MV for N > 2
+    scaled = [{k: LoRAUpdate(u.A, 8.0 * u.B, u.scaling) for k, u in ad.items()} for ad in adapters]
+    assert magnitude_variance_pairwise(scaled) == pytest.approx(magnitude_variance_pairwise(adapters), rel=1e-12)
+    u = lora(seed=1)
+    assert magnitude_variance_pairwise([u, LoRAUpdate(u.A, -u.B, u.scaling), u]) == pytest.approx(0.0, abs=1e-12)
+    assert magnitude_variance_pairwise(adapters) != pytest.approx(magnitude_variance(adapters), rel=1e-3)
+    with pytest.raises(LorakitError, match="at least 2"):
+        magnitude_variance_pairwise([u])
+    with pytest.raises(LorakitError, match="kind"):
+        magnitude_variance_pairwise(adapters, kind="l1")
+
+
+def test_pairwise_magnitude_variance_ignores_columns_zero_in_both_tasks():
+    a, b = lora(seed=5).delta(torch.float64), lora(seed=6).delta(torch.float64)
+    z = torch.zeros(12, 1, dtype=torch.float64)
+    mags = torch.stack([column_magnitudes(torch.cat([a, z], 1)), column_magnitudes(torch.cat([b, z], 1))])
+    assert layer_magnitude_variance(mags, pairwise=True) == pytest.approx(magnitude_variance_pairwise([a, b]))
+    assert layer_magnitude_variance(torch.zeros(3, 4), pairwise=True) == 0.0
+
+
+def test_pairwise_magnitude_variance_is_bias_free_in_n_and_the_population_one_is_not():
+    gen = torch.Generator().manual_seed(0)
+    draws = 300
+    pairwise, population, sample = {}, {}, {}
+    for n in (2, 4, 8):
+        pw, pop, ddof1 = [], [], []
+        for _ in range(draws):
+            tasks = iid_adapters(n, gen)
+            pw.append(magnitude_variance_pairwise(tasks))
+            pop.append(magnitude_variance(tasks))
+            mags = torch.stack([column_magnitudes(t) for t in tasks])
+            ddof1.append(float((mags.std(0, correction=1) / mags.mean(0)).mean()))
+        pairwise[n] = (np.mean(pw), np.std(pw) / math.sqrt(draws))
+        population[n], sample[n] = np.mean(pop), np.mean(ddof1)
+    ref, se = pairwise[2]
+    for n in (4, 8):
+        mean, se_n = pairwise[n]
+        assert abs(mean - ref) < 4 * math.hypot(se, se_n) and abs(mean / ref - 1) < 0.05, (n, pairwise)
+    # the population CV (3.2) trends with N (the bias the pairwise form removes), the ddof=1 CV too
+    assert population[2] < population[4] < population[8] and population[8] / population[2] > 1.3, population
+    assert sample[2] < sample[4] < sample[8] and sample[8] / sample[2] > 1.15, sample
+
+
+def test_subspace_overlap_identical_orthogonal_random():
+    eye = torch.eye(12, dtype=torch.float64)
+    u1 = LoRAUpdate(eye[:3] * 2.0, torch.randn(5, 3, dtype=torch.float64))
+    same_A = LoRAUpdate(u1.A.clone(), torch.randn(5, 3, dtype=torch.float64))
+    mixed = LoRAUpdate(torch.randn(3, 3, dtype=torch.float64) @ u1.A, torch.randn(5, 3, dtype=torch.float64))
+    ortho = LoRAUpdate(eye[3:6], torch.randn(5, 3, dtype=torch.float64))
+    over = subspace_overlap([u1, same_A, mixed, ortho])
+    np.testing.assert_allclose(over[:3, :3].numpy(), np.ones((3, 3)), atol=1e-10)  # same row space
+    np.testing.assert_allclose(over[3, :3].numpy(), 0.0, atol=1e-12)
+    assert torch.allclose(over, over.T)
+    gen = torch.Generator().manual_seed(3)
+    d, r = 200, 4
+    rand = [LoRAUpdate(torch.randn(r, d, generator=gen, dtype=torch.float64), torch.ones(2, r, dtype=torch.float64))
+            for _ in range(6)]
+    off = subspace_overlap(rand)[~torch.eye(6, dtype=torch.bool)]
+    assert off.mean().item() == pytest.approx(r / d, rel=0.25)
+    nested = LoRAUpdate(eye[:1], torch.ones(5, 1, dtype=torch.float64))  # rank 1 inside u1's rank-3 space
+    assert subspace_overlap([nested, u1])[0, 1].item() == pytest.approx(1.0)
+    zero = LoRAUpdate(torch.zeros(2, 12, dtype=torch.float64), torch.zeros(5, 2, dtype=torch.float64))
+    assert subspace_overlap([zero, u1])[0, 1].item() == 0.0
+    with pytest.raises(LorakitError, match="LoRA factors"):
+        subspace_overlap([u1.delta(), same_A.delta()])
+    adapters = [{"q": u1, "v": ortho}, {"q": same_A, "v": u1}]
+    per = subspace_overlap(adapters, per_layer=True)
+    assert per["q"][0, 1].item() == pytest.approx(1.0) and per["v"][0, 1].item() == pytest.approx(0.0, abs=1e-12)
+    assert subspace_overlap(adapters)[0, 1].item() == pytest.approx(0.5)

@@ -1,8 +1,9 @@
-"""``lorakit`` command line: run, tasks, data fetch/export, bench, merge.
+"""``lorakit`` command line: run, tasks, data fetch/export, bench, merge, diagnose.
 
 Each subcommand lives in its own module, which adds its parser and does the work:
 :mod:`~lorakit.cli.run` (``run``), :mod:`~lorakit.cli.data` (``tasks``, ``data fetch``,
-``data export``), :mod:`~lorakit.cli.bench` (``bench``) and :mod:`~lorakit.cli.merge` (``merge``).
+``data export``), :mod:`~lorakit.cli.bench` (``bench``), :mod:`~lorakit.cli.merge` (``merge``)
+and :mod:`~lorakit.cli.diagnose` (``diagnose``).
 
 Every user error prints one line ``error: ...`` and exits with status 2 (no traceback).
 """
@@ -14,7 +15,7 @@ import sys
 from typing import Sequence
 
 from ..errors import LorakitError
-from . import bench, data, merge, run
+from . import bench, data, diagnose, merge, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parsers(sub)
     bench.add_parser(sub)
     merge.add_parser(sub)
+    diagnose.add_parser(sub)
     return parser
 
 

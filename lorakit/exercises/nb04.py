@@ -157,7 +157,7 @@ def check_centring_trap(fn: Callable[[int, int, int], Tensor]) -> str:
                                  f"{r + 1} (counting from the smallest), so the centred recipe's subspace is not determined and the trap "
                                  "would rest on eigh's tie-breaking; give every direction its own variance")
         centred, uncentred = _objective(centered_subspace(H, r), H), _objective(subspace(H, r), H)
-        if centred >= 10 * uncentred and centred > 1e-6 * float(H.pow(2).sum()):
+        if centred >= 10 * uncentred and centred > 1e-9 * float(H.pow(2).sum()):
             continue  # a non-negligible leak, 10× OSRM's
         mu = H.mean(0)
         spread = float((H - mu).pow(2).sum(1).mean().sqrt())

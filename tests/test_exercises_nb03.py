@@ -1,64 +1,154 @@
-"""The notebook-03 exercise checkers accept right answers (written here with numpy, independently of
-lorakit) and reject the typical wrong ones with a useful hint."""
+"""The notebook-03 exercise checkers accept the right answers (the solutions notebook's own, and
+independent ones written with numpy) and reject each plausible wrong answer of a mutation list with a
+useful hint."""
 
 from __future__ import annotations
 
 import math
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from lorakit import exercises
+from lorakit.analysis import column_magnitudes, magnitude_variance
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__03_solutions.py"
+
+
+@pytest.fixture(scope="module")
+def solutions():
+    """The solutions notebook's source run as a script (its cells call the checkers): its namespace."""
+    return runpy.run_path(str(SOLUTIONS))
+
+
+@pytest.mark.parametrize("answer, checker, success", [
+    ("my_column_magnitudes", exercises.check_column_magnitudes, "✓ α[j] = ‖ΔW[:, j]‖₂ (one norm per input column): correct"),
+    ("my_magnitude_variance", exercises.check_magnitude_variance, "✓ MV = mean_j std_i α_i[j] / mean_i α_i[j]: correct"),
+    ("my_is_scale_free", exercises.check_scale_free_test, "✓ a common rescaling leaves a scale-free measure unchanged: correct"),
+])
+def test_solutions_notebook_answers_pass(solutions, answer, checker, success):
+    assert checker(solutions[answer]) == success
+
+
+@pytest.mark.parametrize("checker", [exercises.check_column_magnitudes, exercises.check_magnitude_variance,
+                                     exercises.check_scale_free_test])
+def test_unattempted_stub_raises_not_implemented(checker):
+    def stub(*args):
+        raise NotImplementedError
+
+    with pytest.raises(NotImplementedError):
+        checker(stub)
 
 
 # ---- exercise 3.1: column magnitudes ---------------------------------------------------------
 
+def _sneaky_rows(d):
+    """Column norms where the shape gives rows away, row norms on square matrices."""
+    return d.norm(dim=0) if d.shape[0] != d.shape[1] else d.norm(dim=1)
 
-def test_column_magnitudes_accepts_numpy_answer():
-    exercises.check_column_magnitudes(lambda d: torch.from_numpy(np.linalg.norm(d.numpy(), axis=0)))
+
+RIGHT_COLUMNS = {
+    "numpy": lambda d: torch.from_numpy(np.linalg.norm(d.numpy(), axis=0)),
+    "package": lambda d: column_magnitudes(d, "in"),
+    "keepdim": lambda d: d.norm(dim=0, keepdim=True),
+    "sqrt of sum of squares": lambda d: (d**2).sum(0).sqrt(),
+}
+
+WRONG_COLUMNS = {
+    "row norms": (lambda d: d.norm(dim=1), "one per output row"),
+    "row norms on square matrices": (_sneaky_rows, "row norms"),
+    "squared norms": (lambda d: (d**2).sum(0), "squared"),
+    "L1 norms": (lambda d: d.abs().sum(0), "values differ"),
+    "RMS (mean, not sum)": (lambda d: (d**2).mean(0).sqrt(), "mean of the squares"),
+    "max abs": (lambda d: d.abs().max(0).values, "values differ"),
+    "Frobenius norm": (lambda d: d.norm(), "shape"),
+    "the input unchanged": (lambda d: d, "shape"),
+    "float32": (lambda d: d.float().norm(dim=0), "float32"),
+    "numpy array": (lambda d: np.linalg.norm(d.numpy(), axis=0), "torch.Tensor"),
+    "squares the input in place": (lambda d: d.pow_(2).sum(0).sqrt(), "in place"),
+}
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda d: d.norm(dim=1), "one per output row"),          # rows instead of columns
-    (lambda d: (d**2).sum(0), "squared"),                     # forgot the square root
-    (lambda d: d.abs().sum(0), "values differ"),              # L1 instead of L2
-])
+@pytest.mark.parametrize("answer", RIGHT_COLUMNS.values(), ids=RIGHT_COLUMNS)
+def test_column_magnitudes_accepts(answer):
+    exercises.check_column_magnitudes(answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_COLUMNS.values(), ids=WRONG_COLUMNS)
 def test_column_magnitudes_rejects(wrong, hint):
     with pytest.raises(AssertionError, match=hint):
         exercises.check_column_magnitudes(wrong)
 
 
-def test_column_magnitudes_rejects_row_norms_on_square_matrices():
-    # pass the non-square cases by shape, then give row norms where d_out == d_in
-    def sneaky(d):
-        return d.norm(dim=0) if d.shape[0] != d.shape[1] else d.norm(dim=1)
-
-    with pytest.raises(AssertionError, match="row norms"):
-        exercises.check_column_magnitudes(sneaky)
-
-
 # ---- exercise 3.2: magnitude variance ---------------------------------------------------------
 
-
-def numpy_mv(deltas, ddof=0, divide=True, power=1):
-    mags = np.stack([np.linalg.norm(d.numpy(), axis=0) for d in deltas])  # (N, d_in)
+def numpy_mv(deltas, ddof=0, divide=True, power=1, drop="every", axis=0, norm_power=1):
+    """(3.2) with numpy; the keyword arguments make the wrong variants."""
+    mags = np.stack([np.linalg.norm(d.numpy(), axis=axis) ** norm_power for d in deltas])  # (N, d_in)
     spread = mags.std(axis=0, ddof=ddof) ** power
-    return float((spread / mags.mean(axis=0) if divide else spread).mean())
+    mean = mags.mean(axis=0)
+    keep = {"every": mean > 0, "any": (mags > 0).all(axis=0), "none": np.ones_like(mean, dtype=bool)}[drop]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = spread / mean if divide else spread
+    return float(ratio[keep].mean())
 
 
-def test_magnitude_variance_accepts_numpy_answer():
-    exercises.check_magnitude_variance(numpy_mv)
+def _cv(mags, dim=0):
+    return mags.std(dim, correction=0) / mags.mean(dim)
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda ds: numpy_mv(ds, ddof=1), "sample std"),
-    (lambda ds: numpy_mv(ds, divide=False), "did not divide by the mean"),
-    (lambda ds: numpy_mv(ds, power=2), "variance over the mean"),
-    (lambda ds: numpy_mv([d.T for d in ds]), "rows"),
-    (lambda ds: (lambda f: float(f.std() / f.mean()))(np.array([np.linalg.norm(d.numpy()) for d in ds])), "Frobenius"),
-    (lambda ds: numpy_mv(ds) + 0.01, "expected"),
-])
+def _torch_mags(ds):
+    return torch.stack([d.norm(dim=0) for d in ds])
+
+
+def _mv_in_place(ds):
+    for d in ds:
+        d.abs_()                                  # harmless for the norms, but changes the caller's tensors
+    return numpy_mv(ds)
+
+
+RIGHT_MV = {
+    "numpy": numpy_mv,
+    "package": lambda ds: magnitude_variance(list(ds)),
+    "nanmean": lambda ds: float(torch.nanmean(_cv(_torch_mags(ds)))),
+    "a 0-d tensor": lambda ds: torch.tensor(numpy_mv(ds)),
+}
+
+WRONG_MV = {
+    "NaN on all-zero columns": (lambda ds: float(_cv(_torch_mags(ds)).mean()), "NaN"),
+    "all-zero columns counted as 0": (lambda ds: float(torch.nan_to_num(_cv(_torch_mags(ds))).mean()),
+                                      "leaves such columns out"),
+    "eps in the denominator": (lambda ds: float((lambda m: (m.std(0, correction=0) / (m.mean(0) + 1e-8)).mean())(
+        _torch_mags(ds))), "leaves such columns out"),
+    "drops columns zero in any task": (lambda ds: numpy_mv(ds, drop="any"), "only some tasks"),
+    "sample std": (lambda ds: numpy_mv(ds, ddof=1), "sample std"),
+    "not divided by the mean": (lambda ds: numpy_mv(ds, divide=False), "did not divide by the mean"),
+    "variance over the mean": (lambda ds: numpy_mv(ds, power=2), "variance over the mean"),
+    "row norms (transposed)": (lambda ds: numpy_mv([d.T for d in ds]), "rows"),
+    "row norms (axis 1)": (lambda ds: numpy_mv(ds, axis=1), "rows"),
+    "squared norms": (lambda ds: numpy_mv(ds, norm_power=2), "squared"),
+    "Frobenius": (lambda ds: (lambda f: float(f.std() / f.mean()))(np.array([np.linalg.norm(d.numpy()) for d in ds])),
+                  "Frobenius"),
+    "over columns, not tasks": (lambda ds: float(_cv(_torch_mags(ds), dim=1).mean()), "across the tasks"),
+    "ratio of the means": (lambda ds: (lambda m: float(m.std(0, correction=0)[m.mean(0) > 0].mean()
+                                                       / m.mean(0)[m.mean(0) > 0].mean()))(_torch_mags(ds)),
+                           "ratio"),
+    "off by 0.01": (lambda ds: numpy_mv(ds) + 0.01, "expected"),
+    "constant 0": (lambda ds: 0.0, "expected"),
+    "None": (lambda ds: None, "number"),
+    "modifies the updates in place": (_mv_in_place, "in place"),
+}
+
+
+@pytest.mark.parametrize("answer", RIGHT_MV.values(), ids=RIGHT_MV)
+def test_magnitude_variance_accepts(answer):
+    exercises.check_magnitude_variance(answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_MV.values(), ids=WRONG_MV)
 def test_magnitude_variance_rejects(wrong, hint):
     with pytest.raises(AssertionError, match=hint):
         exercises.check_magnitude_variance(wrong)
@@ -66,36 +156,52 @@ def test_magnitude_variance_rejects(wrong, hint):
 
 # ---- exercise 3.3: a test for scale-freeness ----------------------------------------------------
 
+_gen = torch.Generator().manual_seed(0)
+DELTAS = [s * torch.randn(6, 4, generator=_gen, dtype=torch.float64) for s in (1.0, 0.3, 2.0)]
+
 
 def good_test(measure):
-    gen = torch.Generator().manual_seed(0)
-    deltas = [s * torch.randn(6, 4, generator=gen, dtype=torch.float64) for s in (1.0, 0.3, 2.0)]
-    base = measure(deltas)
-    return all(math.isclose(measure([c * d for d in deltas]), base, rel_tol=1e-9) for c in (0.1, 7.0))
+    base = measure(DELTAS)
+    return all(math.isclose(measure([c * d for d in DELTAS]), base, rel_tol=1e-9) for c in (0.1, 7.0))
 
 
-def test_scale_free_test_accepts_a_correct_test():
-    exercises.check_scale_free_test(good_test)
+RIGHT_SCALE_FREE = {
+    "several c, relative tolerance": good_test,
+    "one c, relative tolerance": lambda m: math.isclose(m([3.0 * d for d in DELTAS]), m(DELTAS), rel_tol=1e-9),
+    "exact == with c = 2 (exact in floating point)": lambda m: m([2.0 * d for d in DELTAS]) == m(DELTAS),
+    "numpy isclose": lambda m: bool(np.isclose(m([0.5 * d for d in DELTAS]), m(DELTAS), rtol=1e-9, atol=0)),
+}
+
+WRONG_SCALE_FREE = {
+    "c = 1": (lambda m: math.isclose(m([1.0 * d for d in DELTAS]), m(DELTAS)), "changes with a common scale"),
+    "c = -1": (lambda m: math.isclose(m([-d for d in DELTAS]), m(DELTAS)), "c = −1"),
+    "scales one task only": (lambda m: math.isclose(m([7.0 * DELTAS[0], *DELTAS[1:]]), m(DELTAS), rel_tol=1e-9),
+                             "is scale-free but"),
+    "always True": (lambda m: True, "changes with a common scale"),
+    "always False": (lambda m: False, "is scale-free but"),
+    "the same list twice": (lambda m: math.isclose(m([7.0 * d for d in DELTAS]), m([7.0 * d for d in DELTAS])),
+                            "changes with a common scale"),
+    "tests homogeneity m(c·x) = c·m(x)": (lambda m: math.isclose(m([7.0 * d for d in DELTAS]), 7.0 * m(DELTAS)),
+                                         "is scale-free but|changes with a common scale"),
+    "identical tasks": (lambda m: math.isclose(m([7.0 * DELTAS[0]] * 3), m([DELTAS[0]] * 3), rel_tol=1e-9,
+                                               abs_tol=1e-12), "changes with a common scale"),
+    "c barely different from 1": (lambda m: math.isclose(m([(1 + 1e-12) * d for d in DELTAS]), m(DELTAS),
+                                                         rel_tol=1e-9), "changes with a common scale"),
+    "tolerance too loose": (lambda m: math.isclose(m([1.1 * d for d in DELTAS]), m(DELTAS), rel_tol=0.5),
+                            "changes with a common scale"),
+    "returns a string": (lambda m: "True", "True or False"),
+}
 
 
-def test_scale_free_test_rejects_wrong_tests():
-    gen = torch.Generator().manual_seed(0)
-    deltas = [s * torch.randn(6, 4, generator=gen, dtype=torch.float64) for s in (1.0, 0.3, 2.0)]
+@pytest.mark.parametrize("answer", RIGHT_SCALE_FREE.values(), ids=RIGHT_SCALE_FREE)
+def test_scale_free_test_accepts(answer):
+    exercises.check_scale_free_test(answer)
 
-    def c_is_one(measure):  # never actually rescales
-        return math.isclose(measure([1.0 * d for d in deltas]), measure(deltas))
 
-    def scales_one_task(measure):  # scales task 0 only: nothing non-trivial passes
-        return math.isclose(measure([7.0 * deltas[0], *deltas[1:]]), measure(deltas), rel_tol=1e-9)
-
-    with pytest.raises(AssertionError, match="changes with a common scale"):
-        exercises.check_scale_free_test(c_is_one)
-    with pytest.raises(AssertionError, match="is scale-free but"):
-        exercises.check_scale_free_test(scales_one_task)
-    with pytest.raises(AssertionError, match="changes with a common scale"):
-        exercises.check_scale_free_test(lambda measure: True)
-    with pytest.raises(AssertionError, match="is scale-free but"):
-        exercises.check_scale_free_test(lambda measure: False)
+@pytest.mark.parametrize("wrong, hint", WRONG_SCALE_FREE.values(), ids=WRONG_SCALE_FREE)
+def test_scale_free_test_rejects(wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_scale_free_test(wrong)
 
 
 def test_checker_measures_are_what_they_claim():

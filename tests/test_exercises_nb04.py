@@ -1,7 +1,11 @@
-"""The notebook-04 exercise checkers accept right answers (written here with numpy, independently of
-lorakit) and reject the typical wrong ones with a useful hint."""
+"""The notebook-04 exercise checkers accept the right answers (the solutions notebook's own, and
+independent ones written with numpy) and reject each plausible wrong answer of a mutation list with a
+useful hint."""
 
 from __future__ import annotations
+
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +13,39 @@ import torch
 
 from lorakit import exercises
 from lorakit.exercises.nb04 import centered_subspace, graded_features
+from lorakit.lora import LoRAUpdate
+from lorakit.osrm import interference_ratio, subspace
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__04_solutions.py"
+
+
+@pytest.fixture(scope="module")
+def solutions():
+    """The solutions notebook's source run as a script (its cells call the checkers): its namespace."""
+    return runpy.run_path(str(SOLUTIONS))
+
+
+@pytest.mark.parametrize("answer, checker, success", [
+    ("my_osrm_A", exercises.check_osrm_subspace, "✓ A = the r smallest eigenvectors of HᵀH, as orthonormal rows: correct"),
+    ("my_interference_ratio", exercises.check_interference_ratio, "✓ R_{t→j} = ‖ΔW_t H_jᵀ‖_F / ‖ΔW_j H_jᵀ‖_F: correct"),
+    ("my_trap", exercises.check_centring_trap,
+     "✓ a large mean on a low-variance direction defeats the centred covariance: correct"),
+])
+def test_solutions_notebook_answers_pass(solutions, answer, checker, success):
+    assert checker(solutions[answer]) == success
+
+
+@pytest.mark.parametrize("checker", [exercises.check_osrm_subspace, exercises.check_interference_ratio,
+                                     exercises.check_centring_trap])
+def test_unattempted_stub_raises_not_implemented(checker):
+    def stub(*args):
+        raise NotImplementedError
+
+    with pytest.raises(NotImplementedError):
+        checker(stub)
 
 
 # ---- exercise 4.1: OSRM's subspace -----------------------------------------------------------
-
 
 def numpy_subspace(H, r):
     w, V = np.linalg.eigh(H.numpy().T @ H.numpy())  # ascending
@@ -29,26 +62,50 @@ def rotated(H, r):
     return torch.from_numpy(Q) @ numpy_subspace(H, r)
 
 
-@pytest.mark.parametrize("answer", [numpy_subspace, numpy_subspace_svd, rotated])
-def test_subspace_accepts_right_answers(answer):
-    exercises.check_osrm_subspace(answer)
-
-
 def top_eigenvectors(H, r):
     w, V = np.linalg.eigh(H.numpy().T @ H.numpy())
     return torch.from_numpy(V[:, -r:].T.copy())
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda H, r: numpy_subspace(H, r).T, "transpose"),                                   # columns, not rows
-    (top_eigenvectors, "LARGEST"),                                                        # eigh order
-    (lambda H, r: 2.0 * numpy_subspace(H, r), "orthonormal"),                             # scale not fixed
-    (lambda H, r: torch.zeros(r, H.shape[1], dtype=H.dtype), "orthonormal"),              # the trivial A = 0
-    (lambda H, r: centered_subspace(H, r), "subtracted the mean"),                        # covariance
-    (lambda H, r: torch.from_numpy(np.linalg.svd(H.numpy(), full_matrices=False)[2][-r:].copy()),
-     "full_matrices"),                                                                    # misses the null space
-    (lambda H, r: torch.from_numpy(np.linalg.svd(H.numpy())[0][:, -r:].T.copy()), "left singular"),
-])
+def _normalises_in_place(H, r):
+    H /= H.norm()                                   # same eigenvectors, but the caller's H is changed
+    return numpy_subspace(H, r)
+
+
+RIGHT_SUBSPACE = {
+    "numpy eigh": numpy_subspace,
+    "numpy svd, full_matrices": numpy_subspace_svd,
+    "rotated": rotated,
+    "package": lambda H, r: subspace(H, r),
+    "float32": lambda H, r: numpy_subspace(H, r).float(),
+    "signs flipped": lambda H, r: -numpy_subspace(H, r),
+}
+
+WRONG_SUBSPACE = {
+    "columns, not rows": (lambda H, r: numpy_subspace(H, r).T, "transpose"),
+    "largest eigenvalues": (top_eigenvectors, "LARGEST"),
+    "top right singular vectors": (lambda H, r: torch.linalg.svd(H)[2][:r], "LARGEST"),
+    "rows of V, not columns": (lambda H, r: torch.linalg.eigh(H.T @ H)[1][:r], "columns"),
+    "scaled by 2": (lambda H, r: 2.0 * numpy_subspace(H, r), "orthonormal"),
+    "zeros": (lambda H, r: torch.zeros(r, H.shape[1], dtype=H.dtype), "orthonormal"),
+    "identity rows": (lambda H, r: torch.eye(r, H.shape[1], dtype=H.dtype), "minimum"),
+    "centred covariance": (lambda H, r: centered_subspace(H, r), "subtracted the mean"),
+    "reduced SVD": (lambda H, r: torch.from_numpy(np.linalg.svd(H.numpy(), full_matrices=False)[2][-r:].copy()),
+                    "full_matrices"),
+    "left singular vectors": (lambda H, r: torch.from_numpy(np.linalg.svd(H.numpy())[0][:, -r:].T.copy()),
+                              "left singular"),
+    "one row too many": (lambda H, r: numpy_subspace(H, r + 1), "shape"),
+    "normalises H in place": (_normalises_in_place, "in place"),
+    "numpy array": (lambda H, r: numpy_subspace(H, r).numpy(), "torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("answer", RIGHT_SUBSPACE.values(), ids=RIGHT_SUBSPACE)
+def test_subspace_accepts(answer):
+    exercises.check_osrm_subspace(answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_SUBSPACE.values(), ids=WRONG_SUBSPACE)
 def test_subspace_rejects(wrong, hint):
     with pytest.raises(AssertionError, match=hint):
         exercises.check_osrm_subspace(wrong)
@@ -56,38 +113,59 @@ def test_subspace_rejects(wrong, hint):
 
 # ---- exercise 4.2: interference ratio -----------------------------------------------------------
 
-
-def numpy_ratio(dW_t, dW_j, H_j):
+def numpy_ratio(dW_t, dW_j, H_j, ord="fro"):
     H = H_j.numpy()
-    return float(np.linalg.norm(dW_t.numpy() @ H.T) / np.linalg.norm(dW_j.numpy() @ H.T))
+    return float(np.linalg.norm(dW_t.numpy() @ H.T, ord) / np.linalg.norm(dW_j.numpy() @ H.T, ord))
 
 
-def test_interference_ratio_accepts_numpy_answer():
-    exercises.check_interference_ratio(numpy_ratio)
+def _leaky(t, j, H):
+    """Right on generic data (ΔW_t H_jᵀ ≠ 0), but adds a data-independent term: caught by the R = 0 case."""
+    return numpy_ratio(t, j, H) + (1e-3 if np.linalg.norm(t.numpy() @ H.numpy().T) < 1e-9 else 0.0)
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda t, j, H: numpy_ratio(t, j, H) ** 2, "R²"),
-    (lambda t, j, H: numpy_ratio(j, t, H), "swapped"),
-    (lambda t, j, H: float(np.linalg.norm(t.numpy()) / np.linalg.norm(j.numpy())), "parameters only"),
-    (lambda t, j, H: numpy_ratio(t, j, H) + 0.01, "expected R"),
-])
+def _package_ratio(t, j, H):
+    return interference_ratio({"m": LoRAUpdate.from_dense(t)}, {"m": LoRAUpdate.from_dense(j)}, {"m": H})["m"]
+
+
+def _ratio_in_place(t, j, H):
+    t.mul_(1.0 / j.norm())                          # "normalise" ΔW_t in place: changes the caller's tensor
+    return numpy_ratio(t, j / j.norm(), H)
+
+
+RIGHT_RATIO = {
+    "numpy": numpy_ratio,
+    "package": _package_ratio,
+    "H ΔWᵀ (same norms)": lambda t, j, H: float((H @ t.T).norm() / (H @ j.T).norm()),
+    "via the Gram": lambda t, j, H: float(torch.sqrt(torch.trace(t @ H.T @ H @ t.T) / torch.trace(j @ H.T @ H @ j.T))),
+    "a 0-d tensor": lambda t, j, H: (t @ H.T).norm() / (j @ H.T).norm(),
+}
+
+WRONG_RATIO = {
+    "R squared": (lambda t, j, H: numpy_ratio(t, j, H) ** 2, "R²"),
+    "swapped": (lambda t, j, H: numpy_ratio(j, t, H), "swapped"),
+    "parameters only": (lambda t, j, H: float(np.linalg.norm(t.numpy()) / np.linalg.norm(j.numpy())), "parameters only"),
+    "spectral norm": (lambda t, j, H: numpy_ratio(t, j, H, ord=2), "spectral"),
+    "off by 0.01": (lambda t, j, H: numpy_ratio(t, j, H) + 0.01, "expected R"),
+    "data-blind on the null space": (_leaky, "must be 0"),
+    "constant 0": (lambda t, j, H: 0.0, "expected R"),
+    "mean absolute value": (lambda t, j, H: float((t @ H.T).abs().mean() / (j @ H.T).abs().mean()), "expected R"),
+    "None": (lambda t, j, H: None, "number"),
+    "modifies dW_t in place": (_ratio_in_place, "in place"),
+}
+
+
+@pytest.mark.parametrize("answer", RIGHT_RATIO.values(), ids=RIGHT_RATIO)
+def test_interference_ratio_accepts(answer):
+    exercises.check_interference_ratio(answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_RATIO.values(), ids=WRONG_RATIO)
 def test_interference_ratio_rejects(wrong, hint):
     with pytest.raises(AssertionError, match=hint):
         exercises.check_interference_ratio(wrong)
 
 
-def test_interference_ratio_rejects_data_blind_answer_on_the_null_space_case():
-    # right on generic data (ΔW_t H_jᵀ ≠ 0), but adds a data-independent term: caught by R = 0 case
-    def leaky(t, j, H):
-        return numpy_ratio(t, j, H) + (1e-3 if np.linalg.norm(t.numpy() @ H.numpy().T) < 1e-9 else 0.0)
-
-    with pytest.raises(AssertionError, match="must be 0"):
-        exercises.check_interference_ratio(leaky)
-
-
 # ---- exercise 4.3: the centring trap ------------------------------------------------------------
-
 
 def trap(k, d, r):
     rng = np.random.default_rng(0)
@@ -97,25 +175,78 @@ def trap(k, d, r):
     return torch.from_numpy(H)
 
 
-def test_centring_trap_accepts_a_trap():
-    exercises.check_centring_trap(trap)
+def _zero_mean(k, d, r):
+    return torch.from_numpy(np.random.default_rng(1).standard_normal((k, d)) * np.logspace(-1, 1, d))
 
 
-def test_centring_trap_rejects_zero_mean_and_mean_on_a_busy_direction():
-    def zero_mean(k, d, r):
-        return torch.from_numpy(np.random.default_rng(1).standard_normal((k, d)) * np.logspace(-1, 1, d))
+def _busy_mean(k, d, r):
+    H = _zero_mean(k, d, r)
+    H[:, -1] += 20.0                              # the mean sits on the highest-variance direction
+    return H
 
-    def busy_mean(k, d, r):
-        H = zero_mean(k, d, r)
-        H[:, -1] += 20.0                          # the mean sits on the highest-variance direction
-        return H
 
-    with pytest.raises(AssertionError, match="small mean"):
-        exercises.check_centring_trap(zero_mean)
-    with pytest.raises(AssertionError, match="LEAST"):
-        exercises.check_centring_trap(busy_mean)
-    with pytest.raises(AssertionError, match="shape"):
-        exercises.check_centring_trap(lambda k, d, r: trap(k, d, r).T)
+def _constant_column(k, d, r):
+    H = torch.randn(k, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    H[:, 0] = 10.0                                # no variance at all along e_0, and a mean of 10 on it
+    return H
+
+
+def _rotated_trap(k, d, r):
+    return graded_features(k, d, seed=5, mean=15.0 * _least(k, d))
+
+
+def _least(k, d):
+    """The lowest-variance direction of graded_features(k, d, seed=5)."""
+    H = graded_features(k, d, seed=5)
+    return torch.linalg.eigh(H.T @ H)[1][:, 0]
+
+
+def _r_zero_columns(k, d, r):
+    H = _zero_mean(k, d, r)
+    H[:, :r] = 0.0                                # both recipes pick these: both objectives are ~0
+    return H
+
+
+def _one_varying_column(k, d, r):
+    H = torch.zeros(k, d, dtype=torch.float64)
+    H[:, 0] = 10.0
+    H[:, -1] = torch.randn(k, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return H                                      # d − 1 directions with no variance: eigh's choice decides
+
+
+RIGHT_TRAP = {
+    "numpy, mean 20 on the least direction": trap,
+    "a constant column": _constant_column,
+    "mean along a rotated least direction": _rotated_trap,
+    "float32": lambda k, d, r: trap(k, d, r).float(),
+}
+
+WRONG_TRAP = {
+    "zeros": (lambda k, d, r: torch.zeros(k, d), "all zeros"),
+    "zeros, float64": (lambda k, d, r: torch.zeros(k, d, dtype=torch.float64), "all zeros"),
+    "identical rows": (lambda k, d, r: torch.ones(k, d, dtype=torch.float64), "identical"),
+    "identical random rows": (lambda k, d, r: torch.randn(1, d).expand(k, d).clone(), "identical"),
+    "zero mean": (_zero_mean, "small mean"),
+    "mean on the busiest direction": (_busy_mean, "LEAST"),
+    "small mean": (lambda k, d, r: trap(k, d, r) - 19.5 * torch.eye(d, dtype=torch.float64)[0], "small mean"),
+    "r zero columns": (_r_zero_columns, "small mean"),
+    "one varying column": (_one_varying_column, "repeated"),
+    "transposed": (lambda k, d, r: trap(k, d, r).T, "shape"),
+    "k and d swapped": (lambda k, d, r: trap(d, k, r), "shape"),
+    "NaN": (lambda k, d, r: trap(k, d, r) * float("nan"), "NaN"),
+    "numpy array": (lambda k, d, r: trap(k, d, r).numpy(), "torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("answer", RIGHT_TRAP.values(), ids=RIGHT_TRAP)
+def test_centring_trap_accepts(answer):
+    exercises.check_centring_trap(answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_TRAP.values(), ids=WRONG_TRAP)
+def test_centring_trap_rejects(wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_centring_trap(wrong)
 
 
 def test_graded_features_and_centered_subspace_helpers():

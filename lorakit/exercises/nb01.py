@@ -2,51 +2,117 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from ..lora import LoRAUpdate, lora_delta, lora_scaling
-from ._common import ok as _ok, random_lora as _random_lora
+from ._common import as_number as _as_number, as_tensor as _as_tensor, assert_unmodified as _assert_unmodified
+from ._common import copy_input as _copy, ok as _ok, random_lora as _random_lora
 
 
 def check_lora_delta(fn: Callable[[torch.Tensor, torch.Tensor, float, int], torch.Tensor]) -> str:
     """Exercise 1.1: ``fn(A, B, alpha, r)`` must return ΔW = (α/r)·B·A of shape (d_out, d_in)."""
+    results = []
     for seed, (d_out, d_in, r, alpha) in enumerate([(12, 10, 3, 6.0), (5, 9, 2, 16.0), (7, 7, 4, 1.0)]):
         A, B = _random_lora(seed, d_out, d_in, r)
-        got = fn(A, B, alpha, r)
+        args = {"A": _copy(A), "B": _copy(B)}
+        got = fn(args["A"], args["B"], alpha, r)
         assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        _assert_unmodified({"A": A, "B": B}, args)
         assert tuple(got.shape) == (d_out, d_in), (
             f"ΔW must have the Linear weight's shape (d_out, d_in) = {(d_out, d_in)}, got {tuple(got.shape)}; "
             "is it B @ A (not A.T @ B.T)?")
-        want = lora_delta(A, B, lora_scaling(alpha, r))
-        if torch.allclose(got, B @ A, atol=1e-5) and alpha != r:
-            raise AssertionError("you forgot the scaling s = α/r")
-        assert torch.allclose(got, want, atol=1e-5), "values differ from (α/r)·B·A; check the scaling α/r"
-    return _ok("ΔW = (α/r)·B·A")
+        results.append((A, B, alpha, r, _as_tensor(got, "ΔW")))
+    if all(torch.allclose(got, lora_delta(A, B, lora_scaling(alpha, r)), atol=1e-5) for A, B, alpha, r, got in results):
+        return _ok("ΔW = (α/r)·B·A")
+    wrong = {  # scalings a learner might use instead of s = α/r → hint, if the answer matches on every case
+        "you forgot the scaling s = α/r": lambda a, r: 1.0,
+        "you multiplied by α but did not divide by r: s = α/r": lambda a, r: a,
+        "the scaling is upside down: s = α/r, not r/α": lambda a, r: r / a,
+        "that is rsLoRA's α/√r; plain LoRA uses s = α/r": lambda a, r: a / math.sqrt(r),
+        "the scaling is applied twice: (α/r)² instead of α/r": lambda a, r: (a / r) ** 2,
+    }
+    for hint, scaling in wrong.items():
+        if all(torch.allclose(got, scaling(alpha, r) * (B @ A), atol=1e-5) for A, B, alpha, r, got in results):
+            raise AssertionError(hint)
+    raise AssertionError("values differ from (α/r)·B·A; check the scaling α/r")
 
 
 def check_rslora_scaling(fn: Callable[[float, int], float]) -> str:
     """Exercise 1.2: ``fn(alpha, r)`` must return rsLoRA's scaling α/√r."""
-    for alpha, r in [(16, 8), (8, 64), (1, 1), (32, 16)]:
-        got = float(fn(alpha, r))
-        want = lora_scaling(alpha, r, use_rslora=True)
-        if abs(got - alpha / r) < 1e-9 and r != 1:
-            raise AssertionError("that is plain LoRA's α/r; rsLoRA divides by √r")
-        assert abs(got - want) < 1e-9, f"for α={alpha}, r={r} expected {want:.4f}, got {got:.4f}"
-    return _ok("rsLoRA scaling α/√r")
+    cases = [(16, 8), (8, 64), (1, 1), (32, 16), (12, 9)]
+    gots = [_as_number(fn(alpha, r), "the scaling") for alpha, r in cases]
+    wants = [lora_scaling(alpha, r, use_rslora=True) for alpha, r in cases]
+    close = lambda x, y: abs(x - y) <= 1e-6 * abs(y)  # float32 rounding allowed
+    if all(close(g, w) for g, w in zip(gots, wants)):
+        return _ok("rsLoRA scaling α/√r")
+    wrong = {  # formulas a learner might write → hint (given only when the answer matches them on every case)
+        "that is plain LoRA's α/r; rsLoRA divides by √r": lambda a, r: a / r,
+        "you multiplied by √r; rsLoRA divides by √r: α/√r": lambda a, r: a * math.sqrt(r),
+        "that takes the root of α too: √(α/r); only r goes under the root, α/√r": lambda a, r: math.sqrt(a / r),
+        "math.isqrt rounds √r down to an integer; use math.sqrt (α/√r)": lambda a, r: a / math.isqrt(r),
+    }
+    for hint, f in wrong.items():
+        if all(close(g, f(a, r)) for g, (a, r) in zip(gots, cases)):
+            raise AssertionError(hint)
+    (alpha, r), got, want = next((c, g, w) for c, g, w in zip(cases, gots, wants) if not close(g, w))
+    raise AssertionError(f"for α={alpha}, r={r} expected {want:.4f}, got {got:.4f}")
+
+
+def _rank_cases() -> list[tuple[str, LoRAUpdate]]:
+    """(description, update) pairs: full rank r, rank lost in B, in A, in both, a tiny update, zero."""
+    cases = []
+    for seed, r in enumerate([1, 3, 5]):
+        cases.append((f"random factors with r={r}", LoRAUpdate(*_random_lora(seed, 16, 12, r), 2.0)))
+    A, B = _random_lora(9, 16, 12, 4)
+    B[:, 0] = 0  # one direction switched off: rank drops below r
+    cases.append(("one column of B zeroed", LoRAUpdate(A, B, 1.0)))
+    A, B = _random_lora(10, 16, 12, 4)
+    A[3] = A[2] + A[1]  # A has rank 3 while B has full rank 4
+    cases.append(("one row of A a sum of two others", LoRAUpdate(A, B, 1.0)))
+    A, B = _random_lora(11, 16, 12, 3)
+    A[2], B[:, 0] = A[1], 0  # rank(A) = rank(B) = 2 but ΔW = (B_1 + B_2) A_1: rank 1
+    cases.append(("a column of B zeroed and two equal rows of A", LoRAUpdate(A, B, 1.0)))
+    cases.append(("a tiny update (scaling 1e-12)", LoRAUpdate(*_random_lora(12, 16, 12, 3), 1e-12)))
+    A, B = _random_lora(13, 16, 12, 3)
+    cases.append(("B = 0 (peft's initialisation)", LoRAUpdate(A, torch.zeros_like(B), 2.0)))
+    return cases
 
 
 def check_rank_bound(fn: Callable[[LoRAUpdate], int]) -> str:
     """Exercise 1.3: ``fn(update)`` must return the numerical rank of ΔW (at most r)."""
-    for seed, r in enumerate([1, 3, 5]):
-        A, B = _random_lora(seed, 16, 12, r)
-        upd = LoRAUpdate(A, B, 2.0)
-        got = int(fn(upd))
-        want = int(torch.linalg.matrix_rank(upd.delta()))  # float64 factors: exact rank r
-        assert got == want, f"rank of ΔW for r={r} should be {want}, got {got}"
-    A, B = _random_lora(9, 16, 12, 4)
-    B[:, 0] = 0  # one direction switched off: rank drops below r
-    got = int(fn(LoRAUpdate(A, B, 1.0)))
-    assert got == 3, f"with one column of B zeroed, ΔW has rank 3, got {got}"
-    return _ok("rank(ΔW) ≤ r")
+    cases = _rank_cases()
+    gots = []
+    for _, upd in cases:
+        passed = _copy(upd)
+        value = _as_number(fn(passed), "the rank")
+        _assert_unmodified({"update": upd}, {"update": passed})
+        assert value == int(value), f"the rank is an integer, got {value}"
+        gots.append(int(value))
+    wants = [int(torch.linalg.matrix_rank(u.delta())) for _, u in cases]  # float64 factors: exact rank
+    if gots == wants:
+        return _ok("rank(ΔW) ≤ r")
+    rank = lambda x: int(torch.linalg.matrix_rank(x))
+    wrong = {  # numbers a learner might return instead → hint, if the answer matches them on every case
+        "r is only an upper bound on rank(ΔW); compute the rank of ΔW itself (its singular values)":
+            lambda u: u.rank,
+        "min(d_out, d_in) bounds the rank of any matrix of ΔW's shape; ΔW = s·B·A has rank ≤ r: compute the rank "
+        "of ΔW itself (count its singular values above a relative tolerance)": lambda u: min(u.shape),
+        "you counted every singular value, float noise (~1e-15 · σ_max) included; count only those above a "
+        "tolerance relative to the largest one (e.g. 1e-10 · σ_max, in float64)":
+            lambda u: min(u.shape) if u.B.any() else 0,
+        "that is the rank of B; ΔW = s·B·A also loses rank where A does: compute the rank of ΔW itself":
+            lambda u: rank(u.B),
+        "that is the rank of A; ΔW = s·B·A also loses rank where B does: compute the rank of ΔW itself":
+            lambda u: rank(u.A),
+        "rank(BA) can be below min(rank A, rank B) when B sends a direction of A's rows to 0; compute the rank "
+        "of ΔW itself": lambda u: min(rank(u.A), rank(u.B)),
+        "an absolute tolerance drops a tiny update entirely; make the tolerance relative to σ_max":
+            lambda u: 0 if u.scaling < 1e-6 else rank(u.delta()),
+    }
+    hint = next((h for h, f in wrong.items() if all(g == f(u) for g, (_, u) in zip(gots, cases))),
+                "count the singular values of ΔW above a tolerance relative to the largest one")
+    label, got, want = next((lab, g, w) for (lab, _), g, w in zip(cases, gots, wants) if g != w)
+    raise AssertionError(f"{label}: rank(ΔW) = {want}, got {got}. {hint}")

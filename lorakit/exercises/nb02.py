@@ -9,6 +9,7 @@ import torch
 
 from ..lora import LoRAUpdate
 from ..merge import disjoint_mean, elect_sign, trim_topk
+from ._common import as_tensor as _as_tensor, assert_unmodified as _assert_unmodified, copy_input as _copy
 from ._common import ok as _ok, random_lora as _random_lora
 
 
@@ -26,32 +27,43 @@ def check_ties_sign_mean(fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
         \tau^*_e = \frac{\sum_{i:\operatorname{sign}\hat\tau_{i,e} = \sigma_e} \hat\tau_{i,e}}{\max(1, |\{i:\operatorname{sign}\hat\tau_{i,e}=\sigma_e\}|)}
     """
     cases = [(0, 3, (12, 10), 0.4), (1, 4, (7, 9), 0.2), (2, 2, (30,), 0.7), (3, 5, (6, 6), 1.0)]
-    for seed, n, shape, density in cases:
-        stack = _trimmed_stack(seed, n, shape, density)
-        got = fn(stack.clone())
-        assert isinstance(got, torch.Tensor), "return a torch.Tensor"
-        assert tuple(got.shape) == shape, f"the merged tensor has one task's shape {shape}, got {tuple(got.shape)}"
-        want = disjoint_mean(stack, elect_sign(stack))
-        if torch.allclose(got, stack.mean(0)) and not torch.allclose(want, stack.mean(0)):
-            raise AssertionError("that is the plain mean over all tasks; keep only the tasks that agree with the "
-                                 "elected sign, and divide by how many agree")
-        agree = elect_sign(stack)
-        by_n = torch.where(agree, stack, 0.0).sum(0) / n
-        if torch.allclose(got, by_n) and not torch.allclose(want, by_n):
-            raise AssertionError("divide by the number of agreeing tasks per entry, not by N")
-        freq_sign = torch.where(stack.sign().sum(0) >= 0, 1.0, -1.0)
-        by_freq = disjoint_mean(stack, stack.sign() == freq_sign)
-        if torch.allclose(got, by_freq) and not torch.allclose(want, by_freq):
-            raise AssertionError("elect the sign of the *sum* of the values (TIES' 'total' rule), not the sign "
-                                 "that most tasks have")
-        assert torch.allclose(got, want, atol=1e-10), (
-            "values differ from TIES' disjoint mean; zeros (trimmed entries) never count as agreeing, and a sum "
-            "of exactly 0 elects +")
+    stacks = [_trimmed_stack(seed, n, shape, density) for seed, n, shape, density in cases]
     tie = torch.tensor([[1.0, 0.0, -2.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
-    got = fn(tie.clone())
-    assert torch.allclose(got, torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64)), (
-        f"for entries [1, -1] (sum 0 → sign +), [0, 0] and [-2, 0] expect [1, 0, -2], got {got.tolist()}")
-    return _ok("TIES sign election + disjoint mean")
+    gots = []
+    for stack in stacks + [tie]:
+        passed = stack.clone()
+        got = fn(passed)
+        assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        _assert_unmodified({"stack": stack}, {"stack": passed})
+        shape = tuple(stack.shape[1:])
+        assert tuple(got.shape) == shape, f"the merged tensor has one task's shape {shape}, got {tuple(got.shape)}"
+        got = _as_tensor(got, "the merged tensor")
+        if torch.isnan(got).any():
+            raise AssertionError("NaN where no task agrees with the elected sign (e.g. every task trimmed there: 0/0); "
+                                 "divide by max(1, number of agreeing tasks)")
+        gots.append(got)
+    wants = [disjoint_mean(s, elect_sign(s)) for s in stacks + [tie]]
+    if all(torch.allclose(g, w, atol=1e-10) for g, w in zip(gots, wants)):
+        return _ok("TIES sign election + disjoint mean")
+    agreeing_sum = lambda s: torch.where(elect_sign(s), s, 0.0).sum(0)
+    wrong = {  # answers a learner might write → hint, if the answer matches one on every case
+        "that is the plain mean over all tasks; keep only the tasks that agree with the elected sign, and divide by "
+        "how many agree": lambda s: s.mean(0),
+        "divide by the number of agreeing tasks per entry, not by N": lambda s: agreeing_sum(s) / s.shape[0],
+        "elect the sign of the *sum* of the values (TIES' 'total' rule), not the sign that most tasks have":
+            lambda s: disjoint_mean(s, s.sign() == torch.where(s.sign().sum(0) >= 0, 1.0, -1.0)),
+        "that is the sum of the agreeing values; divide it by how many tasks agree (at least 1)": agreeing_sum,
+        "that averages every nonzero entry whatever its sign; keep only the entries that agree with the elected sign":
+            lambda s: s.sum(0) / (s != 0).sum(0).clamp(min=1),
+    }
+    for hint, f in wrong.items():
+        if all(torch.allclose(g, f(s), atol=1e-10) for g, s in zip(gots, stacks + [tie])):
+            raise AssertionError(hint)
+    if all(torch.allclose(g, w, atol=1e-10) for g, w in zip(gots[:-1], wants[:-1])):
+        raise AssertionError(f"a sum of exactly 0 elects +: for entries [1, -1], [0, 0] and [-2, 0] expect [1, 0, -2], "
+                             f"got {gots[-1].tolist()}")
+    raise AssertionError("values differ from TIES' disjoint mean; zeros (trimmed entries) never count as agreeing, "
+                         "and a sum of exactly 0 elects +")
 
 
 def check_dare_rescale(fn: Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]) -> str:
@@ -66,8 +78,11 @@ def check_dare_rescale(fn: Callable[[torch.Tensor, float, torch.Generator], torc
     n = tau.numel()
     for p in (0.3, 0.8):
         gen = torch.Generator().manual_seed(1)
-        out = fn(tau.clone(), p, gen)
+        passed = tau.clone()
+        out = fn(passed, p, gen)
         assert isinstance(out, torch.Tensor) and out.shape == tau.shape, "return a tensor of tau's shape"
+        _assert_unmodified({"tau": tau}, {"tau": passed})
+        out = _as_tensor(out, "the result")
         kept = out != 0
         frac_dropped = 1.0 - kept.double().mean().item()
         if abs(frac_dropped - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n) and abs(p - 0.5) > 0.1:
@@ -77,6 +92,8 @@ def check_dare_rescale(fn: Callable[[torch.Tensor, float, torch.Generator], torc
             f"expected about {p:.0%} of the entries dropped, got {frac_dropped:.1%}")
         if torch.allclose(out[kept], tau[kept]):
             raise AssertionError("the survivors are unchanged: rescale them by 1/(1-p), or the expectation is (1-p)·τ")
+        if torch.allclose(out[kept], tau[kept] * (1 - p)):
+            raise AssertionError("you multiplied the survivors by (1-p); divide by it, τ/(1-p), so that E = τ")
         if torch.allclose(out[kept], tau[kept] / p):
             raise AssertionError("rescale by 1/(1-p), the survival probability, not by 1/p")
         assert torch.allclose(out[kept], tau[kept] / (1 - p)), "survivors must equal τ/(1-p)"
@@ -112,22 +129,40 @@ def check_cross_term(fn: Callable[[Sequence[LoRAUpdate]], torch.Tensor]) -> str:
     :math:`\big(\sum_i \sqrt{s_i} B_i\big)\big(\sum_j \sqrt{s_j} A_j\big) = \sum_i s_i B_i A_i
     + \sum_{i \ne j} \sqrt{s_i s_j}\, B_i A_j`; the answer is the second sum.
     """
+    cases, gots = [], []
     for seed, (n, scalings) in enumerate([(2, (2.0, 2.0)), (3, (2.0, 0.5, 4.0)), (4, (1.0, 3.0, 0.25, 2.0))]):
         updates = [LoRAUpdate(*_random_lora(10 * seed + k, 9, 7, 3), s) for k, s in enumerate(scalings)]
-        got = fn(updates)
+        passed = _copy(updates)
+        got = fn(passed)
         assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        _assert_unmodified({"updates": updates}, {"updates": passed})
         assert tuple(got.shape) == (9, 7), f"the cross term has ΔW's shape (d_out, d_in) = (9, 7), got {tuple(got.shape)}"
-        true_sum = sum(u.delta() for u in updates)
-        want = _factor_average(updates) - true_sum
-        if torch.allclose(got, _factor_average(updates), atol=1e-8):
-            raise AssertionError("that is the whole product of the averaged factors; leave out the i = j terms")
-        half = sum(math.sqrt(a.scaling * b.scaling) * a.B @ b.A for i, a in enumerate(updates)
-                   for j, b in enumerate(updates) if i < j)
-        if torch.allclose(got, half, atol=1e-8):
-            raise AssertionError("B_i A_j and B_j A_i are different matrices: sum over all i ≠ j, not i < j")
-        no_scale = sum(a.B @ b.A for i, a in enumerate(updates) for j, b in enumerate(updates) if i != j)
-        if torch.allclose(got, no_scale, atol=1e-8):
-            raise AssertionError("each factor carries √s_i of its task's scaling: the (i, j) term is √(s_i s_j)·B_i A_j")
-        assert torch.allclose(got, want, atol=1e-8), (
-            "values differ from Σ_{i≠j} √(s_i s_j) B_i A_j (check which factor comes from which task)")
-    return _ok("cross term of merging factors")
+        cases.append(updates)
+        gots.append(_as_tensor(got, "the cross term"))
+    true_sum = lambda ups: sum(u.delta() for u in ups)
+    want = lambda ups: _factor_average(ups) - true_sum(ups)
+    if all(torch.allclose(g, want(ups), atol=1e-8) for g, ups in zip(gots, cases)):
+        return _ok("cross term of merging factors")
+
+    def pairs(ups, weight, keep=lambda i, j: i != j):
+        return sum(weight(a, b) * (a.B @ b.A) for i, a in enumerate(ups) for j, b in enumerate(ups) if keep(i, j))
+
+    wrong = {  # answers a learner might write → hint, if the answer matches one on every case
+        "that is the whole product of the averaged factors; leave out the i = j terms": _factor_average,
+        "B_i A_j and B_j A_i are different matrices: sum over all i ≠ j, not i < j":
+            lambda ups: pairs(ups, lambda a, b: math.sqrt(a.scaling * b.scaling), lambda i, j: i < j),
+        "each factor carries √s_i of its task's scaling: the (i, j) term is √(s_i s_j)·B_i A_j":
+            lambda ups: pairs(ups, lambda a, b: 1.0),
+        "each factor carries √s_i, so the (i, j) term is √(s_i s_j)·B_i A_j, not s_i s_j·B_i A_j":
+            lambda ups: pairs(ups, lambda a, b: a.scaling * b.scaling),
+        "the sign is flipped: cross term = (product of the averaged factors) − (true sum Σ s_i B_i A_i)":
+            lambda ups: -want(ups),
+        "that is the true sum Σ s_i B_i A_i (the i = j terms); the cross term is everything else":
+            true_sum,
+        "you averaged the factors (1/N each); peft's linear here sums them with weights 1":
+            lambda ups: want(ups) / len(ups) ** 2,
+    }
+    for hint, f in wrong.items():
+        if all(torch.allclose(g, f(ups), atol=1e-8) for g, ups in zip(gots, cases)):
+            raise AssertionError(hint)
+    raise AssertionError("values differ from Σ_{i≠j} √(s_i s_j) B_i A_j (check which factor comes from which task)")

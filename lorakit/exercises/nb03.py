@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 
 from ..analysis import column_magnitudes, magnitude_variance
+from ._common import as_number as _as_number, as_tensor as _as_tensor, assert_unmodified as _assert_unmodified
 from ._common import ok as _ok, random_lora as _random_lora
 
 
@@ -25,9 +27,12 @@ def check_column_magnitudes(fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
     for seed, (d_out, d_in) in enumerate([(12, 7), (5, 9), (8, 8)]):
         A, B = _random_lora(seed, d_out, d_in, 3)
         delta = B @ A
-        got = fn(delta.clone())
+        delta[:, seed] = 0.0  # an all-zero column (its norm is 0)
+        passed = delta.clone()
+        got = fn(passed)
         assert isinstance(got, torch.Tensor), "return a torch.Tensor"
-        got = got.to(torch.float64).reshape(-1) if got.numel() in (d_in, d_out) else got
+        _assert_unmodified({"delta": delta}, {"delta": passed})
+        got = _as_tensor(got, "α").reshape(-1) if got.numel() in (d_in, d_out) else got
         want = column_magnitudes(delta, "in")
         if got.shape == (d_out,) and d_out != d_in:
             raise AssertionError(f"got {d_out} norms (one per output row); the magnitude has one norm per input "
@@ -37,37 +42,77 @@ def check_column_magnitudes(fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
             raise AssertionError("those are squared norms; take the square root")
         if d_out == d_in and torch.allclose(got, column_magnitudes(delta, "out"), rtol=1e-6):
             raise AssertionError("those are the row norms (one per output); a column of ΔW is ΔW[:, j]: reduce over dim 0")
+        if torch.allclose(got, want / d_out**0.5, rtol=1e-6):
+            raise AssertionError("that is the root of the mean of the squares; the L2 norm sums them: √(Σ_i ΔW[i, j]²)")
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-9), "values differ from the L2 norms of the columns ΔW[:, j]"
     return _ok("α[j] = ‖ΔW[:, j]‖₂ (one norm per input column)")
 
 
+def _mv_cases() -> list[list[torch.Tensor]]:
+    """Lists of N tasks' ΔW of one layer; the last has a column zero in every task and one zero in one task."""
+    cases = [_task_deltas(seed, n, d_out, d_in) for seed, (n, d_out, d_in) in enumerate([(3, 10, 6), (2, 5, 9), (4, 7, 7)])]
+    zeros = _task_deltas(3, 3, 8, 6)
+    for d in zeros:
+        d[:, 0] = 0.0  # zero in every task: left out of the mean
+    zeros[1][:, 3] = 0.0  # zero in one task only: still counts
+    return cases + [zeros]
+
+
 def check_magnitude_variance(fn: Callable[[Sequence[torch.Tensor]], float]) -> str:
     """Exercise 3.2: ``fn(deltas)`` (N tasks' ``ΔW`` of one layer) must return the mean over columns of
-    the across-task coefficient of variation ``std_i α_i[j] / mean_i α_i[j]`` (population std)."""
-    for seed, (n, d_out, d_in) in enumerate([(3, 10, 6), (2, 5, 9), (4, 7, 7)]):
-        deltas = _task_deltas(seed, n, d_out, d_in)
-        got = float(fn([d.clone() for d in deltas]))
-        want = magnitude_variance(deltas)
-        mags = torch.stack([column_magnitudes(d, "in") for d in deltas])
-        wrong = {
-            "you used the sample std (divides by N − 1); use the population std, torch's correction=0 / numpy's ddof=0":
-                (mags.std(0, correction=1) / mags.mean(0)).mean(),
-            "you did not divide by the mean: the raw std changes with the scale of the updates (not scale-free)":
-                mags.std(0, correction=0).mean(),
-            "that is the variance over the mean; the coefficient of variation is std / mean":
-                (mags.var(0, correction=0) / mags.mean(0)).mean(),
-            "that uses one Frobenius norm per task; the measure works per input column":
-                magnitude_variance(deltas, kind="frobenius"),
-            "you took norms of the rows (axis 'out'); α_i[j] is the norm of the input column ΔW_i[:, j]":
-                magnitude_variance(deltas, axis="out"),
-        }
-        for hint, value in wrong.items():
-            if abs(got - float(value)) < 1e-6 * max(1.0, abs(float(value))) and abs(got - want) > 1e-6:
-                raise AssertionError(hint)
-        assert abs(got - want) < 1e-6 * max(1.0, abs(want)), f"expected {want:.6f}, got {got:.6f}"
-    same = _task_deltas(7, 1, 6, 5)[0]
-    assert abs(float(fn([same, -same, 2 * same / 2]))) < 1e-9, "equal magnitudes must give 0"
-    return _ok("MV = mean_j std_i α_i[j] / mean_i α_i[j]")
+    the across-task coefficient of variation ``std_i α_i[j] / mean_i α_i[j]`` (population std); columns
+    that are zero in every task are left out."""
+    cases, gots = _mv_cases(), []
+    for deltas in cases:
+        passed = [d.clone() for d in deltas]
+        got = _as_number(fn(passed), "the magnitude variance")
+        _assert_unmodified({"deltas": deltas}, {"deltas": passed})
+        if math.isnan(got):
+            raise AssertionError("your answer is NaN: a column that is zero in every task has mean 0, and 0/0 = NaN; "
+                                 "leave such columns out of the mean over columns, as (3.2) says")
+        gots.append(got)
+    close = lambda x, y: abs(x - float(y)) < 1e-6 * max(1.0, abs(float(y)))
+    if all(close(g, magnitude_variance(ds)) for g, ds in zip(gots, cases)):
+        same = _task_deltas(7, 1, 6, 5)[0]
+        assert abs(_as_number(fn([same, -same, 2 * same / 2]), "the magnitude variance")) < 1e-9, \
+            "equal magnitudes must give 0"
+        return _ok("MV = mean_j std_i α_i[j] / mean_i α_i[j]")
+    mags = lambda ds: torch.stack([column_magnitudes(d, "in") for d in ds])  # (N, d_in)
+    std, mean = (lambda m: m.std(0, correction=0)), (lambda m: m.mean(0))
+    per_column = {  # per-column values a learner might average → hint
+        "you used the sample std (divides by N − 1); use the population std, torch's correction=0 / numpy's ddof=0":
+            lambda m: m.std(0, correction=1) / mean(m),
+        "you did not divide by the mean: the raw std changes with the scale of the updates (not scale-free)": std,
+        "that is the variance over the mean; the coefficient of variation is std / mean":
+            lambda m: m.var(0, correction=0) / mean(m),
+        "those are squared column norms; α_i[j] is the norm itself, ‖ΔW_i[:, j]‖₂": lambda m: std(m**2) / mean(m**2),
+    }
+    whole = {  # whole answers a learner might give → hint
+        "that uses one Frobenius norm per task; the measure works per input column":
+            lambda ds, m: magnitude_variance(ds, kind="frobenius"),
+        "you took norms of the rows (axis 'out'); α_i[j] is the norm of the input column ΔW_i[:, j]":
+            lambda ds, m: magnitude_variance(ds, axis="out"),
+        "that is std / mean over the columns of each task; the variation is across the tasks: reduce over dim 0 "
+        "of the (N, d_in) stack, per column": lambda ds, m: (m.std(1, correction=0) / m.mean(1)).mean(),
+        "that is a ratio of averages, mean_j(std) / mean_j(mean); (3.2) averages the per-column ratios std / mean":
+            lambda ds, m: std(m)[mean(m) > 0].mean() / mean(m)[mean(m) > 0].mean(),
+        "you counted the column that is zero in every task as 0 (nan_to_num, or eps in the denominator); (3.2) "
+        "leaves such columns out of the mean": lambda ds, m: torch.nan_to_num(std(m) / mean(m)).mean(),
+        "a column that is zero in only some tasks still counts (its mean is > 0): leave out only the columns that "
+        "are zero in every task": lambda ds, m: (std(m) / mean(m))[(m > 0).all(0)].mean(),
+    }
+    for hint, f in per_column.items():  # averaged over the kept columns, or over all with the zero column as 0
+        def candidates(ds, f=f):
+            m = mags(ds)
+            per = f(m)
+            return (per[mean(m) > 0].mean(), torch.nan_to_num(per).mean())
+        if all(any(close(g, c) for c in candidates(ds)) for g, ds in zip(gots, cases)):
+            raise AssertionError(hint)
+    for hint, f in whole.items():
+        if all(close(g, f(ds, mags(ds))) for g, ds in zip(gots, cases)):
+            raise AssertionError(hint)
+    got, want = next((g, magnitude_variance(ds)) for g, ds in zip(gots, cases) if not close(g, magnitude_variance(ds)))
+    raise AssertionError(f"expected {want:.6f}, got {got:.6f}")
 
 
 def _measures() -> dict[str, tuple[Callable[[Sequence[torch.Tensor]], float], bool]]:
@@ -102,6 +147,6 @@ def check_scale_free_test(fn: Callable[[Callable[[Sequence[torch.Tensor]], float
                     f"'{name}' is scale-free but your test says it is not: scale every task by the same c "
                     "(not just one task), and compare with a relative tolerance, not ==")
             raise AssertionError(
-                f"'{name}' changes with a common scale but your test says it does not: did you use c = 1, or "
-                "compare the measure of the same unscaled updates twice?")
+                f"'{name}' changes with a common scale but your test says it does not: did you use c = 1 or "
+                "c = −1 (norms ignore the sign), or compare the measure of the same updates twice?")
     return _ok("a common rescaling leaves a scale-free measure unchanged")

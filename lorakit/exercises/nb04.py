@@ -12,7 +12,7 @@ import torch
 
 from ..lora import LoRAUpdate
 from ..osrm import interference_ratio, subspace, subspace_from_gram
-from ._common import ok as _ok
+from ._common import as_number as _as_number, assert_unmodified as _assert_unmodified, ok as _ok
 
 Tensor = torch.Tensor
 
@@ -57,8 +57,10 @@ def check_osrm_subspace(fn: Callable[[Tensor, int], Tensor]) -> str:
     ]
     for label, H, r in cases:
         d = H.shape[1]
-        got = fn(H.clone(), r)
+        passed = H.clone()
+        got = fn(passed, r)
         assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        _assert_unmodified({"H_other": H}, {"H_other": passed})
         got = got.double()
         if tuple(got.shape) == (d, r) and d != r:
             raise AssertionError(f"A has shape (d_in, r) = {(d, r)}; OSRM's A is (r, d_in): the eigenvectors "
@@ -81,9 +83,13 @@ def check_osrm_subspace(fn: Callable[[Tensor, int], Tensor]) -> str:
         if abs(value - _objective(centered_subspace(H, r), H)) <= 1e-6 * value:
             raise AssertionError(f"case '{label}': you subtracted the mean (a covariance); the objective ‖A Hᵀ‖² "
                                  "needs the uncentered Gram matrix HᵀH, or a large mean leaks through")
+        V = torch.linalg.eigh(G)[1]
+        if torch.allclose(got.T @ got, V[:r].T @ V[:r], atol=1e-6):
+            raise AssertionError("those are the first r ROWS of eigh's eigenvector matrix; its eigenvectors are the "
+                                 "columns: V[:, :r].T")
         raise AssertionError(f"case '{label}': ‖A Hᵀ‖² = {value:.4g} but the minimum (sum of the {r} smallest "
-                             f"eigenvalues of HᵀH) is {best:.4g}; with an SVD of H (k < d_in), use "
-                             "full_matrices=True so the null space is included")
+                             f"eigenvalues of HᵀH) is {max(best, 0.0):.4g}: A's rows must span those eigenvectors; "
+                             "with an SVD of H (k < d_in), use full_matrices=True so the null space is included")
     return _ok("A = the r smallest eigenvectors of HᵀH, as orthonormal rows")
 
 
@@ -96,7 +102,10 @@ def check_interference_ratio(fn: Callable[[Tensor, Tensor, Tensor], float]) -> s
         dW_j = 0.3 * torch.randn(d_out, r, generator=g, dtype=torch.float64) @ torch.randn(r, d_in, generator=g, dtype=torch.float64)
         H_j = graded_features(k, d_in, seed=int(torch.randint(0, 1000, (1,), generator=g)))
         want = interference_ratio({"m": LoRAUpdate.from_dense(dW_t)}, {"m": LoRAUpdate.from_dense(dW_j)}, {"m": H_j})["m"]
-        got = float(fn(dW_t.clone(), dW_j.clone(), H_j.clone()))
+        inputs = {"dW_t": dW_t, "dW_j": dW_j, "H_j": H_j}
+        passed = {name: x.clone() for name, x in inputs.items()}
+        got = _as_number(fn(passed["dW_t"], passed["dW_j"], passed["H_j"]), "R")
+        _assert_unmodified(inputs, passed)
         if abs(got - want**2) < 1e-6 * want**2:
             raise AssertionError("that is R²: take the ratio of the norms, not of the squared norms")
         if abs(got - 1 / want) < 1e-6 / want:
@@ -106,13 +115,17 @@ def check_interference_ratio(fn: Callable[[Tensor, Tensor, Tensor], float]) -> s
         if abs(got - frob) < 1e-6 * frob:
             raise AssertionError("that compares the parameters only (‖ΔW_t‖/‖ΔW_j‖); interference depends on the "
                                  "data: multiply each ΔW by H_jᵀ first")
+        spectral = float(torch.linalg.matrix_norm(dW_t @ H_j.T, 2) / torch.linalg.matrix_norm(dW_j @ H_j.T, 2))
+        if abs(got - spectral) < 1e-6 * spectral:
+            raise AssertionError("that is the ratio of spectral norms (ord=2); (4.5) uses Frobenius norms, "
+                                 "torch.linalg.matrix_norm's default")
         assert abs(got - want) < 1e-6 * want, f"expected R = {want:.6f}, got {got:.6f}"
     # an update whose input rows avoid span(H_j) does not interfere at all
     H_j = graded_features(5, 12, seed=9)
     A_t = subspace(H_j, 3)  # 3 directions in H_j's null space
     dW_t = torch.randn(7, 3, generator=g, dtype=torch.float64) @ A_t
     dW_j = torch.randn(7, 12, generator=g, dtype=torch.float64)
-    got = float(fn(dW_t, dW_j, H_j))
+    got = _as_number(fn(dW_t, dW_j, H_j), "R")
     assert abs(got) < 1e-8, f"ΔW_t's rows are orthogonal to every row of H_j, so R must be 0, got {got:.3g}"
     return _ok("R_{t→j} = ‖ΔW_t H_jᵀ‖_F / ‖ΔW_j H_jᵀ‖_F")
 
@@ -120,23 +133,39 @@ def check_interference_ratio(fn: Callable[[Tensor, Tensor, Tensor], float]) -> s
 def check_centring_trap(fn: Callable[[int, int, int], Tensor]) -> str:
     """Exercise 4.3: ``fn(k, d, r)`` must return features ``H`` (``k × d``) on which the centred recipe
     fails: the bottom-``r`` eigenvectors of the mean-centred covariance give at least 10× the
-    objective ``‖A Hᵀ‖_F²`` of OSRM's uncentered subspace."""
+    objective ``‖A Hᵀ‖_F²`` of OSRM's uncentered subspace. Degenerate ``H`` are rejected: all zeros,
+    identical rows, a non-negligible leak missing, or a covariance whose bottom-``r`` subspace is not
+    determined (repeated eigenvalue at ``r``, ``r + 1``), where the trap would rest on eigh's tie-breaking."""
     for k, d, r in [(400, 16, 2), (300, 24, 4)]:
         H = fn(k, d, r)
         assert isinstance(H, torch.Tensor), "return a torch.Tensor"
         assert tuple(H.shape) == (k, d), f"H must have shape (k, d) = {(k, d)}, got {tuple(H.shape)}"
         H = H.double()
         assert torch.isfinite(H).all(), "H contains NaN or inf"
+        where = f"(k={k}, d={d}, r={r})"
+        if not H.any():
+            raise AssertionError(f"{where}: H is all zeros, so every subspace has objective 0 and nothing is trapped; "
+                                 "give the rows a spread, and a large mean along the direction in which they vary least")
+        Hc = H - H.mean(0)
+        if float(Hc.abs().max()) <= 1e-12 * float(H.abs().max()):
+            raise AssertionError(f"{where}: every row of H is identical: the centred covariance is 0, so its 'smallest "
+                                 "eigenvectors' are arbitrary; give the rows a spread (a different variance per "
+                                 "direction), with a large mean along the direction in which they vary least")
+        lam = torch.linalg.eigvalsh(Hc.T @ Hc / (k - 1))
+        if float(lam[r] - lam[r - 1]) <= 1e-9 * float(lam[-1]):
+            raise AssertionError(f"{where}: the covariance of H has a repeated eigenvalue at positions {r} and "
+                                 f"{r + 1} (counting from the smallest), so the centred recipe's subspace is not determined and the trap "
+                                 "would rest on eigh's tie-breaking; give every direction its own variance")
         centred, uncentred = _objective(centered_subspace(H, r), H), _objective(subspace(H, r), H)
-        if centred >= 10 * uncentred:
-            continue
+        if centred >= 10 * uncentred and centred > 1e-9 * float(H.pow(2).sum()):
+            continue  # a non-negligible leak, 10× OSRM's
         mu = H.mean(0)
         spread = float((H - mu).pow(2).sum(1).mean().sqrt())
         if float(mu.norm()) < 0.5 * spread:
-            raise AssertionError(f"(k={k}, d={d}, r={r}): your features have a small mean (‖μ‖ = {float(mu.norm()):.3g}, "
+            raise AssertionError(f"{where}: your features have a small mean (‖μ‖ = {float(mu.norm()):.3g}, "
                                  f"typical spread {spread:.3g}); with little mean, centring changes nothing. Add a "
                                  "large mean vector to every row")
-        raise AssertionError(f"(k={k}, d={d}, r={r}): centred {centred:.4g} vs uncentred {uncentred:.4g}, not 10× "
+        raise AssertionError(f"{where}: centred {centred:.4g} vs uncentred {uncentred:.4g}, not 10× "
                              "apart. The centred covariance ignores μ, so put μ along a direction in which the "
                              "rows vary LEAST: the centred recipe then picks that direction and A μ ≠ 0")
     return _ok("a large mean on a low-variance direction defeats the centred covariance")

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..merge import decouple, factor_cross_terms
+from ._common import as_number as _as_number, as_tensor as _as_tensor_of_dtype, assert_unmodified as _assert_unmodified
 from ._common import ok as _ok, random_lora as _random_lora
 
 
@@ -22,8 +23,7 @@ def _factors(seed: int, ranks: Sequence[int], d_in: int) -> list[torch.Tensor]:
 
 
 def _as_tensor(x, what: str) -> torch.Tensor:
-    assert isinstance(x, torch.Tensor), f"{what} must be a torch.Tensor, got {type(x).__name__}"
-    return x.to(torch.float64)
+    return _as_tensor_of_dtype(x, what, torch.float64)
 
 
 def check_decouple_in(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> str:
@@ -36,8 +36,13 @@ def check_decouple_in(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
         A, B = _random_lora(50 + seed, d_out, d_in, 3)
         delta = 1.5 * (B @ A)
         delta[:, 1] = 0.0  # a zero column, as after TIES' trimming
-        out = fn(delta.clone())
+        passed = delta.clone()
+        out = fn(passed)
         assert isinstance(out, tuple) and len(out) == 2, "return a tuple (alpha, direction)"
+        _assert_unmodified({"delta": delta}, {"delta": passed})
+        if (isinstance(out[0], torch.Tensor) and tuple(out[0].shape) == (d_out, d_in)
+                and isinstance(out[1], torch.Tensor) and out[1].numel() == d_in):
+            raise AssertionError("the order is (alpha, direction): return the norms first, then the direction")
         alpha, direction = _as_tensor(out[0], "alpha"), _as_tensor(out[1], "direction")
         want_alpha, want_dir = decouple(delta, "in")
         if alpha.shape == (d_out,) and d_out != d_in:
@@ -58,9 +63,13 @@ def check_decouple_in(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
             "an all-zero column of ΔW must give an all-zero direction column"
         if torch.allclose(direction, delta / delta.norm(), rtol=1e-6):
             raise AssertionError("you divided by the Frobenius norm of ΔW; divide each column by its own norm")
+        if d_out == d_in and torch.allclose(direction, torch.nan_to_num(delta / want_alpha[:, None]), rtol=1e-6):
+            raise AssertionError("you divided row i by α[i]; divide column j by its own norm: ΔW / α[None, :]")
         assert torch.allclose(direction, want_dir, rtol=1e-6, atol=1e-9), \
             "direction must be ΔW with every column divided by its norm (unit columns)"
-        assert torch.allclose(alpha[None, :] * direction, delta, rtol=1e-9, atol=1e-12), "α ⊙ W̃ must give back ΔW"
+        assert torch.allclose(alpha[None, :] * direction, delta, rtol=1e-9, atol=1e-12), (
+            "α ⊙ W̃ must give back ΔW (to 1e-9); if you added an eps to every norm, guard only the zero columns "
+            "instead: torch.where(alpha > eps, 1 / alpha, 0)")
     return _ok("α ⊙ W̃ = ΔW with one norm per input column, zero columns → 0")
 
 
@@ -68,7 +77,9 @@ def check_factor_cross_loss(fn: Callable[[Sequence[torch.Tensor]], torch.Tensor 
     """Exercise 5.2: ``fn(As)`` must return ``Σ_{i<j} ‖A_i A_jᵀ‖²_F`` for ``r_i × d_in`` factors ``As``."""
     for seed, (ranks, d_in) in enumerate([((3, 3, 3), 10), ((2, 4), 7), ((4, 1, 3, 2), 12)]):
         As = _factors(seed, ranks, d_in)
-        got = float(fn([a.clone() for a in As]))
+        passed = [a.clone() for a in As]
+        got = _as_number(fn(passed), "the loss")
+        _assert_unmodified({"As": As}, {"As": passed})
         want = sum(float((c**2).sum()) for c in factor_cross_terms(As, "A").values())
         pairs = [(i, j) for i in range(len(As)) for j in range(i + 1, len(As))]
         wrong = {
@@ -81,6 +92,9 @@ def check_factor_cross_loss(fn: Callable[[Sequence[torch.Tensor]], torch.Tensor 
                 sum(float((As[i] @ As[j].T).sum()) for i, j in pairs),
             "that includes the i = j terms ‖A_i A_iᵀ‖²_F; only pairs of different tasks count":
                 want + sum(float(((a @ a.T) ** 2).sum()) for a in As),
+            "that is the mean of the squared entries of A_i A_jᵀ; ‖·‖²_F is their sum":
+                sum(float(((As[i] @ As[j].T) ** 2).mean()) for i, j in pairs),
+            "that is the mean over the pairs; (5.4) sums over the pairs i < j": want / len(pairs),
         }
         for hint, value in wrong.items():
             if abs(got - value) <= 1e-8 * max(1.0, abs(value)) and abs(got - want) > 1e-8 * max(1.0, want):
@@ -88,7 +102,7 @@ def check_factor_cross_loss(fn: Callable[[Sequence[torch.Tensor]], torch.Tensor 
         assert abs(got - want) <= 1e-8 * max(1.0, want), f"expected {want:.6f}, got {got:.6f}"
     q, _ = torch.linalg.qr(torch.randn(15, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
     carved = [q[:, 3 * k:3 * k + 3].T for k in range(3)]
-    assert abs(float(fn(carved))) < 1e-12, "blocks of one orthonormal matrix must give 0"
+    assert abs(_as_number(fn(carved), "the loss")) < 1e-12, "blocks of one orthonormal matrix must give 0"
     return _ok("cross term Σ_{i<j} ‖A_i A_jᵀ‖²_F")
 
 
@@ -109,11 +123,15 @@ def check_ortho_gd_step(fn: Callable[..., Sequence[torch.Tensor]]) -> str:
         As = _factors(10 + seed, ranks, d_in)
         g = torch.Generator().manual_seed(77 + seed)
         deltas = [0.3 * torch.randn(a.shape, generator=g, dtype=torch.float64) for a in As]
-        got = fn([a.clone() for a in As], [d.clone() for d in deltas], gamma, lr)
-        got = [_as_tensor(x, "each new δ_i") for x in got]
+        passed = {"As": [a.clone() for a in As], "deltas": [d.clone() for d in deltas]}
+        got = fn(passed["As"], passed["deltas"], gamma, lr)
+        _assert_unmodified({"As": As, "deltas": deltas}, passed)
+        got = list(got)
         assert len(got) == len(As), f"return one δ_i per task ({len(As)}), got {len(got)}"
         for k, (x, a) in enumerate(zip(got, As)):
+            assert isinstance(x, torch.Tensor), f"each new δ_i must be a torch.Tensor, got {type(x).__name__}"
             assert x.shape == a.shape, f"δ_{k} must have A_{k}'s shape {tuple(a.shape)}, got {tuple(x.shape)}"
+        got = [_as_tensor(x, "each new δ_i") for x in got]
         want = _reference_step(As, deltas, gamma, lr)
         close = lambda xs, ys: all(torch.allclose(x, y, rtol=1e-9, atol=1e-12) for x, y in zip(xs, ys))
         if close(got, want):
@@ -124,6 +142,17 @@ def check_ortho_gd_step(fn: Callable[..., Sequence[torch.Tensor]]) -> str:
             raise AssertionError("the penalty γ Σ‖δ_i‖² is missing from the gradient (its gradient is 2γ δ_i)")
         if close(got, [d - 0.5 * (d - w) for d, w in zip(deltas, want)]):
             raise AssertionError("the gradient is off by a factor 2: d‖X‖²_F = 2⟨X, dX⟩")
+        if gamma and close(got, [w + lr * gamma * d for d, w in zip(deltas, want)]):
+            raise AssertionError("the penalty's gradient is 2γ δ_i, not γ δ_i: d‖δ‖²_F = 2⟨δ, dδ⟩")
+        cross_only = _reference_step(As, deltas, 0.0, lr)
+        if close(got, [w + 0.5 * (d - c) for d, w, c in zip(deltas, want, cross_only)]):
+            raise AssertionError("the cross-term gradient is missing its factor 2: ∇_{δ_i} = 2 Σ_{j≠i} (Â_i Â_jᵀ) Â_j")
+        hats = [a + d for a, d in zip(As, deltas)]
+        upper = [d - lr * (2 * gamma * d + sum((2 * (hats[i] @ hats[j].T) @ hats[j] for j in range(i + 1, len(As))),
+                                               torch.zeros_like(d))) for i, d in enumerate(deltas)]
+        if close(got, upper):
+            raise AssertionError("δ_i appears in the pairs (i, j) and (j, i): its gradient has a term for every j ≠ i, "
+                                 "not only j > i")
         if close(got, [a + w for a, w in zip(As, want)]):
             raise AssertionError("return the new perturbations δ_i, not the new factors A_i + δ_i")
         zero_step = _reference_step(As, [torch.zeros_like(d) for d in deltas], gamma, lr)

@@ -175,7 +175,8 @@ print("W0 + ΔW with the task's head reproduces the peft model's accuracy:", abs
 # %% [markdown]
 # ## Exercises
 #
-# Each checker tests your function on fresh random inputs; the solutions are in
+# Each checker tests your function on fresh random float64 inputs: return float64 results and leave
+# the inputs unchanged (no in-place operations). The solutions are in
 # `solutions/01_solutions.ipynb`.
 #
 # 1. Write `my_delta(A, B, alpha, r)` returning $\Delta W$ for plain LoRA.

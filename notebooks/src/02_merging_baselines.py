@@ -540,7 +540,8 @@ lambda_explorer(curves, individual, split=split)
 # %% [markdown]
 # ## Exercises
 #
-# Each checker tests your function on fresh random inputs; the solutions are in
+# Each checker tests your function on fresh random float64 inputs: return float64 results and leave
+# the inputs unchanged (no in-place operations). The solutions are in
 # `solutions/02_solutions.ipynb`.
 #
 # 1. Write `my_ties_sign_mean(stack)`: given already-trimmed task tensors stacked as `(N, ...)`, return

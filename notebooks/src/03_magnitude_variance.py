@@ -455,14 +455,16 @@ print(f"this run (profile {P.name}, {len(groups)} LoRA groups): claim (c): {verd
 # %% [markdown]
 # ## Exercises
 #
-# Each checker tests your function on fresh random inputs. The solutions are in
+# Each checker tests your function on fresh random float64 inputs: return float64 results and leave
+# the inputs unchanged (no in-place operations). The solutions are in
 # `solutions/03_solutions.ipynb`.
 #
 # 1. Write `my_column_magnitudes(delta)` for a `(d_out, d_in)` tensor. It returns $\alpha$ of (3.1),
 #    one L2 norm per **input column**, shape `(d_in,)`.
 # 2. Write `my_magnitude_variance(deltas)` for a list of $N$ tasks' `(d_out, d_in)` updates of one
 #    layer. It returns (3.2) for that layer: the mean over columns of $\operatorname{std}_i / \operatorname{mean}_i$
-#    of the column norms, with the population std.
+#    of the column norms, with the population std. Leave out the columns that are zero in every task
+#    (their mean is 0, so std/mean would be NaN); a column that is zero in only some tasks still counts.
 # 3. Why a scale-free measure? Write `my_is_scale_free(measure)`. It takes a function `measure(deltas)`
 #    (a list of `(d_out, d_in)` tensors → float) and returns `True` if the value does not change when
 #    every task's update is multiplied by the same factor. The checker runs it on several candidate

@@ -553,7 +553,8 @@ print(f"- λ curve (max − min over λ ∈ {lam_curve}, validation): OSRM {spre
 #
 # ## Exercises
 #
-# Each checker tests your function on fresh random inputs; the solutions are in
+# Each checker tests your function on fresh random float64 inputs: return float64 results and leave
+# the inputs unchanged (no in-place operations). The solutions are in
 # `solutions/04_solutions.ipynb`.
 #
 # 1. Write `my_osrm_A(H_other, r)`: OSRM's $A$ for one layer, shape $(r, d_\text{in})$, orthonormal rows,
@@ -561,6 +562,8 @@ print(f"- λ curve (max − min over λ ∈ {lam_curve}, validation): OSRM {spre
 # 2. Write `my_interference_ratio(dW_t, dW_j, H_j)`: $R_{t\to j}$ of (4.5) for one layer.
 # 3. Build the centring trap yourself: `my_trap(k, d, r)` returns features $H$ ($k\times d$) on which the
 #    centred-covariance recipe has at least 10× the objective of OSRM's uncentered one.
+#    `H` must be a real trap: not all zeros, rows not all identical, and no tie between the r-th and
+#    (r+1)-th smallest variances, so the centred recipe's subspace is well defined.
 
 # %%
 from lorakit import exercises

@@ -603,7 +603,8 @@ assert METHODS["do"].params["magnitude_axis"] == "in" and METHODS["do"].params["
 # %% [markdown]
 # ## Exercises
 #
-# Each checker tests your function on fresh random inputs; the solutions are in
+# Each checker tests your function on fresh random float64 inputs: return float64 results and leave
+# the inputs unchanged (no in-place operations). The solutions are in
 # `solutions/05_solutions.ipynb`.
 #
 # 1. Write `my_decouple(delta)` returning `(alpha, direction)` for axis `"in"` (5.3): one norm per

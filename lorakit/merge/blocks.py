@@ -88,15 +88,28 @@ def elect_disjoint_mean_(block: torch.Tensor) -> torch.Tensor:
     .. math:: \tau^*_e = \sigma_e \frac{\sum_i \max(\sigma_e\hat\tau_{i,e}, 0)}
         {\max\big(1, \sum_i \operatorname{sign}\max(\sigma_e\hat\tau_{i,e}, 0)\big)}
 
-    — bit for bit ``disjoint_mean(block, elect_sign(block))`` (multiplying by ±1 and taking
+    — bit for bit ``disjoint_mean(block, elect_sign(block))`` where ``sum(0)`` adds in order (see
+    :func:`task_sum`; multiplying by ±1 and taking
     ``max(·, 0)`` are exact, and the sums run over the same values in the same order), with float
     ops only (bool tensors take slow unvectorised paths on CPU): ``σ = sign(sign(Σ) + ½)`` maps a
     zero sum to +1.
     """
-    elected = block.sum(dim=0).sign_().add_(0.5).sign_()
+    elected = task_sum(block).sign_().add_(0.5).sign_()
     block.mul_(elected).clamp_(min=0)
-    count = block.sign().sum(dim=0).clamp_(min=1)
-    return block.sum(dim=0).mul_(elected).div_(count)
+    count = block.sign().sum(dim=0).clamp_(min=1)  # a sum of 0s and 1s: exact in any order
+    return task_sum(block).mul_(elected).div_(count)
+
+
+def task_sum(block: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum_i` over the first dim as ``((x_0 + x_1) + x_2) + …``, the same for any block shape.
+
+    ``block.sum(dim=0)`` adds in this order on its vectorised main loop, but in another order on a
+    row's unaligned tail, so its last bits would depend on where the blocks are cut.
+    """
+    total = block[0].clone()
+    for row in block[1:]:
+        total.add_(row)
+    return total
 
 
 def dare_drop(tau: torch.Tensor, drop_rate: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -31,6 +31,7 @@ from .blocks import (
     disjoint_mean,
     elect_disjoint_mean_,
     elect_sign,
+    task_sum,
 )
 from .registry import register
 
@@ -46,8 +47,9 @@ def dare_reference(stack: torch.Tensor, lam: float, drop_rate: float, gen: torch
 def dare_blocks(source: TaskBlocks, lam: float, drop_rate: float, gen: torch.Generator, combine: str) -> torch.Tensor:
     """DARE over a CPU :class:`~lorakit.merge.blocks.TaskBlocks` source, block by block; ``→ source.shape``.
 
-    Bit for bit :func:`dare_reference`: the same masks, ``(τ ⊙ m) / (1-p)`` in the same order, and
-    the sums over tasks in the same order.
+    The same masks and ``(τ ⊙ m) / (1-p)`` as :func:`dare_reference`, and the sums over tasks in
+    ``block.sum(0)``'s vectorised order (:func:`~lorakit.merge.blocks.task_sum`): bit for bit, except
+    in the last bits on the final ``numel mod 16``-ish entries, where ``sum(0)`` adds in another order.
     """
     keep = 1.0 - drop_rate
     masks = bernoulli_keep(gen, source.n_tasks, source.numel, keep, source.dtype) if drop_rate > 0 else None
@@ -57,7 +59,7 @@ def dare_blocks(source: TaskBlocks, lam: float, drop_rate: float, gen: torch.Gen
         block = block if source.fresh else block.clone()
         if masks is not None:
             block.mul_(masks[:, start:stop]).div_(keep)
-        out[start:stop] = lam * (block.sum(dim=0) if combine == "linear" else elect_disjoint_mean_(block))
+        out[start:stop] = lam * (task_sum(block) if combine == "linear" else elect_disjoint_mean_(block))
     return out.reshape(source.shape)
 
 

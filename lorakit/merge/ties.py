@@ -59,6 +59,11 @@ class TrimRule:
 
     threshold: list[float]
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        #: ``hardshrink`` λ per task: the float just below :math:`t_i` (None: keep all or none).
+        self.shrink = [below(t, self.dtype) if 0 < t < math.inf else None for t in self.threshold]
 
 
 def trim_count(numel: int, density: float) -> int:
@@ -183,7 +188,7 @@ def trim_rule(source: TaskBlocks, density: float) -> TrimRule | None:
         if mask is not None:
             masks[i] = mask
     masks.update(zip(tied, chosen))
-    return TrimRule(thresholds, masks)
+    return TrimRule(thresholds, masks, source.dtype)
 
 
 def trim_block_(block: torch.Tensor, rule: TrimRule | None, start: int, stop: int) -> torch.Tensor:
@@ -200,8 +205,8 @@ def trim_block_(block: torch.Tensor, rule: TrimRule | None, start: int, stop: in
             row.mul_(rule.masks[i][start:stop])
         elif t == math.inf:
             row.zero_()
-        elif t > 0:
-            torch.hardshrink(row, below(t, row.dtype), out=row)
+        elif rule.shrink[i] is not None:
+            torch.hardshrink(row, rule.shrink[i], out=row)
     return block
 
 

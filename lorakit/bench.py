@@ -16,13 +16,16 @@ Timings are medians over ``repeats`` after one warm-up run; on CUDA the device i
 around every timed call. lorakit's time starts from the factors (it forms ``ΔW_i`` itself), peft's
 from the ready dense ``ΔW_i``, as peft's LoRA merging hands them over.
 
+Roofline (:func:`bench_llm_shapes`): a memory-bound merge cannot beat one read + write of every
+dense stack ``(N, d_out, d_in)``; the copy bandwidth is measured in the same run
+(:func:`copy_bandwidth`), and ``x_roofline = total_s / roofline_s``.
+
 Command line: ``lorakit bench`` / ``lorakit bench --llm-shapes`` (:mod:`lorakit.bench_cli`, writes
-JSON with machine, date and command); ``python -m lorakit.bench [--llm]`` prints the bare records.
+JSON with machine, date and command).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import statistics
@@ -140,6 +143,19 @@ def _ortho_inputs(updates: Sequence[LoRAUpdate]) -> tuple[list[torch.Tensor], li
     return [u.A.double() for u in updates], [u.scaling * u.B.double() for u in updates]
 
 
+def _has_ortho(method: str, resolved: Mapping[str, Any], n_tasks: int) -> bool:
+    return method == "do" and bool(resolved["orthogonalize"]) and n_tasks > 1
+
+
+def _ortho_call(method: str, resolved: Mapping[str, Any], updates: Sequence[LoRAUpdate]) -> Callable[[], Any] | None:
+    """Both sides of DO-Merging's orthogonalisation on ``updates`` (``(A result, B result)``), or None."""
+    if not _has_ortho(method, resolved, len(updates)):
+        return None
+    options = _ortho_options(resolved)
+    A, B = _ortho_inputs(updates)
+    return lambda: (orthogonalize_factors(A, "A", **options), orthogonalize_factors(B, "B", **options))
+
+
 def bench_merge(
     n_tasks: int = 4,
     d_out: int = 512,
@@ -174,36 +190,16 @@ def bench_merge(
         lorakit_s = _median_time(lambda: merge_layer(updates, method, **given), dev, repeats)
         peft_fn = _peft_call(method, resolved, dense)
         peft_s = _median_time(peft_fn, dev, repeats) if peft_fn is not None else None
+        ortho_fn = _ortho_call(method, resolved, updates)
         ortho_s, ortho = None, None
-        if method == "do" and resolved["orthogonalize"] and n_tasks > 1:
-            options = _ortho_options(resolved)
-            A, B = _ortho_inputs(updates)
-            ortho_s = _median_time(
-                lambda: (orthogonalize_factors(A, "A", **options), orthogonalize_factors(B, "B", **options)),
-                dev,
-                repeats,
-            )
-            ortho = {
-                side: _ortho_summary(orthogonalize_factors(mats, side, **options)[1])
-                for side, mats in (("A", A), ("B", B))
-            }
+        if ortho_fn is not None:
+            ortho_s = _median_time(ortho_fn, dev, repeats)
+            ortho = {side: _ortho_summary(result[1]) for side, result in zip("AB", ortho_fn())}
         records.append(
-            {
-                "method": name,
-                "params": _json_params(resolved),
-                "n_tasks": n_tasks,
-                "d_out": d_out,
-                "d_in": d_in,
-                "r": r,
-                "device": str(dev),
-                "repeats": repeats,
-                "lorakit_s": lorakit_s,
-                "peft_s": peft_s,
-                "ratio": lorakit_s / peft_s if peft_s else None,
-                "ortho_s": ortho_s,
-                "ortho": ortho,
-            }
-        )
+            dict(method=name, params=_json_params(resolved), n_tasks=n_tasks, d_out=d_out, d_in=d_in, r=r,
+                 device=str(dev), repeats=repeats, lorakit_s=lorakit_s, peft_s=peft_s,
+                 ratio=lorakit_s / peft_s if peft_s else None, ortho_s=ortho_s, ortho=ortho)
+        )  # fmt: skip
     return records
 
 
@@ -293,6 +289,54 @@ def _warm_up(work: Callable[[list[LoRAUpdate]], float], n_tasks: int, r: int, de
     work(random_updates(n_tasks, 4 * r, 4 * r, r, device, seed=12345))
 
 
+def copy_bandwidth(device: torch.device, entries: int = 1 << 26, repeats: int = 3) -> float:
+    """Measured memory bandwidth in bytes/s: ``dst.copy_(src)`` of ``entries`` float32 (256 MiB,
+    well past the caches), counting the bytes read plus written; median of ``repeats`` after a warm-up."""
+    src = torch.ones(entries, device=device)
+    dst = torch.zeros_like(src)
+    seconds = _median_time(lambda: dst.copy_(src), device, repeats)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def roofline_seconds(shapes: Mapping[str, tuple[int, int]], n_tasks: int, n_layers: int, bandwidth: float) -> dict[str, float]:
+    """Per module, summed over layers: the time to read and write each float32 dense stack
+    ``(N, d_out, d_in)`` once at ``bandwidth`` — a floor for any merge that makes one pass over it."""
+    return {name: n_layers * 2 * n_tasks * d_out * d_in * 4 / bandwidth for name, (d_out, d_in) in shapes.items()}
+
+
+def _with_roofline(result: dict[str, Any] | None, roofline_s: float, full_layers: int) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {**result, "extrapolated_full_model_s": result["per_layer_s"] * full_layers, "x_roofline": result["total_s"] / roofline_s}
+
+
+def _llm_passes(
+    name: str, method: str, given: Mapping[str, Any], resolved: Mapping[str, Any], peft: bool, run: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """The timed passes of one method: lorakit, peft (or None), DO's orthogonalisation alone (or None)."""
+    dev, say = run["device"], run["log"] or (lambda message: None)
+
+    def timed_pass(work: Callable[[list[LoRAUpdate]], float], label: str) -> dict[str, Any]:
+        say(f"{name}: {label}, {run['n_layers']} layer(s)")
+        _warm_up(work, run["n_tasks"], run["r"], dev)
+        return _layer_pass(work, label=f"{name} ({label})", **run)
+
+    mine = timed_pass(lambda updates: _timed(lambda: merge_layer(updates, method, **given), dev), "lorakit")
+    theirs = None
+    if peft and _peft_call(method, resolved, [torch.zeros(2, 2, device=dev)]) is not None:
+
+        def peft_work(updates: list[LoRAUpdate]) -> float:
+            dense = [u.delta(torch.float32) for u in updates]  # formed untimed
+            return _timed(_peft_call(method, resolved, dense), dev)
+
+        theirs = timed_pass(peft_work, "peft")
+    ortho = None
+    if _has_ortho(method, resolved, run["n_tasks"]):
+        result = timed_pass(lambda updates: _timed(_ortho_call(method, resolved, updates), dev), "orthogonalisation")
+        ortho = {k: result[k] for k in ("total_s", "per_layer_s", "module_s")}
+    return mine, theirs, ortho
+
+
 def bench_llm_shapes(
     n_tasks: int = 8,
     r: int = 16,
@@ -309,125 +353,48 @@ def bench_llm_shapes(
     """Merge ``n_tasks`` synthetic Llama-3-8B-shaped adapters layer by layer, per method.
 
     Every decoder layer has the modules of ``shapes`` (default :data:`LLAMA3_8B_SHAPES`, ``(d_out,
-    d_in)``); ``n_layers`` (≤ ``full_layers`` = 32 for the real model) limits the count. Each
-    module's updates are drawn (untimed) just before they are merged and freed after, as a
-    streaming merge would, so memory stays bounded by one module's work. Each method first runs
-    once, untimed, on a small layer (warm-up); then every module of every layer is timed once.
+    d_in)``); ``n_layers`` (≤ ``full_layers`` = 32) limits the count. Each module's updates are
+    drawn (untimed) just before they are merged and freed after, as a streaming merge would. Each
+    pass first runs once, untimed, on a small layer, then times every module of every layer once,
+    with its own peak-memory counter: lorakit's ``merge_layer`` from the factors; with
+    ``peft=True``, peft's ``merge_utils`` function (task arithmetic, TIES, DARE) on the dense
+    ``ΔW_i`` (formed untimed); for DO-Merging, :func:`~lorakit.merge.orthogonalize_factors` alone.
 
-    Passes per method, each with its own peak-memory counter: lorakit's ``merge_layer`` from the
-    factors; with ``peft=True`` and a method peft has (task arithmetic, TIES, DARE), peft's
-    ``merge_utils`` function on the dense ``ΔW_i = s_i B_i A_i`` of the same updates (formed
-    untimed); for DO-Merging (``do``, ``do_<base>``), :func:`~lorakit.merge.orthogonalize_factors`
-    on the A and B sides alone (its share of the merge time).
+    Roofline: :func:`copy_bandwidth` is measured once at the start of the run; ``roofline_s`` is
+    :func:`roofline_seconds` summed over modules (one read + write of every dense stack).
 
     Returns:
         One record per method: ``method``, ``params``, ``n_tasks``, ``r``, ``n_layers``,
-        ``full_model_layers``, ``modules``, ``device``; lorakit's ``total_s`` (merge time summed
-        over all layers), ``per_layer_s``, ``module_s`` (``{module: seconds summed over layers}``),
-        ``extrapolated_full_model_s`` (``per_layer_s × full_layers``: every layer has the same
-        shapes; an estimate, not a measurement), ``peak_mem_bytes``, ``baseline_bytes``
-        (allocated/resident before the pass), ``peak_above_baseline_bytes`` and ``mem_source``
-        (``cuda.max_memory_allocated`` on GPU; on CPU the process's peak resident set ``VmHWM``,
-        reset before each pass — tracemalloc would miss torch's allocator); ``peft`` (the same
-        fields for peft's pass, or None) and ``ratio`` (lorakit ``total_s`` / peft ``total_s``,
-        or None); ``ortho`` (``total_s``, ``per_layer_s``, ``module_s``,
-        ``extrapolated_full_model_s`` of the orthogonalisation, or None).
+        ``full_model_layers``, ``modules``, ``device``; lorakit's ``total_s`` (summed over all
+        layers), ``per_layer_s``, ``module_s`` (``{module: seconds over layers}``),
+        ``extrapolated_full_model_s`` (``per_layer_s × full_layers``, an estimate),
+        ``peak_mem_bytes``, ``baseline_bytes``, ``peak_above_baseline_bytes``, ``mem_source``
+        (``cuda.max_memory_allocated``, or on CPU the peak resident set ``VmHWM`` reset before each
+        pass); ``bandwidth_bytes_s``, ``roofline_s``, ``roofline_module_s``, ``x_roofline``
+        (``total_s / roofline_s``); ``stack_bytes`` (float32 dense stack of the largest module);
+        ``peft`` (the same timing/memory fields and ``x_roofline`` for peft's pass, or None),
+        ``ratio`` (lorakit / peft ``total_s``, or None); ``ortho`` (``total_s``, ``per_layer_s``,
+        ``module_s``, ``extrapolated_full_model_s``, ``x_roofline`` of the orthogonalisation, or None).
     """
     dev = torch.device(device)
     shapes = dict(shapes or LLAMA3_8B_SHAPES)
-    say = log or (lambda message: None)
     run = dict(shapes=shapes, n_layers=n_layers, n_tasks=n_tasks, r=r, device=dev, seed=seed, log=log)
-
-    def extrapolate(result: dict[str, Any]) -> dict[str, Any]:
-        return {**result, "extrapolated_full_model_s": result["per_layer_s"] * full_layers}
-
+    bandwidth = copy_bandwidth(dev)
+    roofline_module = roofline_seconds(shapes, n_tasks, n_layers, bandwidth)
+    roofline = sum(roofline_module.values())
+    stack_bytes = max(n_tasks * d_out * d_in * 4 for d_out, d_in in shapes.values())
     records = []
     for name in methods or list(METHODS):
         method, given = resolve_bench_method(name, params)
         resolved = resolve_params(method, given)
-
-        def merge_work(updates: list[LoRAUpdate]) -> float:
-            return _timed(lambda: merge_layer(updates, method, **given), dev)
-
-        say(f"{name}: lorakit, {n_layers} layer(s)")
-        _warm_up(merge_work, n_tasks, r, dev)
-        mine = extrapolate(_layer_pass(merge_work, label=f"{name} (lorakit)", **run))
-
-        peft_result = None
-        dummy = [torch.zeros(2, 2, device=dev)]
-        if peft and _peft_call(method, resolved, dummy) is not None:
-
-            def peft_work(updates: list[LoRAUpdate]) -> float:
-                dense = [u.delta(torch.float32) for u in updates]
-                seconds = _timed(_peft_call(method, resolved, dense), dev)
-                del dense
-                return seconds
-
-            say(f"{name}: peft, {n_layers} layer(s)")
-            _warm_up(peft_work, n_tasks, r, dev)
-            peft_result = extrapolate(_layer_pass(peft_work, label=f"{name} (peft)", **run))
-
-        ortho_result = None
-        if method == "do" and resolved["orthogonalize"] and n_tasks > 1:
-            options = _ortho_options(resolved)
-
-            def ortho_work(updates: list[LoRAUpdate]) -> float:
-                A, B = _ortho_inputs(updates)
-                return _timed(lambda: (orthogonalize_factors(A, "A", **options), orthogonalize_factors(B, "B", **options)), dev)
-
-            say(f"{name}: orthogonalisation alone, {n_layers} layer(s)")
-            _warm_up(ortho_work, n_tasks, r, dev)
-            ortho = _layer_pass(ortho_work, label=f"{name} (orthogonalisation)", **run)
-            ortho_result = extrapolate({k: ortho[k] for k in ("total_s", "per_layer_s", "module_s")})
-
+        mine, theirs, ortho = _llm_passes(name, method, given, resolved, peft, run)
         records.append(
-            {
-                "method": name,
-                "params": _json_params(resolved),
-                "n_tasks": n_tasks,
-                "r": r,
-                "n_layers": n_layers,
-                "full_model_layers": full_layers,
-                "modules": list(shapes),
-                "device": str(dev),
-                **mine,
-                "peft": peft_result,
-                "ratio": mine["total_s"] / peft_result["total_s"] if peft_result and peft_result["total_s"] else None,
-                "ortho": ortho_result,
-            }
-        )
+            dict(method=name, params=_json_params(resolved), n_tasks=n_tasks, r=r, n_layers=n_layers,
+                 full_model_layers=full_layers, modules=list(shapes), device=str(dev),
+                 **_with_roofline(mine, roofline, full_layers), bandwidth_bytes_s=bandwidth, roofline_s=roofline,
+                 roofline_module_s=roofline_module, stack_bytes=stack_bytes,
+                 peft=_with_roofline(theirs, roofline, full_layers),
+                 ratio=mine["total_s"] / theirs["total_s"] if theirs and theirs["total_s"] else None,
+                 ortho=_with_roofline(ortho, roofline, full_layers))
+        )  # fmt: skip
     return records
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llm", action="store_true", help="Llama-3-8B shapes instead of one square layer")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--n-tasks", type=int, default=None)
-    parser.add_argument("--n-layers", type=int, default=1)
-    parser.add_argument("--dim", type=int, default=512, help="d_out = d_in for the one-layer benchmark")
-    parser.add_argument("--r", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", nargs="*", default=None)
-    args = parser.parse_args(argv)
-    if args.llm:
-        records = bench_llm_shapes(
-            n_tasks=args.n_tasks or 8, r=args.r or 16, n_layers=args.n_layers, methods=args.methods, device=args.device
-        )
-    else:
-        records = bench_merge(
-            n_tasks=args.n_tasks or 4,
-            d_out=args.dim,
-            d_in=args.dim,
-            r=args.r or 8,
-            methods=args.methods,
-            repeats=args.repeats,
-            device=args.device,
-        )
-    print(json.dumps(records, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 import peft.utils.merge_utils  # noqa: F401  (imported at collection: peft's import takes seconds)
 
 from lorakit.bench import LLAMA3_8B_SHAPES, bench_llm_shapes, bench_merge
@@ -73,3 +75,15 @@ def test_resolve_bench_method_variants():
     assert resolve_bench_method("do", {"do": {"steps": 4}}) == ("do", {"steps": 4})
     with pytest.raises(LorakitError):
         resolve_bench_method("do_nope")
+
+
+def test_bench_llm_shapes_roofline_fields():
+    shapes = {"q_proj": (32, 16), "down_proj": (16, 48)}
+    (rec,) = bench_llm_shapes(n_tasks=3, r=2, n_layers=2, methods=["ties"], shapes=shapes)
+    assert rec["bandwidth_bytes_s"] > 0 and rec["stack_bytes"] == 3 * 16 * 48 * 4
+    # one read + write of each module's float32 stack, summed over the 2 layers
+    expected = {name: 2 * 2 * 3 * d_out * d_in * 4 / rec["bandwidth_bytes_s"] for name, (d_out, d_in) in shapes.items()}
+    assert rec["roofline_module_s"] == pytest.approx(expected)
+    assert rec["roofline_s"] == pytest.approx(sum(expected.values())) and rec["roofline_s"] > 0
+    assert rec["x_roofline"] == pytest.approx(rec["total_s"] / rec["roofline_s"]) and rec["x_roofline"] > 0
+    assert rec["peft"]["x_roofline"] == pytest.approx(rec["peft"]["total_s"] / rec["roofline_s"])

@@ -10,7 +10,7 @@
   ``per_layer_s × 32``.
 
 Method names are registry names or the benchmark's ``do_<base>`` variants (DO-Merging with
-``base=<base>``; see :func:`lorakit.benchmark.resolve_method`).
+``base=<base>``; see :func:`lorakit.merge.resolve_variant`).
 
 Timings are medians over ``repeats`` after one warm-up run; on CUDA the device is synchronised
 around every timed call. lorakit's time starts from the factors (it forms ``ΔW_i`` itself), peft's
@@ -20,7 +20,7 @@ Roofline (:func:`bench_llm_shapes`): a memory-bound merge cannot beat one read +
 dense stack ``(N, d_out, d_in)``; the copy bandwidth is measured in the same run
 (:func:`copy_bandwidth`), and ``x_roofline = total_s / roofline_s``.
 
-Command line: ``lorakit bench`` / ``lorakit bench --llm-shapes`` (:mod:`lorakit.bench_cli`, writes
+Command line: ``lorakit bench`` / ``lorakit bench --llm-shapes`` (:mod:`lorakit.cli.bench`, writes
 JSON with machine, date and command).
 """
 
@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .lora import LoRAUpdate
-from .merge import METHODS, merge_layer, orthogonalize_factors, resolve_params
+from .merge import METHODS, merge_layer, orthogonalize_factors, resolve_params, resolve_variant
 
 #: (d_out, d_in) of the LoRA-adapted Linear layers of one Llama-3-8B decoder layer.
 LLAMA3_8B_SHAPES: dict[str, tuple[int, int]] = {
@@ -126,9 +126,7 @@ def resolve_bench_method(name: str, params: Mapping[str, Mapping[str, Any]] | No
 
     ``do_ties`` is ``("do", {"base": "ties"})``; ``params[name]`` is merged over the fixed ones.
     """
-    from .benchmark import resolve_method
-
-    method, fixed = resolve_method(name)
+    method, fixed = resolve_variant(name)
     given = {**fixed, **dict((params or {}).get(name, {}))}
     resolve_params(method, given)
     return method, given

@@ -120,7 +120,6 @@ def test_no_import_cycle():
     assert cycle is None, "import circle (module-level imports): " + " -> ".join(cycle)
 
 
-@pytest.mark.xfail(strict=False, reason="other files (merge.py, osrm.py, ...) are still being split")
 def test_no_file_over_400_lines():
     long = {str(p.relative_to(PACKAGE.parent)): n for p in sorted(PACKAGE.rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES}

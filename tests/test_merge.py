@@ -1,4 +1,4 @@
-"""Tests of lorakit.merge: registry, peft parity, KnOTS vs brute force, DO-Merging (papers.md §3.8 D1–D9)."""
+"""Tests of lorakit.merge: registry, peft parity, KnOTS vs brute force, DO-Merging (docs/methods.md §3.8 D1–D9)."""
 
 from __future__ import annotations
 
@@ -479,7 +479,7 @@ def test_orthogonalisation_is_scale_aware():
     new_s, rep_s = orthogonalize_factors(scaled, "A", steps=60)
     np.testing.assert_allclose(rep_s.relative_perturbation, rep.relative_perturbation, rtol=1e-6)
     torch.testing.assert_close(new_s[0] / 1000.0, new[0], rtol=1e-6, atol=1e-12)
-    # the raw loss of papers.md §3.3 is not scale-free: the large task barely moves there
+    # the raw loss of docs/methods.md §3.3 is not scale-free: the large task barely moves there
     _, raw = orthogonalize_factors(scaled, "A", steps=60, normalize_factors=False)
     assert raw.relative_perturbation != pytest.approx(rep.relative_perturbation, rel=1e-2)
 

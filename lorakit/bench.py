@@ -26,15 +26,12 @@ JSON with machine, date and command).
 
 from __future__ import annotations
 
-import re
-import resource
-import statistics
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from .lora import LoRAUpdate
+from .timing import median_time, peak_memory, reset_peak, timed
 from .merge import METHODS, merge_layer, orthogonalize_factors, resolve_params, resolve_variant
 
 #: (d_out, d_in) of the LoRA-adapted Linear layers of one Llama-3-8B decoder layer.
@@ -64,23 +61,6 @@ def random_updates(
         )
         for _ in range(n_tasks)
     ]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _peft_call(method: str, params: Mapping[str, Any], dense: list[torch.Tensor]) -> Callable[[], Any] | None:
@@ -185,13 +165,13 @@ def bench_merge(
     for name in methods or list(METHODS):
         method, given = resolve_bench_method(name, params)
         resolved = resolve_params(method, given)
-        lorakit_s = _median_time(lambda: merge_layer(updates, method, **given), dev, repeats)
+        lorakit_s = median_time(lambda: merge_layer(updates, method, **given), dev, repeats)
         peft_fn = _peft_call(method, resolved, dense)
-        peft_s = _median_time(peft_fn, dev, repeats) if peft_fn is not None else None
+        peft_s = median_time(peft_fn, dev, repeats) if peft_fn is not None else None
         ortho_fn = _ortho_call(method, resolved, updates)
         ortho_s, ortho = None, None
         if ortho_fn is not None:
-            ortho_s = _median_time(ortho_fn, dev, repeats)
+            ortho_s = median_time(ortho_fn, dev, repeats)
             ortho = {side: _ortho_summary(result[1]) for side, result in zip("AB", ortho_fn())}
         records.append(
             dict(method=name, params=_json_params(resolved), n_tasks=n_tasks, d_out=d_out, d_in=d_in, r=r,
@@ -199,47 +179,6 @@ def bench_merge(
                  ratio=lorakit_s / peft_s if peft_s else None, ortho_s=ortho_s, ortho=ortho)
         )  # fmt: skip
     return records
-
-
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            match = re.search(rf"{field}:\s+(\d+)", fh.read())
-        return int(match.group(1)) if match else None
-    except OSError:
-        return None
-
-
-def _reset_peak(device: torch.device) -> tuple[str, int]:
-    """Reset the peak-memory counter; returns (source name, baseline bytes)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return "cuda.max_memory_allocated", torch.cuda.memory_allocated(device)
-    try:  # Linux: writing 5 to clear_refs resets VmHWM (peak resident set size)
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return "VmHWM", 1024 * (_rss_kib("VmRSS") or 0)
-    except OSError:
-        return "ru_maxrss (process lifetime)", 1024 * (_rss_kib("VmRSS") or 0)
-
-
-def _peak(device: torch.device, source: str) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
-    if source == "VmHWM":
-        return 1024 * (_rss_kib("VmHWM") or 0)
-    return 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds of one call of ``fn`` (device synchronised before and after); the result is dropped."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def _layer_pass(
@@ -257,22 +196,27 @@ def _layer_pass(
 
     Module ``k`` of layer ``l`` gets :func:`random_updates` seeded with ``seed + 1000 l + k`` (drawn
     untimed), so every pass sees the same tensors. Returns ``module_s`` (seconds summed over
-    layers), ``total_s``, ``per_layer_s``, ``peak_mem_bytes``, ``baseline_bytes``,
+    layers), ``layer_s`` (seconds per layer), ``total_s``, ``per_layer_s``, ``peak_mem_bytes``, ``baseline_bytes``,
     ``peak_above_baseline_bytes`` and ``mem_source``.
     """
-    source, baseline = _reset_peak(device)
+    source, baseline = reset_peak(device)
     module_s = {name: 0.0 for name in shapes}
+    layer_s = []
     for layer in range(n_layers):
+        layer_s.append(0.0)
         for k, (name, (d_out, d_in)) in enumerate(shapes.items()):
             updates = random_updates(n_tasks, d_out, d_in, r, device, seed + 1000 * layer + k)
-            module_s[name] += work(updates)
+            seconds = work(updates)
+            module_s[name] += seconds
+            layer_s[-1] += seconds
             del updates
         if log is not None:
             log(f"{label}: layer {layer + 1}/{n_layers} done, {sum(module_s.values()):.2f} s so far")
-    peak = _peak(device, source)
+    peak = peak_memory(device, source)
     total = sum(module_s.values())
     return {
         "module_s": module_s,
+        "layer_s": layer_s,
         "total_s": total,
         "per_layer_s": total / n_layers if n_layers else 0.0,
         "peak_mem_bytes": peak,
@@ -292,7 +236,7 @@ def copy_bandwidth(device: torch.device, entries: int = 1 << 26, repeats: int = 
     well past the caches), counting the bytes read plus written; median of ``repeats`` after a warm-up."""
     src = torch.ones(entries, device=device)
     dst = torch.zeros_like(src)
-    seconds = _median_time(lambda: dst.copy_(src), device, repeats)
+    seconds = median_time(lambda: dst.copy_(src), device, repeats)
     return 2 * src.numel() * src.element_size() / seconds
 
 
@@ -309,28 +253,31 @@ def _with_roofline(result: dict[str, Any] | None, roofline_s: float, full_layers
 
 
 def _llm_passes(
-    name: str, method: str, given: Mapping[str, Any], resolved: Mapping[str, Any], peft: bool, run: dict[str, Any]
+    name: str, method: str, given: Mapping[str, Any], resolved: Mapping[str, Any], peft_layers: int,
+    run: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
-    """The timed passes of one method: lorakit, peft (or None), DO's orthogonalisation alone (or None)."""
+    """The timed passes of one method: lorakit, peft on the first ``peft_layers`` layers (or None),
+    DO's orthogonalisation alone (or None)."""
     dev, say = run["device"], run["log"] or (lambda message: None)
 
-    def timed_pass(work: Callable[[list[LoRAUpdate]], float], label: str) -> dict[str, Any]:
-        say(f"{name}: {label}, {run['n_layers']} layer(s)")
+    def timed_pass(work: Callable[[list[LoRAUpdate]], float], label: str, layers: int | None = None) -> dict[str, Any]:
+        layers = run["n_layers"] if layers is None else layers
+        say(f"{name}: {label}, {layers} layer(s)")
         _warm_up(work, run["n_tasks"], run["r"], dev)
-        return _layer_pass(work, label=f"{name} ({label})", **run)
+        return _layer_pass(work, label=f"{name} ({label})", **{**run, "n_layers": layers})
 
-    mine = timed_pass(lambda updates: _timed(lambda: merge_layer(updates, method, **given), dev), "lorakit")
+    mine = timed_pass(lambda updates: timed(lambda: merge_layer(updates, method, **given), dev), "lorakit")
     theirs = None
-    if peft and _peft_call(method, resolved, [torch.zeros(2, 2, device=dev)]) is not None:
+    if peft_layers and _peft_call(method, resolved, [torch.zeros(2, 2, device=dev)]) is not None:
 
         def peft_work(updates: list[LoRAUpdate]) -> float:
             dense = [u.delta(torch.float32) for u in updates]  # formed untimed
-            return _timed(_peft_call(method, resolved, dense), dev)
+            return timed(_peft_call(method, resolved, dense), dev)
 
-        theirs = timed_pass(peft_work, "peft")
+        theirs = timed_pass(peft_work, "peft", peft_layers)
     ortho = None
     if _has_ortho(method, resolved, run["n_tasks"]):
-        result = timed_pass(lambda updates: _timed(_ortho_call(method, resolved, updates), dev), "orthogonalisation")
+        result = timed_pass(lambda updates: timed(_ortho_call(method, resolved, updates), dev), "orthogonalisation")
         ortho = {k: result[k] for k in ("total_s", "per_layer_s", "module_s")}
     return mine, theirs, ortho
 
@@ -345,7 +292,7 @@ def bench_llm_shapes(
     shapes: Mapping[str, tuple[int, int]] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     full_layers: int = LLAMA3_8B_LAYERS,
-    peft: bool = True,
+    peft: bool | int = True,
     log: Callable[[str], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Merge ``n_tasks`` synthetic Llama-3-8B-shaped adapters layer by layer, per method.
@@ -356,7 +303,9 @@ def bench_llm_shapes(
     pass first runs once, untimed, on a small layer, then times every module of every layer once,
     with its own peak-memory counter: lorakit's ``merge_layer`` from the factors; with
     ``peft=True``, peft's ``merge_utils`` function (task arithmetic, TIES, DARE) on the dense
-    ``ΔW_i`` (formed untimed); for DO-Merging, :func:`~lorakit.merge.orthogonalize_factors` alone.
+    ``ΔW_i`` (formed untimed) — ``peft=K`` runs it on the first K layers only (peft's TIES takes
+    about a minute per Llama layer on 2 CPU cores) and compares it with lorakit on those same
+    layers; for DO-Merging, :func:`~lorakit.merge.orthogonalize_factors` alone.
 
     Roofline: :func:`copy_bandwidth` is measured once at the start of the run; ``roofline_s`` is
     :func:`roofline_seconds` summed over modules (one read + write of every dense stack).
@@ -371,7 +320,8 @@ def bench_llm_shapes(
         pass); ``bandwidth_bytes_s``, ``roofline_s``, ``roofline_module_s``, ``x_roofline``
         (``total_s / roofline_s``); ``stack_bytes`` (float32 dense stack of the largest module);
         ``peft`` (the same timing/memory fields and ``x_roofline`` for peft's pass, or None),
-        ``ratio`` (lorakit / peft ``total_s``, or None); ``ortho`` (``total_s``, ``per_layer_s``,
+        ``peft_layers`` and ``ratio`` (lorakit / peft seconds on the same first ``peft_layers``
+        layers, or None); ``ortho`` (``total_s``, ``per_layer_s``,
         ``module_s``, ``extrapolated_full_model_s``, ``x_roofline`` of the orthogonalisation, or None).
     """
     dev = torch.device(device)
@@ -381,18 +331,21 @@ def bench_llm_shapes(
     roofline_module = roofline_seconds(shapes, n_tasks, n_layers, bandwidth)
     roofline = sum(roofline_module.values())
     stack_bytes = max(n_tasks * d_out * d_in * 4 for d_out, d_in in shapes.values())
+    peft_layers = n_layers if peft is True else min(int(peft), n_layers)
     records = []
     for name in methods or list(METHODS):
         method, given = resolve_bench_method(name, params)
         resolved = resolve_params(method, given)
-        mine, theirs, ortho = _llm_passes(name, method, given, resolved, peft, run)
+        mine, theirs, ortho = _llm_passes(name, method, given, resolved, peft_layers, run)
+        same_layers = sum(mine["layer_s"][:peft_layers])
         records.append(
             dict(method=name, params=_json_params(resolved), n_tasks=n_tasks, r=r, n_layers=n_layers,
                  full_model_layers=full_layers, modules=list(shapes), device=str(dev),
                  **_with_roofline(mine, roofline, full_layers), bandwidth_bytes_s=bandwidth, roofline_s=roofline,
                  roofline_module_s=roofline_module, stack_bytes=stack_bytes,
-                 peft=_with_roofline(theirs, roofline, full_layers),
-                 ratio=mine["total_s"] / theirs["total_s"] if theirs and theirs["total_s"] else None,
+                 peft=_with_roofline(theirs, roofline * peft_layers / max(n_layers, 1), full_layers),
+                 peft_layers=peft_layers if theirs else 0,
+                 ratio=same_layers / theirs["total_s"] if theirs and theirs["total_s"] else None,
                  ortho=_with_roofline(ortho, roofline, full_layers))
         )  # fmt: skip
     return records

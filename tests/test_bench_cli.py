@@ -87,6 +87,29 @@ def test_bench_llm_shapes_layers_and_extrapolation(tiny_shapes, tmp_path, capsys
     assert "2/32 layer(s) run" in stdout and "extrapolated" in stdout
 
 
+def test_bench_llm_shapes_peft_on_the_first_layers_only(tiny_shapes, tmp_path, capsys):
+    out = tmp_path / "llm.json"
+    argv = ["bench", "--llm-shapes", "--layers", "3", "--peft-layers", "1", "--tasks", "2", "--methods", "ties",
+            "--out", str(out)]
+    rc, stdout, _ = _run(argv, capsys)
+    assert rc == 0
+    rec = json.loads(out.read_text())["results"][0]
+    assert rec["n_layers"] == 3 and len(rec["layer_s"]) == 3 and math.isclose(sum(rec["layer_s"]), rec["total_s"])
+    assert rec["peft_layers"] == 1 and len(rec["peft"]["layer_s"]) == 1
+    assert math.isclose(rec["ratio"], rec["layer_s"][0] / rec["peft"]["total_s"])  # same layer, same tensors
+    assert rec["roofline_s"] > 0 and math.isclose(rec["x_roofline"], rec["total_s"] / rec["roofline_s"])
+    assert math.isclose(rec["peft"]["x_roofline"], rec["peft"]["total_s"] / (rec["roofline_s"] / 3))
+
+
+def test_bench_llm_shapes_all_layers_is_called_measured(tiny_shapes, tmp_path, capsys):
+    argv = ["bench", "--llm-shapes", "--peft-layers", "0", "--tasks", "2", "--methods", "task_arithmetic",
+            "--out", str(tmp_path / "llm.json")]
+    rc, stdout, _ = _run(argv, capsys)
+    rec = json.loads((tmp_path / "llm.json").read_text())["results"][0]
+    assert rc == 0 and rec["n_layers"] == 32 and rec["peft"] is None and rec["peft_layers"] == 0
+    assert "32/32 layer(s) run" in stdout and "full model = measured" in stdout
+
+
 def test_llm_report_do_reports_orthogonalisation_per_layer():
     payload = llm_report(
         2, ["do", "do_ties", "knots"], 1, "cpu", shapes=TINY_LLM, r=4,
@@ -107,6 +130,8 @@ def test_llm_report_do_reports_orthogonalisation_per_layer():
     "argv, message",
     [
         (["bench", "--layers", "2"], "--layers only applies with --llm-shapes"),
+        (["bench", "--peft-layers", "1"], "--peft-layers needs --llm-shapes"),
+        (["bench", "--llm-shapes", "--peft-layers", "-1"], "--peft-layers needs --llm-shapes and a count >= 0"),
         (["bench", "--llm-shapes", "--layers", "0"], "--layers must be between 1 and 32"),
         (["bench", "--llm-shapes", "--layers", "33"], "--layers must be between 1 and 32"),
         (["bench", "--tasks", "1"], "--tasks must be at least 2"),

@@ -9,8 +9,9 @@ Two modes (both write ``--out``, default ``bench.json``, atomically, and print a
 * ``--llm-shapes`` — :func:`lorakit.bench.bench_llm_shapes`: ``--tasks`` synthetic adapters with
   the shapes of a Llama-3-8B LoRA (r = 16 on q/k/v/o/gate/up/down), merged layer by layer over
   ``--layers`` of the 32 layers (default all 32); time per layer, a full-model time extrapolated
-  from it when fewer layers ran, peak memory, peft's time on the same tensors (TA, TIES, DARE) and
-  DO-Merging's orthogonalisation cost per layer.
+  from it when fewer layers ran, peak memory, peft's time on the same tensors (TA, TIES, DARE; on
+  the first ``--peft-layers`` layers, default all), the measured copy-bandwidth roofline and each
+  time's multiple of it, and DO-Merging's orthogonalisation cost per layer.
 
 The JSON carries ``machine`` (:func:`lorakit.results.machine_description`), ``date`` (UTC),
 ``command`` (exactly as typed), ``settings``, ``notes`` (what each number means) and ``results``.
@@ -61,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="time merge methods against peft's functions")
     bench.add_argument("--llm-shapes", action="store_true", help="Llama-3-8B adapter shapes (r=16, 7 modules, 32 layers)")
     bench.add_argument("--layers", type=int, help="limit the number of layers (LLM shapes)")
+    bench.add_argument("--peft-layers", type=int, default=None,
+                       help="run peft's functions on the first K layers only (LLM shapes; default all, 0 = none)")
     bench.add_argument("--tasks", type=int, default=8, dest="n_tasks", help="number of adapters")
     bench.add_argument("--methods", nargs="+")
     bench.add_argument("--repeats", type=int, default=3)
@@ -154,12 +157,13 @@ def llm_report(
     r: int = LLM_RANK,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     log=None,
+    peft_layers: int | None = None,
 ) -> dict[str, Any]:
     """The ``--llm-shapes`` mode's ``settings``, ``notes`` and ``results`` (one record per method)."""
     shapes = dict(shapes or bench_lib.LLAMA3_8B_SHAPES)
     results = bench_llm_shapes(
         n_tasks=n_tasks, r=r, n_layers=n_layers, methods=methods, device=device, seed=seed, shapes=shapes,
-        params=params, log=log,
+        params=params, log=log, peft=True if peft_layers is None else peft_layers,
     )
     cuda = device.startswith("cuda")
     return {
@@ -193,8 +197,10 @@ def llm_report(
             ),
             "layer_by_layer": "each module's updates are drawn just before its merge and freed after it, so memory "
             "is bounded by one module (largest_module_dense_bytes = the N dense fp32 ΔW_i of the largest module)",
-            "peft": "peft: the same fields for peft.utils.merge_utils on the dense ΔW_i of the same updates; "
-            "ratio = lorakit total_s / peft total_s",
+            "peft": "peft: the same fields for peft.utils.merge_utils on the dense ΔW_i of the same updates, on the "
+            "first peft_layers layers; ratio = lorakit seconds / peft seconds on those same layers",
+            "roofline": "roofline_s = the time to read and write every module's float32 dense stack (N, d_out, d_in) "
+            "once at the copy bandwidth measured in this run (bandwidth_bytes_s); x_roofline = total_s / roofline_s",
             "ortho": "ortho: DO-Merging's orthogonalize_factors on the A and B sides alone, per layer (part of "
             "lorakit's DO time)",
         },
@@ -225,11 +231,12 @@ def format_table(payload: Mapping[str, Any]) -> str:
     rows: list[list[str]]
     if payload["mode"] == "llm_shapes":
         s = payload["settings"]
+        measured = s["layers_run"] == s["full_model_layers"]
         title = (
             f"{s['n_tasks']} adapters, Llama-3-8B shapes, r={s['r']}, {s['layers_run']}/{s['full_model_layers']} "
-            f"layer(s) run, device {s['device']}; full model = extrapolated"
+            f"layer(s) run, device {s['device']}; full model = {'measured' if measured else 'extrapolated'}"
         )
-        head = ["method", "s/layer", "full model s", "peft s/layer", "ratio", "ortho s/layer", "peak MiB"]
+        head = ["method", "s/layer", "full model s", "x roofline", "peft s/layer", "ratio", "ortho s/layer", "peak MiB"]
         rows = []
         for rec in payload["results"]:
             peft = rec["peft"] or {}
@@ -238,7 +245,8 @@ def format_table(payload: Mapping[str, Any]) -> str:
                 [
                     rec["method"],
                     _fmt(rec["per_layer_s"]),
-                    _fmt(rec["extrapolated_full_model_s"], digits=1),
+                    _fmt(rec["total_s"] if measured else rec["extrapolated_full_model_s"], digits=1),
+                    _fmt(rec.get("x_roofline"), digits=1),
                     _fmt(peft.get("per_layer_s")),
                     _fmt(rec["ratio"], digits=2),
                     _fmt(ortho.get("per_layer_s")),
@@ -275,6 +283,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise LorakitError(f"--repeats must be at least 1, got {args.repeats}")
     if args.layers is not None and not args.llm_shapes:
         raise LorakitError("--layers only applies with --llm-shapes")
+    if args.peft_layers is not None and (not args.llm_shapes or args.peft_layers < 0):
+        raise LorakitError(f"--peft-layers needs --llm-shapes and a count >= 0, got {args.peft_layers}")
     layers = LLAMA3_8B_LAYERS if args.layers is None else args.layers
     if not 1 <= layers <= LLAMA3_8B_LAYERS:
         raise LorakitError(f"--layers must be between 1 and {LLAMA3_8B_LAYERS} (Llama-3-8B's layers), got {layers}")
@@ -284,7 +294,8 @@ def run_bench(args: argparse.Namespace) -> int:
     apply_threads(get_profile())  # the profile's thread count, or LORAKIT_THREADS
     print(f"lorakit bench on {device} with {torch.get_num_threads()} torch thread(s): {command}", file=sys.stderr)
     if args.llm_shapes:
-        body = llm_report(args.n_tasks, methods, layers, device, log=lambda m: print(m, file=sys.stderr, flush=True))
+        body = llm_report(args.n_tasks, methods, layers, device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                          peft_layers=args.peft_layers)
         payload = {**header("llm_shapes", device, command), **body}
     else:
         body = merge_report(args.n_tasks, methods, args.repeats, device)

@@ -121,22 +121,23 @@ def magnitude_variance(
         kind: ``"column"`` or ``"frobenius"``.
         per_layer: return ``{layer name: MV_ℓ}`` instead of the mean over layers.
     """
+    result = {name: layer_magnitude_variance(mags) for name, mags in _task_magnitudes(tasks, axis, kind)}
+    if per_layer:
+        return result
+    return sum(result.values()) / len(result)
+
+
+def _task_magnitudes(tasks, axis: str, kind: str):
+    """``(layer name, (N, d) magnitudes)`` per layer: column norms along ``axis``, or one Frobenius norm (d = 1)."""
     if kind not in ("column", "frobenius"):
         raise LorakitError(f"magnitude_variance kind must be 'column' or 'frobenius', got {kind!r}")
     norm_dim(axis)
     layers = _aligned_layers(tasks)
-    result: dict[str, float] = {}
     for name in layers[0]:
         if kind == "column":
-            mags = torch.stack([column_magnitudes(lay[name], axis) for lay in layers])
+            yield name, torch.stack([column_magnitudes(lay[name], axis) for lay in layers])
         else:
-            mags = torch.stack([torch.linalg.vector_norm(as_delta(lay[name])) for lay in layers])[:, None]
-        cv = _cv(mags)
-        cv = cv[~torch.isnan(cv)]
-        result[name] = float(cv.mean()) if cv.numel() else 0.0
-    if per_layer:
-        return result
-    return sum(result.values()) / len(result)
+            yield name, torch.stack([torch.linalg.vector_norm(as_delta(lay[name])) for lay in layers])[:, None]
 
 
 def layer_magnitude_variance(mags: torch.Tensor, pairwise: bool = False) -> float:
@@ -195,17 +196,7 @@ def magnitude_variance_pairwise(
 
     Arguments as in :func:`magnitude_variance`; needs N ≥ 2.
     """
-    if kind not in ("column", "frobenius"):
-        raise LorakitError(f"magnitude_variance kind must be 'column' or 'frobenius', got {kind!r}")
-    norm_dim(axis)
-    layers = _aligned_layers(tasks)
-    result: dict[str, float] = {}
-    for name in layers[0]:
-        if kind == "column":
-            mags = torch.stack([column_magnitudes(lay[name], axis) for lay in layers])
-        else:
-            mags = torch.stack([torch.linalg.vector_norm(as_delta(lay[name])) for lay in layers])[:, None]
-        result[name] = layer_magnitude_variance(mags, pairwise=True)
+    result = {name: layer_magnitude_variance(mags, pairwise=True) for name, mags in _task_magnitudes(tasks, axis, kind)}
     if per_layer:
         return result
     return sum(result.values()) / len(result)

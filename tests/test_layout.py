@@ -162,3 +162,55 @@ def test_no_hidden_internal_imports():
     """An import inside a function hides a dependency from the circle test: only listed ones are allowed."""
     hidden = function_level_internal_imports() - set(LAZY_INTERNAL)
     assert not hidden, f"lorakit imports inside functions (move them to the top, or list them with a reason): {sorted(hidden)}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {long}"
+
+
+def _code_strings(tree: ast.Module) -> list[ast.Constant]:
+    """String constants that are not docstrings."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings]
+
+
+def test_peft_key_names_only_in_lora():
+    """PEFT's ``base_model.model.`` prefix and ``lora_A.weight`` key layout are spelled out in lorakit.lora only."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "lora.py" and path.parent == PACKAGE:
+            continue
+        for node in _code_strings(ast.parse(path.read_text(), str(path))):
+            if "base_model.model" in node.value or ".lora_A.weight" in node.value or ".lora_B.weight" in node.value:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r}")
+    assert not found, f"PEFT key names outside lorakit.lora (use peft_key / peft_lora_key): {found}"
+
+
+def test_one_atomic_writer():
+    """Temporary files and renames live in lorakit.fsutil (atomic_folder / atomic_file) only."""
+    calls = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "fsutil.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "replace", "rename", "mkstemp", "mkdtemp", "NamedTemporaryFile") and isinstance(
+                    node.func.value, ast.Name) and node.func.value.id in ("os", "tempfile"):
+                calls.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.func.value.id}.{node.func.attr}")
+    assert not calls, f"hand-written atomic writes (use lorakit.fsutil): {calls}"

@@ -134,6 +134,7 @@ class Evaluator:
                 weights[name] = w + delta.to(w.dtype).to(self.device)  # what ``add_`` gives, bit for bit
             clf = self.model.classifier
             head_wb = (clf.weight, clf.bias)
+            layers, pooler = self._fast.prepare(weights), weights["bert.pooler.dense"]
             budget = self.profile.eval_batch_size * self.profile.max_length
             lengths, offsets, preds = packed.lengths, packed.offsets, []
             i = 0
@@ -142,7 +143,7 @@ class Evaluator:
                 while j < len(lengths) and offsets[j + 1] - offsets[i] <= budget:
                     j += 1
                 x = packed.embeddings[offsets[i] : offsets[j]]
-                preds.append(self._fast.logits(x, lengths[i:j], weights, head_wb).argmax(-1).cpu())
+                preds.append(self._fast.logits(x, lengths[i:j], layers, pooler, head_wb).argmax(-1).cpu())
                 i = j
         return torch.cat(preds)
 
@@ -194,7 +195,9 @@ def _onednn_linear_works() -> bool:
             y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
             g = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
             ref = F.linear(x, w, b)
-            _ONEDNN = bool(torch.allclose(y, ref, atol=1e-5) and torch.allclose(g, F.gelu(ref), atol=1e-5))
+            s = torch.ops.mkldnn._linear_pointwise.binary(x, ref, w, b, "add")
+            _ONEDNN = bool(torch.allclose(y, ref, atol=1e-5) and torch.allclose(g, F.gelu(ref), atol=1e-5)
+                           and torch.allclose(s, 2 * ref, atol=1e-5))
         except (AttributeError, RuntimeError, NotImplementedError):
             _ONEDNN = False
     return _ONEDNN
@@ -211,6 +214,13 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = Fals
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none" if gelu else "")
     y = F.linear(x, w, b)
     return F.gelu(y) if gelu else y
+
+
+def _linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, w, b) + residual``, the add fused into oneDNN's GEMM where it works (same bits)."""
+    if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
+    return F.linear(x, w, b) + residual
 
 
 @dataclass
@@ -320,34 +330,49 @@ class _PackedBert:
             row, qrow, i = row + rows, qrow + n * q_len, j
         return out
 
-    def logits(self, x: torch.Tensor, lengths: list[int], weights: Mapping[str, torch.Tensor],
-               head: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-        """Logits for packed embedding rows ``x`` of texts with ``lengths``; ``weights`` by module name."""
-        d = x.shape[1]
-        cls = torch.tensor([0] + lengths[:-1]).cumsum(0)
+    def prepare(self, weights: Mapping[str, torch.Tensor]) -> list[dict]:
+        """Per layer, the tensors :meth:`logits` needs, from ``weights`` (by module name; ``W_0`` or
+        ``W_0 + ΔW``) and the model's biases and LayerNorms: once per score, not per chunk."""
+        layers = []
         for li, layer in enumerate(self.layers):
             p = f"{self.prefix}.{li}."
-            att, so, inter, out = layer.attention.self, layer.attention.output, layer.intermediate, layer.output
+            att, so, out = layer.attention.self, layer.attention.output, layer.output
             w = [weights[p + "attention.self." + s] for s in ("query", "key", "value")]
             b = [getattr(att, s).bias for s in ("query", "key", "value")]
             last = li == len(self.layers) - 1
-            if last:
-                kv = _linear(x, torch.cat(w[1:]), torch.cat(b[1:]))
+            layers.append({
+                "last": last,
+                # one GEMM for q, k, v (for k, v only in the last layer, whose q is the CLS rows')
+                "w_in": torch.cat(w[1:] if last else w), "b_in": torch.cat(b[1:] if last else b),
+                "w_q": w[0], "b_q": b[0],
+                "w_o": weights[p + "attention.output.dense"], "b_o": so.dense.bias, "ln1": so.LayerNorm,
+                "w_i": weights[p + "intermediate.dense"], "b_i": layer.intermediate.dense.bias,
+                "w_out": weights[p + "output.dense"], "b_out": out.dense.bias, "ln2": out.LayerNorm,
+            })
+        return layers
+
+    def logits(self, x: torch.Tensor, lengths: list[int], layers: list[dict], pooler: torch.Tensor,
+               head: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        """Logits for packed embedding rows ``x`` of texts with ``lengths`` (``layers`` from :meth:`prepare`,
+        ``pooler`` the pooler's weight, ``head`` the classifier's weight and bias)."""
+        d = x.shape[1]
+        cls = torch.tensor([0] + lengths[:-1]).cumsum(0)
+        for L in layers:
+            if L["last"]:
+                kv = _linear(x, L["w_in"], L["b_in"])
                 k, v = kv[:, :d], kv[:, d:]
                 x = x[cls]  # the CLS rows: all the pooler reads
-                q = _linear(x, w[0], b[0])
+                q = _linear(x, L["w_q"], L["b_q"])
             else:
-                qkv = _linear(x, torch.cat(w), torch.cat(b))
+                qkv = _linear(x, L["w_in"], L["b_in"])
                 q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
-            ctx = self._attend(q.contiguous() if last else q, k, v, lengths, last)
-            a = _linear(ctx, weights[p + "attention.output.dense"], so.dense.bias)
-            a = F.layer_norm(a + x, so.LayerNorm.normalized_shape, so.LayerNorm.weight, so.LayerNorm.bias, so.LayerNorm.eps)
-            i = _linear(a, weights[p + "intermediate.dense"], inter.dense.bias, gelu=True)
-            y = _linear(i, weights[p + "output.dense"], out.dense.bias)
-            x = F.layer_norm(y + a, out.LayerNorm.normalized_shape, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)
-        pooled = torch.tanh(_linear(x, weights["bert.pooler.dense"], self.model.bert.pooler.dense.bias))
+            ctx = self._attend(q, k, v, lengths, L["last"])
+            ln1, ln2 = L["ln1"], L["ln2"]
+            a = F.layer_norm(_linear_add(ctx, L["w_o"], L["b_o"], x), ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps)
+            i = _linear(a, L["w_i"], L["b_i"], gelu=True)
+            x = F.layer_norm(_linear_add(i, L["w_out"], L["b_out"], a), ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)
+        pooled = torch.tanh(_linear(x, pooler, self.model.bert.pooler.dense.bias))
         return F.linear(pooled, *head)
-
 
 def select_and_report(
     evaluator: Evaluator,

@@ -109,8 +109,8 @@ class Evaluator:
         for name, delta in deltas.items():
             if name not in self._fast.linear_names or tuple(delta.shape) != tuple(self._modules[name].weight.shape):
                 return None  # e.g. ΔW on an embedding: the cached embedding output would be stale
-        if es.packed is None:
-            with torch.inference_mode():
+        if es.packed is None or (es.packed and es.packed.version != self._fast.embedding_version()):
+            with torch.inference_mode():  # first use, or the embedding weights were changed in place since
                 es.packed = self._fast.pack(es.encodings, self.profile.eval_batch_size) or False
         return es.packed or None
 
@@ -236,6 +236,7 @@ class _Packed:
     embeddings: torch.Tensor
     lengths: list[int]
     offsets: list[int]
+    version: tuple[int, ...] = ()  # the embedding parameters' in-place version counters it was made with
 
 
 class _PackedBert:
@@ -307,7 +308,11 @@ class _PackedBert:
         offsets = [0]
         for n in lengths:
             offsets.append(offsets[-1] + n)
-        return _Packed(embeddings, lengths, offsets)
+        return _Packed(embeddings, lengths, offsets, self.embedding_version())
+
+    def embedding_version(self) -> tuple[int, ...]:
+        """In-place version counters of the embedding parameters (a cached output is stale once they move)."""
+        return tuple(p._version for p in self.model.bert.embeddings.parameters())
 
     def _groups(self, lengths: list[int]):
         """``(first row, texts, length)`` per run of equal lengths (the set is length-sorted)."""

@@ -359,3 +359,17 @@ def test_scoring_never_tokenizes_again(ci_adapters, monkeypatch):
         for deltas, head, task, split in _grid_calls(ci_adapters, lams=(0.5,))[:6]:
             ev.score(deltas, head, task, split)
     assert calls == []
+
+
+def test_cached_embedding_output_follows_in_place_changes_to_the_embeddings(ci_adapters):
+    """The packed path caches each set's embedding output; an in-place change to the embedding weights
+    (outside score) makes it recompute, so the score still equals the old code's."""
+    adapter = ci_adapters["rt_subjectivity"]
+    ev = Evaluator(["rt_subjectivity"], "ci")
+    first = ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "val")
+    cached = ev.sets[("rt_subjectivity", "val")].packed.embeddings
+    with torch.no_grad():
+        ev.model.bert.embeddings.LayerNorm.weight.mul_(-1.0)
+    changed = ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "val")
+    assert ev.sets[("rt_subjectivity", "val")].packed.embeddings is not cached
+    assert changed == _old_score(ev, adapter.deltas, adapter.head, "rt_subjectivity", "val")[0] != first

@@ -32,17 +32,20 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, torc
     return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model, encodings: Mapping[str, torch.Tensor], batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
-    """Predicted label ids of a sequence classifier for pre-tokenized inputs."""
+    """Predicted label ids of a sequence classifier for pre-tokenized inputs.
+
+    Batches of ``batch_size`` consecutive rows, each cut to its longest text (dynamic padding: pass
+    length-sorted rows and little padding is left); the attention mask makes the cut exact.
+    """
     model.eval()
     n = encodings["input_ids"].shape[0]
     preds = []
     for i in range(0, n, batch_size):
-        batch = {k: v[i : i + batch_size].to(device) for k, v in encodings.items()}
-        # trim padding columns shared by the whole batch (faster, same result)
+        batch = {k: v[i : i + batch_size] for k, v in encodings.items()}
         width = int(batch["attention_mask"].sum(1).max())
-        batch = {k: v[:, :width] for k, v in batch.items()}
+        batch = {k: v[:, :width].to(device) for k, v in batch.items()}
         preds.append(model(**batch).logits.argmax(-1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 

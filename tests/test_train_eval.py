@@ -187,3 +187,189 @@ def test_edge_extension_rule():
     assert edge_extension({"lam": 0.3}, tried + [{"lam": 0.3}]) is None
     assert edge_extension({"density": 0.2}, tried) is None
     assert edge_extension({"lam": 0.1}, [{"lam": 0.1}]) is None
+
+
+# --- the packed evaluation path against the old code (frozen here) ---------------------------------
+
+@torch.no_grad()
+def _old_predict(model, encodings, batch_size, device="cpu"):
+    """lorakit.fit.predict before the packed path: HF's forward, batches cut to their longest text."""
+    model.eval()
+    preds = []
+    for i in range(0, encodings["input_ids"].shape[0], batch_size):
+        batch = {k: v[i : i + batch_size].to(device) for k, v in encodings.items()}
+        width = int(batch["attention_mask"].sum(1).max())
+        preds.append(model(**{k: v[:, :width] for k, v in batch.items()}).logits.argmax(-1).cpu())
+    return torch.cat(preds)
+
+
+@torch.no_grad()
+def _old_score(ev, deltas, head, task, split):
+    """Evaluator.score before the packed path: ΔW in place, the old predict, the clones copied back.
+    Returns (accuracy, predictions in the set's sorted order)."""
+    originals = {}
+    try:
+        for name, delta in deltas.items():
+            originals[name] = ev._modules[name].weight.detach().clone()
+            ev._modules[name].weight.add_(delta)
+        ev._swap_head(head)
+        es = ev.sets[(task, split)]
+        preds = _old_predict(ev.model, es.encodings, ev.profile.eval_batch_size)
+        return float((preds == es.labels).float().mean()), preds
+    finally:
+        for name, weight in originals.items():
+            ev._modules[name].weight.copy_(weight)
+
+
+def _grid_calls(adapters, lams=(0.5, 1.0)):
+    """(deltas, head, task, split): each adapter alone, then task arithmetic at each λ, every task, both splits."""
+    calls = [(a.deltas, a.head, t, s) for t, a in adapters.items() for s in ("val", "test")]
+    for lam in lams:
+        merged = {m: lam * sum(a.deltas[m] for a in adapters.values()) for m in next(iter(adapters.values())).deltas}
+        calls += [(merged, a.head, t, s) for t, a in adapters.items() for s in ("val", "test")]
+    return calls
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_packed_evaluation_gives_exactly_the_old_accuracies(ci_adapters):
+    """A small real run (two trained ci adapters; alone, and merged at λ = 0.5, 1): the new path
+    predicts every text as the old code did, so every grid point's accuracy is equal."""
+    ev = Evaluator(list(ci_adapters), "ci")
+    assert ev.packed and ev._fast is not None  # MiniLM on the CPU takes the packed path
+    flips = compared = 0
+    for deltas, head, task, split in _grid_calls(ci_adapters):
+        es = ev.sets[(task, split)]
+        assert ev._packed_set(deltas, es) is not None
+        old_acc, old_preds = _old_score(ev, deltas, head, task, split)
+        new_preds = ev._predict_packed(deltas, head, es.packed)
+        flips += int((new_preds != old_preds).sum())
+        compared += len(old_preds)
+        assert ev.score(deltas, head, task, split) == old_acc, (task, split)
+    assert flips == 0 and compared == 2 * 3 * (64 + 128)
+
+
+def test_generic_path_gives_exactly_the_old_accuracies(ci_adapters):
+    """packed = False (what other models and CUDA get) is the old code path, under inference_mode."""
+    ev = Evaluator(list(ci_adapters), "ci")
+    ev.packed = False
+    for deltas, head, task, split in _grid_calls(ci_adapters, lams=(1.0,)):
+        assert ev._packed_set(deltas, ev.sets[(task, split)]) is None
+        assert ev.score(deltas, head, task, split) == _old_score(ev, deltas, head, task, split)[0]
+
+
+def test_dynamic_padding_and_packing_change_no_logits(ci_adapters):
+    """Logits of HF's forward padded to max_length, cut to each batch's longest text, and of the
+    packed path (no padding at all) agree to 1e-5 on a few batches, with a real ΔW and head."""
+    from lorakit.fit import encode_texts
+
+    task = "election_tweets"
+    adapter = ci_adapters[task]
+    ev = Evaluator([task], "ci")
+    texts = ev.data[task].test[0][:40]
+    full = ev.tokenizer(texts, truncation=True, max_length=ev.profile.max_length, padding="max_length", return_tensors="pt")
+    dynamic = encode_texts(ev.tokenizer, texts, ev.profile.max_length)
+    lengths = full["attention_mask"].sum(1)
+    order = torch.argsort(lengths, stable=True)
+    # padded to max_length; the shortest batch (sorted) has padding to cut, and its texts differ in length
+    assert full["input_ids"].shape[1] == ev.profile.max_length > int(lengths[order[:16]].max()) > int(lengths.min())
+    full = {k: v[order] for k, v in full.items()}
+    dynamic = {k: v[order] for k, v in dynamic.items()}
+    packed = ev._fast.pack(dynamic, 16)
+    with torch.inference_mode():
+        weights = {n: ev._modules[n].weight for n in ev._fast.linear_names}
+        weights.update({n: weights[n] + d for n, d in adapter.deltas.items()})
+        for n, d in adapter.deltas.items():
+            ev._modules[n].weight.add_(d)
+        try:
+            ev._swap_head(adapter.head)
+            for i in range(0, 40, 16):
+                padded = ev.model(**{k: v[i : i + 16] for k, v in full.items()}).logits
+                width = int(dynamic["attention_mask"][i : i + 16].sum(1).max())
+                cut = ev.model(**{k: v[i : i + 16, :width] for k, v in dynamic.items()}).logits
+                j = min(i + 16, 40)
+                rows = packed.embeddings[packed.offsets[i] : packed.offsets[j]]
+                fast = ev._fast.logits(rows, packed.lengths[i:j], ev._fast.prepare(weights), weights["bert.pooler.dense"],
+                                       (ev.model.classifier.weight, ev.model.classifier.bias))
+                assert padded.abs().max() > 0.1  # real logits, not zeros
+                torch.testing.assert_close(cut, padded, atol=1e-5, rtol=0)
+                torch.testing.assert_close(fast, padded, atol=1e-5, rtol=0)
+                assert torch.equal(fast.argmax(-1), padded.argmax(-1))
+        finally:
+            for n, d in adapter.deltas.items():
+                ev._modules[n].weight.sub_(d)  # test-only undo; the weights are compared below anyway
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_weights_are_restored_bitwise_even_when_scoring_fails_midway(ci_adapters, monkeypatch, packed):
+    """An error in the forward (after ΔW was applied on the generic path) leaves every weight bit-identical."""
+    import lorakit.evaluate as evaluate
+
+    adapter = ci_adapters["rt_subjectivity"]
+    ev = Evaluator(["rt_subjectivity"], "ci")
+    ev.packed = packed
+    before = _params(ev.model)
+    seen = {}
+
+    def boom(*args, **kwargs):
+        name = next(iter(adapter.deltas))
+        seen["modified"] = not torch.equal(ev._modules[name].weight, before[name + ".weight"])
+        raise RuntimeError("midway")
+
+    if packed:
+        monkeypatch.setattr(evaluate._PackedBert, "logits", boom)
+    else:
+        monkeypatch.setattr(evaluate, "predict", boom)
+    with pytest.raises(RuntimeError, match="midway"):
+        ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "val")
+    assert seen["modified"] is (not packed)  # the generic path had ΔW applied when it failed
+    after = dict(ev.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if not n.startswith("classifier"))
+    monkeypatch.undo()
+    # and a successful score afterwards leaves them bit-identical too
+    ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "val")
+    assert all(torch.equal(before[n], p) for n, p in ev.model.named_parameters() if not n.startswith("classifier"))
+
+
+def test_delta_outside_the_packed_layers_takes_the_generic_path(ci_adapters):
+    """A ΔW on the embeddings (which the packed path caches) is scored by the generic path, exactly as before."""
+    adapter = ci_adapters["rt_subjectivity"]
+    ev = Evaluator(["rt_subjectivity"], "ci")
+    emb = "bert.embeddings.word_embeddings"
+    deltas = dict(adapter.deltas, **{emb: 0.05 * torch.randn(ev._modules[emb].weight.shape, generator=torch.Generator().manual_seed(0))})
+    es = ev.sets[("rt_subjectivity", "val")]
+    assert ev._packed_set(deltas, es) is None and ev._packed_set(adapter.deltas, es) is not None
+    assert ev.score(deltas, adapter.head, "rt_subjectivity", "val") == _old_score(ev, deltas, adapter.head, "rt_subjectivity", "val")[0]
+    with pytest.raises(LorakitError, match="not in the base model"):
+        ev.score({"bert.nowhere": torch.zeros(2, 2)}, adapter.head, "rt_subjectivity", "val")
+
+
+def test_scoring_never_tokenizes_again(ci_adapters, monkeypatch):
+    """Each set is tokenized once, in the constructor; scores (both paths, any λ) only read the cache."""
+    import lorakit.evaluate as evaluate
+
+    ev = Evaluator(list(ci_adapters), "ci")
+    calls = []
+    monkeypatch.setattr(evaluate, "encode_texts", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(ev, "tokenizer", lambda *a, **k: calls.append(a))
+    for packed in (True, False):
+        ev.packed = packed
+        for deltas, head, task, split in _grid_calls(ci_adapters, lams=(0.5,))[:6]:
+            ev.score(deltas, head, task, split)
+    assert calls == []
+
+
+def test_cached_embedding_output_follows_in_place_changes_to_the_embeddings(ci_adapters):
+    """The packed path caches each set's embedding output; an in-place change to the embedding weights
+    (outside score) makes it recompute, so the score still equals the old code's."""
+    adapter = ci_adapters["rt_subjectivity"]
+    ev = Evaluator(["rt_subjectivity"], "ci")
+    first = ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "val")
+    cached = ev.sets[("rt_subjectivity", "val")].packed.embeddings
+    with torch.no_grad():
+        ev.model.bert.embeddings.LayerNorm.weight.mul_(-1.0)
+    changed = ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "val")
+    assert ev.sets[("rt_subjectivity", "val")].packed.embeddings is not cached
+    assert changed == _old_score(ev, adapter.deltas, adapter.head, "rt_subjectivity", "val")[0] != first

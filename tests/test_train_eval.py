@@ -319,7 +319,7 @@ def test_weights_are_restored_bitwise_even_when_scoring_fails_midway(ci_adapters
         raise RuntimeError("midway")
 
     if packed:
-        monkeypatch.setattr(evaluate._PackedBert, "logits", boom)
+        monkeypatch.setattr(evaluate.PackedBert, "logits", boom)
     else:
         monkeypatch.setattr(evaluate, "predict", boom)
     with pytest.raises(RuntimeError, match="midway"):

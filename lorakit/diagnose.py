@@ -350,12 +350,19 @@ def diagnose_folders(paths: Sequence[str | os.PathLike], progress: bool | None =
     return diagnose_adapters([s.layers for s in sources], [str(s.path) for s in sources], progress)
 
 
+def short_layer_name(name: str) -> str:
+    """``encoder.layer.3.attention.self.query`` → ``3.query``; ``model.layers.0.self_attn.q_proj`` → ``0.q_proj``:
+    the numbered parts (the layer index) and the module's own name, for figure labels."""
+    parts = name.split(".")
+    return ".".join([p for p in parts[:-1] if p.isdigit()] + parts[-1:])
+
+
 def diagnosis_figure(diagnosis: Diagnosis, short=None):
     """A matplotlib Figure (no pyplot, so no backend is switched): per-layer norms per adapter,
     per-layer magnitude variance and A overlap, and the overall cosine and A-overlap matrices."""
     from matplotlib.figure import Figure  # lazy: keeps `import lorakit.cli` light
 
-    short = short or (lambda name: name.replace("encoder.layer.", "L").split(".", 1)[-1][-24:])
+    short = short or short_layer_name
     labels = [f"#{i}" for i in range(len(diagnosis.names))]
     x = np.arange(len(diagnosis.layers))
     fig = Figure(figsize=(11, 7.5), layout="constrained")

@@ -318,3 +318,11 @@ def test_same_folder_twice_is_the_shared_a_case(folders, capsys):
     data = json.loads((tmp / "twice.json").read_text())
     assert rc == 0 and data["overall"]["a_overlap_mean"] == pytest.approx(1.0) and "initial A" in out
     assert data["overall"]["cosine"][0][1] == pytest.approx(1.0)
+
+
+def test_short_layer_names_keep_the_layer_index():
+    from lorakit.diagnose import short_layer_name
+
+    assert short_layer_name("encoder.layer.3.attention.self.query") == "3.query"
+    assert short_layer_name("model.layers.12.self_attn.q_proj") == "12.q_proj"
+    assert short_layer_name("classifier") == "classifier"

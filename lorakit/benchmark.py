@@ -24,7 +24,7 @@ from .errors import LorakitError
 from .evaluate import Evaluator, mean, select_and_report
 from .fsutil import atomic_folder
 from .lora import LoRAUpdate
-from .merge import METHODS, merge_adapters, orthogonalize_adapters, resolve_variant, variant_base
+from .merge import METHODS, merge_adapters, resolve_variant, variant_base
 from .osrm import osrm_init_for_tasks
 from .profiles import Profile, apply_threads, get_profile
 # Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
@@ -181,20 +181,25 @@ def _score_individual(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapte
 def _merge_methods(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str],
                    methods: Sequence[str], p: Profile, init: str, seed: int, individual: tuple[dict, dict],
                    timings: dict, log: Log) -> list[dict]:
-    """One record per method: hyperparameters chosen on validation, test accuracy at the choice."""
+    """One record per method: hyperparameters chosen on validation, test accuracy at the choice.
+
+    A method with a ``precompute`` (DO-Merging's orthogonalisation) runs it once per (init, seed),
+    shared by its variants (``do``, ``do_ties``, …), and every grid point merges the prepared adapters.
+    """
     updates = [adapters[t].updates for t in tasks]
-    orthogonalized = None  # DO's factor orthogonalisation: once per (init, seed), shared by do_*
+    prepared: dict[str, tuple[list, dict]] = {}
     records = []
     for method in methods:
         name, fixed = resolve_method(method)
         merge_time = [0.0]
-        if name == "do" and orthogonalized is None:
+        if METHODS[name].precompute is not None and name not in prepared:
             t1 = time.perf_counter()
-            orthogonalized = orthogonalize_adapters(updates)[0]
+            prepared[name] = METHODS[name].precompute(updates)
             merge_time[0] += time.perf_counter() - t1
             timings["orthogonalize_seconds"] += merge_time[0]
-        sources = orthogonalized if name == "do" else updates
-        rec, elapsed = _select_method(evaluator, adapters, method, p, sources, individual, merge_time, timings)
+        sources, override = prepared.get(name, (updates, {}))
+        rec, elapsed = _select_method(evaluator, adapters, method, p, sources, override, individual, merge_time,
+                                      timings)
         rec.update({"init": init, "method": method, "seed": seed, "merge_seconds": round(merge_time[0], 3),
                     "seconds": round(elapsed, 2)})
         records.append(rec)
@@ -204,27 +209,26 @@ def _merge_methods(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter],
 
 
 def _select_method(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], method: str, p: Profile,
-                   sources: list[dict[str, LoRAUpdate]], individual: tuple[dict, dict], merge_time: list[float],
-                   timings: dict) -> tuple[dict, float]:
+                   sources: list[dict[str, LoRAUpdate]], override: Mapping, individual: tuple[dict, dict],
+                   merge_time: list[float], timings: dict) -> tuple[dict, float]:
     """:func:`select_and_report` over ``method``'s grid, and its seconds; merge time (in ``merge_time``) and
     evaluation time are added to ``timings`` apart.
 
-    ``sources`` are the raw adapters, or for DO the already orthogonalised ones (merged with
-    ``orthogonalize=False``, equal bit for bit to ``do(orthogonalize=True)`` on the raw adapters).
+    ``sources`` are the raw adapters, or the ones its ``precompute`` prepared (for DO the already
+    orthogonalised ones), merged with ``override`` (``orthogonalize=False``): equal bit for bit to
+    ``do(orthogonalize=True)`` on the raw adapters.
     """
     name, fixed = resolve_method(method)
 
     def merge_fn(**params):
         t1 = time.perf_counter()
-        if name == "do":
-            merged = merge_adapters(sources, name, orthogonalize=False, **{**params, **fixed})
-        else:
-            merged = merge_adapters(sources, name, **{**params, **fixed})
+        merged = merge_adapters(sources, name, **{**params, **fixed, **override})
         merge_time[0] += time.perf_counter() - t1
         return merged
 
     t0 = time.perf_counter()
-    grid = [{k: v for k, v in g.items() if not (k == "base" and name == "do")} for g in method_grid(method, p)]
+    # a variant's base is fixed by its name (do_ties), so a grid point does not repeat it
+    grid = [{k: v for k, v in g.items() if not (k == "base" and METHODS[name].variants)} for g in method_grid(method, p)]
     rec = select_and_report(evaluator, adapters, merge_fn, grid, *individual, test_curve=p.test_curves,
                             extend_edges=p.lam_extend)
     elapsed = time.perf_counter() - t0

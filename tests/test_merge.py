@@ -610,3 +610,23 @@ def test_orthogonalising_once_then_merging_without_it_equals_do_bit_for_bit():
         shortcut = merge_adapters(orth, "do", base=base, orthogonalize=False, **params)
         for module in direct:
             assert torch.equal(direct[module], shortcut[module])
+
+
+def test_precompute_capability_gives_the_same_merge_bit_for_bit():
+    """A registered ``precompute`` (DO's orthogonalisation) done once equals the method doing it itself."""
+    from lorakit.lora import LoRAUpdate
+    from lorakit.merge import METHODS, merge_adapters
+
+    gen = torch.Generator().manual_seed(7)
+    adapters = [{m: LoRAUpdate(torch.randn(4, 24, generator=gen), torch.randn(30, 4, generator=gen) * s, 2.0)
+                 for m in ("l0", "l1")} for s in (1.0, 3.0, 0.5)]
+    assert [n for n, spec in METHODS.items() if spec.precompute is not None] == ["do"]
+    prepared, override = METHODS["do"].precompute(adapters, steps=20)
+    assert override == {"orthogonalize": False} and prepared[0]["l0"].A.dtype == torch.float64
+    assert not torch.equal(prepared[0]["l0"].A, adapters[0]["l0"].A.double())  # it did move the factors
+    for base, params in [("task_arithmetic", {"lam": 0.6}), ("dare", {"lam": 1.0, "drop_rate": 0.3})]:
+        direct = merge_adapters(adapters, "do", base=base, steps=20, **params)
+        shortcut = merge_adapters(prepared, "do", base=base, steps=20, **params, **override)
+        assert all(torch.equal(direct[m], shortcut[m]) for m in direct)
+    unchanged, none = METHODS["do"].precompute(adapters, orthogonalize=False)
+    assert none == {} and unchanged[1]["l1"] is adapters[1]["l1"]

@@ -70,3 +70,4 @@ def test_refactor_dense_big_layer_rank_k_close_to_optimum():
 def test_zero_layer_gives_zero_factors():
     A, B, energy = randomized_factors(torch.zeros(200, 300), 4)
     assert energy == 1.0 and not (B @ A).any()
+

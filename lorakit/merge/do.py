@@ -175,6 +175,24 @@ DO_CHECKS = {
 }
 
 
+def prepare_do(
+    adapters: Sequence[Mapping[str, LoRAUpdate]], **params: Any
+) -> tuple[list[dict[str, LoRAUpdate]], dict[str, Any]]:
+    """DO-Merging's ``precompute``: orthogonalise every layer once (:func:`orthogonalize_adapters`).
+
+    Returns the orthogonalised adapters and ``{"orthogonalize": False}``: ``do`` on them with that
+    equals ``do`` on the originals with ``orthogonalize=True``, bit for bit, for any λ and base. With
+    ``orthogonalize=False`` in ``params`` nothing is done. Takes DO's parameters (the ortho ones
+    are used: γ, steps, lr, optimizer, normalize_factors; defaults as registered).
+    """
+    options = {k: params.get(k, default) for k, default in
+               (("gamma", ORTHO_GAMMA), ("steps", ORTHO_STEPS), ("lr", None), ("optimizer", "adam"),
+                ("normalize_factors", True))}
+    if not params.get("orthogonalize", True):
+        return [dict(ad) for ad in adapters], {}
+    return orthogonalize_adapters(adapters, **options)[0], {"orthogonalize": False}
+
+
 @register(
     "do",
     paper="Decouple and Orthogonalize: A Data-Free Framework for LoRA Merging (Zheng et al., 2025)",
@@ -183,6 +201,7 @@ DO_CHECKS = {
     forwards=BASE_PARAMS,
     checks=DO_CHECKS,
     variants=True,
+    precompute=prepare_do,
     defaults_from=do_merge_with_report,
 )
 def do_merge(updates: Sequence[LoRAUpdate], **params: Any) -> torch.Tensor:

@@ -93,6 +93,10 @@ class MergeMethod:
             concatenate the factors instead of refactoring a dense ``ΔW*``).
         variants: ``<name>_<base>`` names (e.g. ``do_ties``) select this method with that base.
         entrywise_base: its ``base`` must have a ``dense`` rule (KnOTS merges SVD blocks entrywise).
+        precompute: ``precompute(adapters, **params) -> (prepared adapters, params to merge them with)``:
+            work that depends on neither λ nor the base method, done once for a whole set of adapters
+            (DO-Merging's orthogonalisation), so a hyperparameter search need not repeat it; merging
+            the prepared adapters with the returned params equals merging the originals, bit for bit.
     """
 
     name: str
@@ -107,6 +111,7 @@ class MergeMethod:
     factored: bool = False
     variants: bool = False
     entrywise_base: bool = False
+    precompute: Callable[..., tuple[list, dict]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
@@ -134,6 +139,7 @@ def register(
     factored: bool = False,
     variants: bool = False,
     entrywise_base: bool = False,
+    precompute: Callable[..., tuple[list, dict]] | None = None,
     defaults_from: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register ``function`` as merge method ``name``; returns the function unchanged.
@@ -157,6 +163,7 @@ def register(
         METHODS[name] = MergeMethod(
             name, function, paper, url, params, description, dense=dense, forwards=tuple(forwards),
             checks=own_checks, factored=factored, variants=variants, entrywise_base=entrywise_base,
+            precompute=precompute,
         )
         return function
 

@@ -453,9 +453,10 @@ print(f"predicted mean R for frozen OSRM subspaces {float(R_pred[off].mean()):.2
 # ## 7. Merged accuracy: standard vs OSRM, task arithmetic and TIES
 #
 # This is the code path of `lorakit run`: one `Evaluator` (base model, each task's val/test split),
-# each adapter scored alone (the normalizer), each method's grid from `lorakit.benchmark.method_grid`,
-# hyperparameters chosen on validation by `lorakit.evaluate.select_and_report`, reported on test, and
-# summarised by `lorakit.benchmark.summary_rows`.
+# each adapter scored alone (the normalizer), each method's grid from `lorakit.benchmark.method_grid`
+# (a λ grid; TIES' density is fixed there, not searched), λ chosen on validation by
+# `lorakit.evaluate.select_and_report`, reported on test, and summarised by
+# `lorakit.benchmark.summary_rows`.
 
 # %%
 from lorakit.benchmark import method_grid, resolve_method, summary_rows

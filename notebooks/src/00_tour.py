@@ -14,10 +14,22 @@
 # | 03 | magnitude variance | LoRA vs full fine-tuning magnitudes; variance vs merged accuracy |
 # | 04 | OSRM | choose $A$ before fine-tuning so that task $t$'s update leaves task $j$'s features alone |
 # | 05 | DO-Merging | decouple magnitude and direction; orthogonalise the factors; the ablation |
-# | 06 | full merges | the whole benchmark, with reference results from a GPU run |
+# | 06 | full merges | the whole benchmark live, beside the committed `cpu`-profile reference runs |
 #
 # The `lorakit` package holds every equation in one function; each notebook derives it, checks
 # it with an `assert`, then runs it for real.
+#
+# **Reference results** committed under `data/reference/`, all made on a 2-core CPU machine:
+# `cpu-cpu-2026-11-23` (the full `cpu`-profile benchmark that notebook 06 shows) and its twin
+# `cpu-cpu-2026-11-23-per-task-seeds` (the same run with each task's adapter trained from its own
+# seed); `magnitude_variance_cpu.json` (notebook 03's task-group analysis at `cpu` size); and the
+# merge-engine timings `bench-cpu-20261123` and `bench-cpu-2026-12-02`, the latter with a measured
+# TIES merge over all 32 layers of Llama-3-8B-shaped synthetic adapters. Each folder's `RUN.md`
+# names the machine, the versions and the exact command. **No GPU run has been made yet**; the
+# README's *Reference results* section says how to make one.
+#
+# Runtime: `ci` well under a minute (it trains two small adapters, cached afterwards) · `cpu` not
+# measured · `gpu` not measured.
 
 # %% [markdown]
 # ## Run profiles

@@ -6,7 +6,7 @@
 # implementation (`lorakit.merge`) and, where one exists, against peft's (`peft.utils.merge_utils`);
 # why you must merge the products $\Delta W_i = s_i B_i A_i$ and not the factors $A_i$, $B_i$
 # separately, measured on peft's own `add_weighted_adapter`; and all four methods run on three real
-# adapters, with hyperparameters chosen on validation and normalized accuracy reported on test.
+# adapters, with λ chosen on validation and normalized accuracy reported on test.
 #
 # Notation (notebook 01): for one adapted Linear layer and task $i = 1 \dots N$,
 # $\Delta W_i = s_i B_i A_i \in \mathbb{R}^{d_\text{out} \times d_\text{in}}$ with
@@ -14,6 +14,8 @@
 # A merge maps $\{\Delta W_i\}$ to one $\Delta W^*$ per layer; the merged model is $W_0 + \Delta W^*$, and
 # each task keeps its own classification head. Cells whose printed output the text cites carry
 # `# NBVAL_CHECK_OUTPUT`.
+#
+# Runtime: `ci` a few minutes · `cpu` not measured · `gpu` not measured.
 
 # %%
 from lorakit.nb import setup
@@ -341,8 +343,10 @@ for name in ("task_arithmetic", "ties", "dare", "knots"):
 #
 # The profile's tasks (in `ci` three: subjectivity, 2016 election tweets, Reuters R8 topics), one LoRA
 # adapter each on the packaged MiniLM (cached on disk and shared with the other notebooks). Each merge's
-# hyperparameters are chosen on the **validation** split by the mean normalized accuracy
-# (`select_and_report`, over `method_grid`), and the chosen merge is scored once on **test**:
+# $\lambda$ is chosen on the **validation** split by the mean normalized accuracy (`select_and_report`,
+# over `method_grid`), and the chosen merge is scored once on **test**. Only $\lambda$ is searched:
+# `lorakit.benchmark.method_grid` fixes TIES' and KnOTS' density at 0.2 and DARE's drop rate at 0.5
+# (the `chosen` column of the table below shows them), the same for every profile and in `lorakit run`.
 #
 # $$ \text{normalized}_t = \frac{\text{acc}_t(W_0 + \Delta W^*,\ \text{head}_t)}{\text{acc}_t(W_0 + \Delta W_t,\ \text{head}_t)}. $$
 
@@ -497,7 +501,8 @@ print(f"Averaging the factors instead of the products changes the average normal
 # ## 7. Explorer: λ and density against merged accuracy
 #
 # A table shows one chosen point per method; the slider shows how each task moves as λ (and TIES'
-# density) changes — the trade-off the validation split arbitrates. The grid is precomputed: the
+# density) changes. The validation split arbitrates λ; the density was fixed in the selection, so the
+# second density here shows what that choice leaves out. The grid is precomputed: the
 # validation curves from `select_and_report` above, plus TIES at a second density. Nothing is
 # re-evaluated when you move a slider. TIES gets a wider grid than the selection used — λ up to 1.5
 # (its disjoint *mean* does not grow with the number of tasks the way a sum does, so its best λ tends to

@@ -11,6 +11,9 @@
 # Paper: *Unraveling LoRA Interference: Orthogonal Subspaces for Robust Model Merging* (OSRM,
 # ACL 2025), code `illidanlab/OSRM`. Every equation below is followed by a code cell that checks it.
 # Cells whose printed output the text cites carry `# NBVAL_CHECK_OUTPUT`.
+#
+# Runtime: `ci` a few minutes (it trains three sets of adapters: standard, OSRM, OSRM with $A$ frozen) ·
+# `cpu` not measured · `gpu` not measured.
 
 # %%
 from lorakit.nb import setup
@@ -106,7 +109,19 @@ print(f"⟨ΔW1, ΔW2'⟩_F = {float((ex.dW1 * dW2_blind).sum())} | ΔW2' h1 = {
 # $\lambda_1\le\dots\le\lambda_d$, every $A$ with orthonormal rows has
 # $\operatorname{tr}(A G A^\top) \ge \lambda_1+\dots+\lambda_r$.
 #
-# **Step 3, the minimiser.** Equality holds for $A$ = the eigenvectors of $\lambda_1..\lambda_r$, as rows,
+# *Proof.* Write $G = \sum_{k=1}^{d} \lambda_k v_k v_k^\top$ with orthonormal eigenvectors $v_k$ and put
+# $w_k = \lVert A v_k\rVert^2$, so that $\operatorname{tr}(A G A^\top) = \sum_k \lambda_k \lVert A v_k\rVert^2 = \sum_k \lambda_k w_k$.
+# Since $A A^\top = I_r$, $A^\top A$ is an orthogonal projector, so $0 \le w_k = v_k^\top A^\top A\, v_k \le 1$, and
+# $\sum_k w_k = \operatorname{tr}(A^\top A) = \lVert A\rVert_F^2 = r$. The sum $\sum_k \lambda_k w_k$ is smallest when the
+# weight $r$ sits on the smallest eigenvalues, at most 1 on each: moving weight to a smaller $\lambda_k$ can
+# only lower it. In one line, using $w_k - 1 \le 0$ and $\lambda_k \le \lambda_r$ for $k \le r$, $w_k \ge 0$ and
+# $\lambda_k \ge \lambda_r$ for $k > r$:
+#
+# $$ \sum_k \lambda_k w_k - \sum_{k\le r} \lambda_k = \sum_{k\le r} \lambda_k (w_k - 1) + \sum_{k>r} \lambda_k w_k
+#    \;\ge\; \lambda_r \Big(\sum_k w_k - r\Big) = 0 .$$
+#
+# **Step 3, the minimiser.** Equality holds when $A$'s rows span $v_1, \dots, v_r$ ($w_k = 1$ for $k \le r$, 0
+# beyond): for $A$ = the eigenvectors of $\lambda_1..\lambda_r$, as rows,
 # and for any rotation $QA$ ($Q$ orthogonal $r\times r$). A scale $1/(k-1)$ on $G$ (a "covariance") does
 # not move the minimiser. The same rows are the right singular vectors of $H$ with the smallest
 # singular values; when $k < d_\text{in}$ they are any basis of $H$'s null space. (4.4)
@@ -159,8 +174,14 @@ print(f"best of 100 random orthonormal A: {lower / best:,.0f}× worse | top eige
 # objective (4.2) does not: with features $h = \mu + \text{noise}$, the interference is
 # $s B A h = s B A\mu + s B A\,\text{noise}$, and the mean part shifts *every* input of the other task.
 # If $\mu$ lies along a direction of little variance, the centred covariance ranks that direction
-# among the smallest, OSRM picks it, and $A\mu \ne 0$. The uncentered Gram $H^\top H \approx
-# k\,\mu\mu^\top + \text{covariance}$ sees the mean and avoids it. Real transformer features have large
+# among the smallest, OSRM picks it, and $A\mu \ne 0$. The uncentered Gram sees the mean: for the $k$ rows
+# $h_n$ of $H$ with mean $\mu = \frac1k \sum_n h_n$ and sample covariance
+# $\hat\Sigma = \frac{1}{k-1}\sum_n (h_n - \mu)(h_n - \mu)^\top$, exactly
+#
+# $$ H^\top H = \sum_n h_n h_n^\top = k\,\mu\mu^\top + (k-1)\,\hat\Sigma $$
+#
+# (write $h_n = \mu + (h_n - \mu)$; the cross terms vanish because the centred rows sum to 0), so a direction
+# with a large mean component has a large Rayleigh quotient and OSRM avoids it. Real transformer features have large
 # means (outlier dimensions), so this matters: lorakit uses the uncentered Gram.
 
 # %%
@@ -432,9 +453,10 @@ print(f"predicted mean R for frozen OSRM subspaces {float(R_pred[off].mean()):.2
 # ## 7. Merged accuracy: standard vs OSRM, task arithmetic and TIES
 #
 # This is the code path of `lorakit run`: one `Evaluator` (base model, each task's val/test split),
-# each adapter scored alone (the normalizer), each method's grid from `lorakit.benchmark.method_grid`,
-# hyperparameters chosen on validation by `lorakit.evaluate.select_and_report`, reported on test, and
-# summarised by `lorakit.benchmark.summary_rows`.
+# each adapter scored alone (the normalizer), each method's grid from `lorakit.benchmark.method_grid`
+# (a λ grid; TIES' density is fixed there, not searched), λ chosen on validation by
+# `lorakit.evaluate.select_and_report`, reported on test, and summarised by
+# `lorakit.benchmark.summary_rows`.
 
 # %%
 from lorakit.benchmark import method_grid, resolve_method, summary_rows
@@ -545,8 +567,9 @@ print(f"- λ curve (max − min over λ ∈ {lam_curve}, validation): OSRM {spre
 # little of the other tasks' held-out features (section 4, asserted). Whether that helps the merge is
 # decided by two numbers printed above: how much of its *own* task each subspace sees (section 4), and
 # how far training moves $A_t$ (section 6). A difference within one standard error is not evidence of
-# a gain or a loss: with a few hundred test examples per task, the ci profile can only detect large
-# effects. The paper's large gains (RoBERTa-large,
+# a gain or a loss: the `ci` profile scores a little over a hundred test examples per task
+# (`P.test_examples`; the `cpu` profile a few hundred), so it can only detect large effects — the
+# standard errors printed above say how large. The paper's large gains (RoBERTa-large,
 # 8 GLUE tasks, 10 epochs; +6.5 points for task arithmetic according to a secondary source) come from a
 # much larger setting than the ci profile; the cpu and gpu profiles, and notebook 06's reference run,
 # test the claim at larger scale.

@@ -18,6 +18,9 @@
 # Every equation is followed by a code cell that checks it numerically (an `assert`). Cells whose
 # printed output the text cites carry `# NBVAL_CHECK_OUTPUT`. The real run in section 4 prints
 # its verdict from its own numbers.
+#
+# Runtime: `ci` ≈ 1.5 min (90 s in a CI run on a 2-core machine) · `cpu` not measured · `gpu` not
+# measured.
 
 # %%
 from lorakit.nb import setup
@@ -208,9 +211,11 @@ print(f"relative difference between the two merged updates: {float(diff):.3f}")
 #    \quad (d_\text{out} \times r). \tag{5.5}$$
 #
 # Two consequences: factors that are already orthogonal ($C_{ij} = 0$ at $\delta = 0$) have zero
-# gradient, so they stay exactly as they are; and since gradient descent never lets the loss
-# rise above its start, $\gamma \sum_i \lVert \delta_i \rVert_F^2 \le L(0) = C_0$, the cross term
-# before. The cell checks (5.5) against autograd at a random point, for both sides, and checks
+# gradient, so they stay exactly as they are; and if the loss never rises above its start, then
+# $\gamma \sum_i \lVert \delta_i \rVert_F^2 \le L(\delta) \le L(0) = C_0$, the cross term before. Plain
+# gradient descent with a fixed step does not guarantee that: a step that is too large overshoots
+# and can raise the loss. lorakit's safeguard (section 3b: a step that would raise the loss is
+# undone and the step halved) is what makes its loss history non-increasing, and so the bound hold. The cell checks (5.5) against autograd at a random point, for both sides, and checks
 # `factor_cross_terms` (the $r\times r$ blocks of (5.4)).
 
 # %%
@@ -256,10 +261,14 @@ print("cross terms are r × r:", tuple(crossA[(0, 1)].shape), "| already orthogo
 # ## 3b. Gradient descent by hand, and lorakit's `orthogonalize_factors`
 #
 # Plain gradient descent from $\delta = 0$: $\delta \leftarrow \delta - \eta\, \nabla L$, on the normalised
-# factors $N_i$. `orthogonalize_factors(..., optimizer="gd", lr=η)` does exactly this, with two
+# factors $N_i$. `orthogonalize_factors(..., optimizer="gd", lr=η)` does exactly this. It evaluates
+# (5.5) in closed form (no autograd) and, since every gradient is a combination of the rows of the
+# stacked factors and $\delta$ starts at 0, it runs the descent in the coordinates of that row space
+# (docs/methods.md §3.3): the same steps, in far fewer numbers. It adds two
 # safeguards: a step that would raise the loss is undone and $\eta$ halved (`report.rejected` counts
 # those), and the run stops early once the gradient vanishes or $\eta$ has been halved more than twenty times.
-# Five hand-written steps must give lorakit's factors and loss history when no step was rejected.
+# Five hand-written steps in the full $d_\text{in}$ coordinates must give lorakit's factors and loss history
+# (to 1e-12) when no step was rejected.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -286,8 +295,9 @@ print("5 GD steps by hand == orthogonalize_factors(optimizer='gd'):", True)
 print("loss:", [round(v, 4) for v in hist])
 
 # %% [markdown]
-# Now the full runs: lorakit's default (Adam, 200 steps, γ = 1) and plain GD (lr 0.1, 200 steps) on
-# the same three $A$ factors, with the cross term and the relative perturbation
+# Now the full runs: lorakit's default (Adam with one second moment per row of the stacked factors,
+# so it acts the same in any basis of their row space; at most 200 steps, γ = 1) and plain GD
+# (lr 0.1, at most 200 steps) on the same three $A$ factors, with the cross term and the relative perturbation
 # $\rho_i = \lVert \hat A_i - A_i \rVert_F / \lVert A_i \rVert_F$ before and after. The check
 # $\sum_i r\,\rho_i^2 \le C_0/\gamma$ is the bound above, in the original units.
 
@@ -367,6 +377,17 @@ assert result["in"][0] < 1e-12 and result["in"][1] > 1e-3      # "in" keeps the 
 assert result["out"][1] < 1e-12 and result["out"][0] > 1e-3    # "out" keeps the A-side orthogonality only
 
 # %% [markdown]
+# **Parameter space is not data space (notebook 04).** Everything in section 3 is data-free. The
+# orthogonalisation makes the factors' cross terms $\hat A_i \hat A_j^\top$ and $\hat B_i^\top \hat B_j$ small,
+# and with them the overlap of the dense updates in parameter space. Notebook 04 (section 2, (4.1a))
+# showed that this is not the same as removing interference: what task $j$'s update does to task $i$
+# is $\Delta W_j H_i^\top = s_j B_j (A_j H_i^\top)$, and it depends on where task $i$'s features lie. Rows
+# of $A_j$ orthogonal to the $r$ rows of $A_i$ can still read much of $H_i$, because task $i$'s features are
+# not confined to the row space of $A_i$. So DO's step does not by itself make $\Delta W_j H_i^\top$
+# small; notebook 04's interference ratio (4.5) is the data-side measure, and only data can compute
+# it. What the orthogonalisation does remove is most of the factor overlap that adapters trained
+# from one seed share (section 4a below).
+#
 # ## 4. The real thing: real adapters, four cells, two base methods
 #
 # The profile's tasks, one LoRA adapter each (`train_adapter(task, P)`, cached and shared with the

@@ -6,6 +6,10 @@
 # full `cpu`-profile run (and of a `gpu`-profile run where one was made). Then a check, claim by
 # claim, of what the two papers say against what these tasks show.
 #
+# Runtime: `ci` ≈ 2 min (111 s in a CI run on a 2-core machine) · `cpu` ≈ 21 min with the 12
+# adapters cached (the reference run's `RUN.md`), plus about 14 min to train them first (the
+# per-task-seeds run's `RUN.md`, one thread) · `gpu` not measured.
+#
 # ## The benchmark's design
 #
 # * **One adapter per task** (LoRA $r=8$, $\alpha=16$ on `query`/`value` of the packaged
@@ -18,9 +22,11 @@
 # * **Normalized accuracy**: merged accuracy ÷ the task's own adapter's accuracy. Tasks differ in
 #   difficulty and number of classes (2 to 20), so raw accuracies cannot be averaged fairly; the
 #   ratio asks "how much of what the adapter learned survives the merge?".
-# * **Validation for choosing, test for reporting**: λ (and density, drop rate) are chosen on a
-#   validation split and reported on a separate test split. Choosing on the reported split would
-#   flatter every method (docs/methods.md §5.4: GLUE practice often does exactly that).
+# * **Validation for choosing, test for reporting**: λ is chosen on a validation split and the
+#   merge reported on a separate test split. Choosing on the reported split would flatter every
+#   method (docs/methods.md §5.4: GLUE practice often does exactly that). Only λ is searched:
+#   `lorakit.benchmark.method_grid` fixes the density of TIES and KnOTS at 0.2 and DARE's drop rate
+#   at 0.5, and DO-TIES and DO-DARE take the same fixed values for their directions.
 # * **Seeds**: a merge result depends on the adapters, which depend on the training seed; the
 #   `gpu` profile repeats everything over 3 seeds and reports mean ± std.
 #
@@ -72,6 +78,15 @@ Markdown(format_table(live))
 # Full runs are committed under `data/reference/<profile>-<device>-<date>/` with their
 # `results.json`, `results.md`, figures and a `RUN.md` that names the machine, the date, the
 # package versions and the exact command. They are **not** re-run here; the cell below loads them.
+# No `gpu`-profile run has been committed yet; the cell shows one where it exists, else the `cpu`
+# reference.
+#
+# In these tables (and in the live one above) the **individual** column is the task's single-task
+# test accuracy averaged over *every* adapter of the run, both inits (standard and OSRM) and all seeds
+# (`individual_accuracy` in `results.json`), not the standard init's alone. Each merged row's
+# normalized accuracy divides by the adapters of its own init and seed, and the "mean individual
+# accuracy (standard init)" printed further down uses the standard adapters only
+# (`lorakit.reference.mean_individual`).
 
 # %%
 # NBVAL_CHECK_OUTPUT

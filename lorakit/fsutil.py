@@ -25,15 +25,21 @@ def temp_sibling(out: str | os.PathLike, overwrite: bool = True) -> tuple[Path, 
     anything is written; an unwritable parent is a one-line error too.
     """
     out = Path(out)
+    return out, _make_temp(out, overwrite, "output folder",
+                           lambda parent: Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent)))
+
+
+def _make_temp(out: Path, overwrite: bool, what: str, make) -> Path:
+    """``make(parent)`` beside ``out`` after the checks both writers share: ``out`` must not exist
+    unless ``overwrite``, and its folder must be creatable and writable (one-line errors)."""
     if out.exists() and not overwrite:
-        raise LorakitError(f"{out} already exists; choose another output folder or pass overwrite")
+        raise LorakitError(f"{out} already exists; choose another {what} or pass overwrite")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        return make(parent)
     except OSError as exc:
-        raise LorakitError(f"cannot write to {parent} ({exc.strerror}); choose a writable output folder") from None
-    return out, tmp
+        raise LorakitError(f"cannot write to {parent} ({exc.strerror}); choose a writable {what}") from None
 
 
 def commit_folder(tmp: Path, out: Path) -> None:
@@ -86,16 +92,13 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     existing ``out`` before anything is written; an unwritable folder is a one-line error.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise LorakitError(f"{out} already exists; choose another output file or pass overwrite")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
+
+    def make(parent: Path) -> Path:
         fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=parent)
-    except OSError as exc:
-        raise LorakitError(f"cannot write to {parent} ({exc.strerror}); choose a writable location") from None
-    os.close(fd)
-    tmp = Path(name)
+        os.close(fd)
+        return Path(name)
+
+    tmp = _make_temp(out, overwrite, "output file", make)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the permissions open() would

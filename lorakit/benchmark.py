@@ -21,14 +21,22 @@ import torch
 from . import __version__
 from .analysis import magnitude_variance
 from .errors import LorakitError
-from .evaluate import Evaluator, mean, select_and_report
+from .evaluate import Evaluator, accuracies, mean, select_and_report
 from .fsutil import atomic_folder
 from .lora import LoRAUpdate
 from .merge import METHODS, merge_adapters, resolve_variant, variant_base
 from .osrm import osrm_init_for_tasks
 from .profiles import Profile, apply_threads, get_profile
 # Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
-from .results import format_table, lambda_curve, load_results, machine_description, run_note, summary_rows  # noqa: F401
+from .results import (  # noqa: F401
+    encode_correct,
+    format_table,
+    lambda_curve,
+    load_results,
+    machine_description,
+    run_note,
+    summary_rows,
+)
 from .tasks import TaskData, get_card, load_task
 from .train import TrainedAdapter, task_seed, train_all
 
@@ -169,10 +177,12 @@ def _score_individual(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapte
     """Each adapter alone on validation and test (the normalizer); recorded in ``task_info``."""
     t0 = time.perf_counter()
     ind_val = evaluator.individual(adapters, "val")
-    ind_test = evaluator.individual(adapters, "test")
+    ind_correct = evaluator.correct_tasks(lambda t: adapters[t].deltas, adapters, "test")
+    ind_test = accuracies(ind_correct)
     timings["eval_seconds"] += time.perf_counter() - t0
     for t in tasks:
         task_info[t]["individual"].append({"init": init, "seed": seed, "test": ind_test[t], "val": ind_val[t],
+                                           "test_correct": encode_correct(ind_correct[t]),
                                            "train_seconds": adapters[t].metrics.get("seconds")})
     log(f"[{init} seed {seed}] individual test accuracy: " + ", ".join(f"{t} {ind_test[t]:.3f}" for t in tasks))
     return ind_val, ind_test

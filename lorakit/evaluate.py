@@ -23,9 +23,14 @@ from .assets import load_base, load_tokenizer, quiet
 from .errors import LorakitError
 from .packed_bert import PackedBert, PackedSet, onednn_linear_works
 from .profiles import Profile, get_profile
-from .results import mean
+from .results import encode_correct, mean
 from .tasks import TaskData, load_task
 from .train import TrainedAdapter, encode_texts, predict
+
+
+def accuracies(correct: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Per task, the mean of its per-example correctness (NaN for an empty split)."""
+    return {t: float(c.float().mean()) if len(c) else float("nan") for t, c in correct.items()}
 
 
 def normalized_accuracy(merged: Mapping[str, float], individual: Mapping[str, float]) -> dict[str, float]:
@@ -38,6 +43,7 @@ class EvalSet:
     encodings: dict[str, torch.Tensor]
     labels: torch.Tensor
     packed: "PackedSet | None" = None  # the padding-free embedding output, filled on first use
+    order: torch.Tensor | None = None  # row i of the (length-sorted) set is example order[i] of the split
 
 
 class Evaluator:
@@ -81,7 +87,7 @@ class Evaluator:
         if len(texts) == 0:
             return EvalSet(enc, torch.tensor(labels, dtype=torch.long))
         order = torch.argsort(enc["attention_mask"].sum(1), stable=True)
-        return EvalSet({k: v[order] for k, v in enc.items()}, torch.tensor(labels)[order])
+        return EvalSet({k: v[order] for k, v in enc.items()}, torch.tensor(labels)[order], order=order)
 
     def _swap_head(self, head: Mapping[str, torch.Tensor]) -> None:
         weight, bias = head["classifier.weight"], head.get("classifier.bias")
@@ -116,13 +122,28 @@ class Evaluator:
 
     def score(self, deltas: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor], task: str, split: str = "test") -> float:
         """Accuracy of ``W_0 + ΔW`` with ``head`` on ``task``'s ``split``."""
+        right = self.correct(deltas, head, task, split)
+        return float(right.float().mean()) if len(right) else float("nan")
+
+    def correct(self, deltas: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor], task: str,
+                split: str = "test") -> torch.Tensor:
+        """Per example of ``task``'s ``split``, in the split's own order: is ``W_0 + ΔW`` with ``head`` right?
+
+        A bool vector of the split's length; its mean is :meth:`score`. The same example sits at the
+        same index in every call (and every run with the same split), so two methods' vectors pair.
+        """
         if (task, split) not in self.sets:
             raise LorakitError(f"task {task!r} is not in this evaluator; known: {', '.join(self.data)}")
         es = self.sets[(task, split)]
         self._check(deltas)
         packed = self._packed_set(deltas, es)
         preds = self._predict_packed(deltas, head, packed) if packed is not None else self._predict_in_place(deltas, head, es)
-        return float((preds == es.labels).float().mean()) if len(es.labels) else float("nan")
+        right = preds == es.labels
+        if es.order is None:
+            return right
+        unsorted = torch.empty_like(right)
+        unsorted[es.order] = right
+        return unsorted
 
     def _predict_packed(self, deltas: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor], packed: PackedSet) -> torch.Tensor:
         """Predictions of the packed path, chunks of about ``eval_batch_size × max_length`` tokens."""
@@ -166,10 +187,15 @@ class Evaluator:
     def score_tasks(self, deltas_for: Callable[[str], Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
                     adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, float]:
         """Accuracy per task; ``deltas_for`` is one merged ΔW dict, or a function of the task."""
+        return accuracies(self.correct_tasks(deltas_for, adapters, split))
+
+    def correct_tasks(self, deltas_for: Callable[[str], Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+                      adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, torch.Tensor]:
+        """:meth:`correct` per task; ``deltas_for`` is one merged ΔW dict, or a function of the task."""
         out = {}
         for task, adapter in adapters.items():
             deltas = deltas_for(task) if callable(deltas_for) else deltas_for
-            out[task] = self.score(deltas, adapter.head, task, split)
+            out[task] = self.correct(deltas, adapter.head, task, split)
         return out
 
     def individual(self, adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, float]:
@@ -201,7 +227,8 @@ def select_and_report(
     λ above 1; the extra points are marked ``"extended": True`` in the curve.
 
     Returns a record with ``params``, ``curve`` (per grid point: mean normalized validation accuracy,
-    and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point,
+    and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point and
+    ``test_correct`` (its per-example correctness, :func:`lorakit.results.encode_correct`),
     ``normalized``, ``avg_accuracy``, ``avg_normalized``. Without ``test_curve`` the test split is
     scored once, at the chosen point.
     """
@@ -219,7 +246,8 @@ def select_and_report(
         point = {"params": dict(params), "val_normalized": mean(normalized_accuracy(val, individual_val).values()),
                  "val_accuracy": val}
         if test_curve:
-            test = evaluator.score_tasks(deltas, adapters, "test")
+            correct = evaluator.correct_tasks(deltas, adapters, "test")
+            test = accuracies(correct)
             point["test_normalized"] = mean(normalized_accuracy(test, individual_test).values())
             point["test_accuracy"] = test
         if extensions:
@@ -227,19 +255,21 @@ def select_and_report(
         curve.append(point)
         if point["val_normalized"] > best_score:
             best, best_score = params, point["val_normalized"]
-            best_test = point.get("test_accuracy")
+            best_test = correct if test_curve else None
             best_deltas = None if test_curve else deltas
         if not pending and extensions < extend_edges:
             more = edge_extension(best, [c["params"] for c in curve])
             if more is not None:
                 pending.append(more)
                 extensions += 1
-    test = best_test if best_test is not None else evaluator.score_tasks(best_deltas, adapters, "test")
+    correct = best_test if best_test is not None else evaluator.correct_tasks(best_deltas, adapters, "test")
+    test = accuracies(correct)
     normalized = normalized_accuracy(test, individual_test)
     return {
         "params": dict(best),
         "val_normalized": best_score,
         "accuracy": test,
+        "test_correct": {t: encode_correct(c) for t, c in correct.items()},
         "normalized": normalized,
         "avg_accuracy": mean(test.values()),
         "avg_normalized": mean(normalized.values()),

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from lorakit.cli import main
+from lorakit.results import decode_correct, record_correct
 
 
 def run_cli(*args, env=None):
@@ -91,6 +92,12 @@ def test_tiny_run_writes_results(tmp_path):
     assert rec["avg_normalized"] == pytest.approx(
         sum(rec["accuracy"][t] / res["tasks"][t]["individual"][0]["test"] for t in rec["accuracy"]) / 2)
     assert {"train_seconds", "eval_seconds", "merge_seconds", "total_seconds"} <= set(res["timings"])
+    for t in rec["accuracy"]:  # per-example predictions, in the split's order, re-testable later
+        merged = record_correct(rec, t)
+        alone = decode_correct(res["tasks"][t]["individual"][0]["test_correct"])
+        assert len(merged) == len(alone) == res["tasks"][t]["n_test"]
+        assert merged.mean() == pytest.approx(rec["accuracy"][t], abs=1e-12)
+        assert alone.mean() == pytest.approx(res["tasks"][t]["individual"][0]["test"], abs=1e-12)
     assert (out / "results.md").read_text().startswith("# lorakit run")
     assert (out / "normalized_accuracy.png").stat().st_size > 1000
     for fig in ("per_task_heatmap.png", "variance_vs_accuracy.png", "lambda_curves.png"):

@@ -107,3 +107,26 @@ def test_compare_runs_puts_runs_side_by_side():
     assert run_setting(a, "task_seeds", "shared") == "per_task"
     with pytest.raises(LorakitError):
         compare_runs({})
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 400, 401])
+def test_per_example_correctness_round_trips(n):
+    import numpy as np
+
+    from lorakit.results import decode_correct, encode_correct
+
+    bits = np.random.default_rng(n).random(n) < 0.6
+    encoded = encode_correct(bits)
+    assert encoded["n"] == n and len(encoded["bits"]) <= 4 * ((n + 7) // 8 + 2) // 3 + 4  # 8 examples a byte
+    assert np.array_equal(decode_correct(json.loads(json.dumps(encoded))), bits)
+
+
+def test_malformed_per_example_correctness_is_a_one_line_error():
+    from lorakit.results import decode_correct, record_correct
+
+    with pytest.raises(LorakitError, match="re-run the benchmark"):
+        decode_correct({"n": 20, "bits": "AA=="})  # 8 bits for 20 examples
+    with pytest.raises(LorakitError, match="malformed"):
+        decode_correct({"bits": "AA=="})
+    with pytest.raises(LorakitError, match="no per-example predictions"):
+        record_correct({"accuracy": {}}, "t")

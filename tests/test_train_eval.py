@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,6 +152,11 @@ class CurveEvaluator:
     def score_tasks(self, lam, adapters, split="test"):
         self.calls.append((lam, split))
         return {t: self.f(lam) for t in adapters}
+
+    def correct_tasks(self, lam, adapters, split="test"):
+        """A one-element "correctness" whose mean is f(λ) (select_and_report reads test through this)."""
+        self.calls.append((lam, split))
+        return {t: torch.tensor([self.f(lam)], dtype=torch.float64) for t in adapters}
 
 
 def _select(f, grid, extend):
@@ -373,3 +379,28 @@ def test_cached_embedding_output_follows_in_place_changes_to_the_embeddings(ci_a
     changed = ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "val")
     assert ev.sets[("rt_subjectivity", "val")].packed.embeddings is not cached
     assert changed == _old_score(ev, adapter.deltas, adapter.head, "rt_subjectivity", "val")[0] != first
+
+
+def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
+    """``correct`` un-sorts the length-sorted set: index i is the split's example i, as HF predicts it."""
+    from lorakit.assets import load_base, load_tokenizer
+    from lorakit.results import decode_correct, encode_correct
+    from lorakit.train import encode_texts, predict
+
+    task = "rt_subjectivity"
+    adapter = ci_adapters[task]
+    ev = Evaluator([task], "ci")
+    right = ev.correct(adapter.deltas, adapter.head, task, "test")
+    texts, labels = ev.data[task].test
+    assert right.dtype == torch.bool and len(right) == len(labels)
+    assert float(right.float().mean()) == ev.score(adapter.deltas, adapter.head, task, "test")
+    assert not torch.equal(ev.sets[(task, "test")].order, torch.arange(len(labels)))  # the set really is re-ordered
+    model = load_base("minilm", num_labels=adapter.head["classifier.weight"].shape[0]).eval()
+    with torch.no_grad():
+        for name, delta in adapter.deltas.items():
+            model.get_submodule(name).weight.add_(delta)
+        model.classifier.weight.copy_(adapter.head["classifier.weight"])
+        model.classifier.bias.copy_(adapter.head["classifier.bias"])
+    preds = predict(model, encode_texts(load_tokenizer("minilm"), texts, ev.profile.max_length), 32, "cpu")
+    assert torch.equal(right, preds == torch.tensor(labels))  # example by example, in the split's order
+    assert np.array_equal(decode_correct(encode_correct(right)), right.numpy())

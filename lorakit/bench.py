@@ -33,6 +33,7 @@ import torch
 from .lora import LoRAUpdate
 from .timing import median_time, peak_memory, reset_peak, timed
 from .merge import METHODS, merge_layer, orthogonalize_factors, resolve_params, resolve_variant
+from .merge.ortho import ORTHO_OPTIONS
 
 #: (d_out, d_in) of the LoRA-adapted Linear layers of one Llama-3-8B decoder layer.
 LLAMA3_8B_SHAPES: dict[str, tuple[int, int]] = {
@@ -113,7 +114,7 @@ def resolve_bench_method(name: str, params: Mapping[str, Mapping[str, Any]] | No
 
 
 def _ortho_options(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: resolved[k] for k in ("gamma", "steps", "lr", "optimizer", "normalize_factors")}
+    return {k: resolved[k] for k in ORTHO_OPTIONS}
 
 
 def _ortho_inputs(updates: Sequence[LoRAUpdate]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

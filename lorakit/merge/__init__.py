@@ -49,6 +49,7 @@ from .ortho import (
     ORTHO_GTOL,
     ORTHO_LR,
     ORTHO_MIN_STEP,
+    ORTHO_OPTIONS,
     ORTHO_STEPS,
     OrthoReport,
     factor_cross_terms,
@@ -73,7 +74,7 @@ __all__ = [
     "variant_base", "variant_names", "compute_dtype", "dare_drop", "disjoint_mean", "elect_sign",
     "stack_deltas", "trim_topk", "task_arithmetic_dense", "task_arithmetic_merge", "ties_dense", "ties_merge",
     "dare_dense", "dare_merge", "KnotsBasis", "knots_basis", "knots_merge", "ORTHO_GAMMA", "ORTHO_GTOL",
-    "ORTHO_LR", "ORTHO_MIN_STEP", "ORTHO_STEPS", "OrthoReport", "factor_cross_terms", "orthogonalize_factors",
+    "ORTHO_LR", "ORTHO_MIN_STEP", "ORTHO_OPTIONS", "ORTHO_STEPS", "OrthoReport", "factor_cross_terms", "orthogonalize_factors",
     "EPS", "DOReport", "decouple", "decouple_update", "do_merge", "do_merge_with_report",
     "orthogonalize_adapters", "orthogonalize_updates", "recompose", "merge_adapter_folders",
 ]

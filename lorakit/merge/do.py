@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..analysis import column_magnitudes, norm_dim
 from ..lora import LoRAUpdate, check_compatible
-from .ortho import ORTHO_GAMMA, ORTHO_LR, ORTHO_STEPS, OrthoReport, orthogonalize_factors
+from .ortho import ORTHO_GAMMA, ORTHO_LR, ORTHO_OPTIONS, ORTHO_STEPS, OrthoReport, orthogonalize_factors
 from .registry import BASE_PARAMS, METHODS, is_bool, is_int, is_real, register
 
 #: Column norms at or below this are treated as zero columns (their direction is 0, not NaN).
@@ -185,9 +185,7 @@ def prepare_do(
     ``orthogonalize=False`` in ``params`` nothing is done. Takes DO's parameters (the ortho ones
     are used: γ, steps, lr, optimizer, normalize_factors; defaults as registered).
     """
-    options = {k: params.get(k, default) for k, default in
-               (("gamma", ORTHO_GAMMA), ("steps", ORTHO_STEPS), ("lr", None), ("optimizer", "adam"),
-                ("normalize_factors", True))}
+    options = {k: params[k] for k in ORTHO_OPTIONS if k in params}  # the rest: orthogonalize_updates' defaults
     if not params.get("orthogonalize", True):
         return [dict(ad) for ad in adapters], {}
     return orthogonalize_adapters(adapters, **options)[0], {"orthogonalize": False}

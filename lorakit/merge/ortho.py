@@ -86,6 +86,8 @@ ORTHO_LR = {"adam": 0.05, "gd": 0.1}
 ORTHO_GTOL = 1e-12
 #: Stop early once rejected steps have halved the step size below this fraction of the first one.
 ORTHO_MIN_STEP = 2.0**-20
+#: The options of :func:`orthogonalize_factors` that DO-Merging exposes as its own parameters.
+ORTHO_OPTIONS = ("gamma", "steps", "lr", "optimizer", "normalize_factors")
 
 
 class _Problem(NamedTuple):

@@ -24,7 +24,7 @@ from .errors import LorakitError
 from .evaluate import Evaluator, accuracies, mean, select_and_report
 from .fsutil import atomic_folder
 from .lora import LoRAUpdate
-from .merge import METHODS, merge_adapters, resolve_variant, variant_base
+from .merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from .osrm import osrm_init_for_tasks
 from .profiles import Profile, apply_threads, get_profile
 # Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
@@ -44,9 +44,11 @@ Log = Callable[[str], object]
 
 
 def method_grid(method: str, profile: Profile) -> list[dict]:
-    """Hyperparameter points tried on validation for ``method`` (λ from the profile).
+    """Hyperparameter points of the λ search on validation for ``method`` (λ from the profile).
 
-    A DO-Merging name (``do``, ``do_ties``, …) gets its base method's grid with ``base`` set.
+    The second hyperparameter sits at its default here (density 0.2, drop rate 0.5; DO's γ as
+    registered); :func:`method_refine` tries others at the chosen λ. A DO-Merging name (``do``,
+    ``do_ties``, …) gets its base method's grid with ``base`` set.
     """
     lams = list(profile.lam_grid)
     grids = {
@@ -62,6 +64,29 @@ def method_grid(method: str, profile: Profile) -> list[dict]:
         base = variant_base(method)
         return [dict(p, base=base) for p in grids.get(base, [{"lam": lam} for lam in lams])]
     return [{"lam": lam} for lam in lams]
+
+
+#: the hyperparameter each method tunes in the second stage of its search (Profile.tune_grid); "lam" = λ × factor
+SECOND_PARAM = {"ties": "density", "knots": "density", "dare": "drop_rate", "do_ties": "density",
+                "do_dare": "drop_rate", "do": "gamma"}
+
+
+def method_refine(method: str, profile: Profile):
+    """The second stage of ``method``'s search: a function ``chosen point → points to try`` (or None).
+
+    Every method gets the same number of extra validation points (the profile's ``tune_grid`` holds
+    two values per hyperparameter): its :data:`SECOND_PARAM` at those values, at the chosen λ; a
+    method with λ alone (task arithmetic and the other methods not listed) tries λ × the ``lam``
+    factors instead. Equal budgets keep a baseline from losing only because it was searched less.
+    """
+    grid = dict(profile.tune_grid or {})
+    key = SECOND_PARAM.get(method, "lam")
+    values = grid.get(key)
+    if not values:
+        return None
+    if key == "lam":
+        return lambda chosen: [dict(chosen, lam=round(chosen["lam"] * f, 4)) for f in values]
+    return lambda chosen: [dict(chosen, **{key: v}) for v in values]
 
 
 def resolve_method(method: str) -> tuple[str, dict]:
@@ -143,7 +168,7 @@ def _run(p: Profile, tasks: list[str], methods: list[str], inits: list[str], see
             mv = magnitude_variance([adapters[t].updates for t in tasks])
             adapter_stats.append({"init": init, "seed": seed, "magnitude_variance": mv})
             records += _merge_methods(evaluator, adapters, tasks, methods, p, init, seed, (ind_val, ind_test),
-                                      timings, log)
+                                      timings, log, task_info)
     for t in tasks:
         task_info[t]["individual_accuracy"] = mean(r["test"] for r in task_info[t]["individual"])
     return {
@@ -167,84 +192,125 @@ def _task_info(data: Mapping[str, TaskData]) -> dict[str, dict]:
     """Per task: majority baseline and split sizes; ``individual`` is filled in per (init, seed)."""
     return {
         t: {"majority": d.majority_baseline("test"), "n_test": len(d.test[1]), "n_val": len(d.val[1]),
-            "n_train": len(d.train[1]), "num_labels": d.num_labels, "individual": []}
+            "n_train": len(d.train[1]), "num_labels": d.num_labels, "individual": [], "floor": []}
         for t, d in data.items()
     }
 
 
 def _score_individual(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str], init: str,
                       seed: int, task_info: dict, timings: dict, log: Log) -> tuple[dict, dict]:
-    """Each adapter alone on validation and test (the normalizer); recorded in ``task_info``."""
+    """Each adapter alone on validation and test (the normalizer), and each task's head alone (the floor:
+    ``W_0`` with the trained head, λ = 0); recorded in ``task_info``."""
     t0 = time.perf_counter()
     ind_val = evaluator.individual(adapters, "val")
     ind_correct = evaluator.correct_tasks(lambda t: adapters[t].deltas, adapters, "test")
-    ind_test = accuracies(ind_correct)
+    floor_correct = evaluator.correct_tasks({}, adapters, "test")
+    ind_test, floor_test = accuracies(ind_correct), accuracies(floor_correct)
     timings["eval_seconds"] += time.perf_counter() - t0
     for t in tasks:
         task_info[t]["individual"].append({"init": init, "seed": seed, "test": ind_test[t], "val": ind_val[t],
                                            "test_correct": encode_correct(ind_correct[t]),
                                            "train_seconds": adapters[t].metrics.get("seconds")})
+        task_info[t]["floor"].append({"init": init, "seed": seed, "test": floor_test[t],
+                                      "test_correct": encode_correct(floor_correct[t])})
     log(f"[{init} seed {seed}] individual test accuracy: " + ", ".join(f"{t} {ind_test[t]:.3f}" for t in tasks))
     return ind_val, ind_test
 
 
+class _Prepared:
+    """Each method's ``precompute`` (DO's orthogonalisation) once per distinct set of its options, per (init, seed).
+
+    ``sources(name, params)`` gives the adapters ``name`` merges at ``params`` and the parameters to
+    override (``orthogonalize=False`` on already orthogonalised adapters); the seconds spent are
+    added to ``timings["orthogonalize_seconds"]`` and returned by :meth:`take_seconds` for the record.
+    """
+
+    def __init__(self, updates: list[dict[str, LoRAUpdate]], timings: dict) -> None:
+        self.updates, self.timings, self.cache, self.seconds = updates, timings, {}, 0.0
+
+    def sources(self, name: str, params: Mapping) -> tuple[list[dict[str, LoRAUpdate]], dict]:
+        if METHODS[name].precompute is None:
+            return self.updates, {}
+        options = tuple(sorted((k, params[k]) for k in ORTHO_OPTIONS if k in params))
+        if (name, options) not in self.cache:
+            t1 = time.perf_counter()
+            self.cache[(name, options)] = METHODS[name].precompute(self.updates, **dict(options))
+            elapsed = time.perf_counter() - t1
+            self.seconds += elapsed
+            self.timings["orthogonalize_seconds"] += elapsed
+        return self.cache[(name, options)]
+
+    def take_seconds(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+def _score_orthogonalized(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str],
+                          prepared: _Prepared, init: str, seed: int, task_info: dict, timings: dict) -> None:
+    """Each task's own test accuracy after DO's orthogonalisation (default options), alone with its head:
+    does the data-free step that makes the factors orthogonal cost the task itself anything?"""
+    sources, _ = prepared.sources("do", {})
+    t0 = time.perf_counter()
+    correct = evaluator.correct_tasks(lambda t: {m: u.delta() for m, u in sources[tasks.index(t)].items()},
+                                      adapters, "test")
+    timings["eval_seconds"] += time.perf_counter() - t0
+    for t in tasks:
+        task_info[t].setdefault("individual_orthogonalized", []).append(
+            {"init": init, "seed": seed, "test": float(correct[t].float().mean()),
+             "test_correct": encode_correct(correct[t])})
+
+
 def _merge_methods(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str],
                    methods: Sequence[str], p: Profile, init: str, seed: int, individual: tuple[dict, dict],
-                   timings: dict, log: Log) -> list[dict]:
+                   timings: dict, log: Log, task_info: dict) -> list[dict]:
     """One record per method: hyperparameters chosen on validation, test accuracy at the choice.
 
-    A method with a ``precompute`` (DO-Merging's orthogonalisation) runs it once per (init, seed),
-    shared by its variants (``do``, ``do_ties``, …), and every grid point merges the prepared adapters.
+    A method with a ``precompute`` (DO-Merging's orthogonalisation) runs it once per (init, seed) and
+    set of its options (γ is tuned), shared by its variants (``do``, ``do_ties``, …); every grid point
+    merges the prepared adapters.
     """
-    updates = [adapters[t].updates for t in tasks]
-    prepared: dict[str, tuple[list, dict]] = {}
+    prepared = _Prepared([adapters[t].updates for t in tasks], timings)
+    if any(resolve_method(m)[0] == "do" for m in methods):
+        _score_orthogonalized(evaluator, adapters, tasks, prepared, init, seed, task_info, timings)
     records = []
     for method in methods:
-        name, fixed = resolve_method(method)
-        merge_time = [0.0]
-        if METHODS[name].precompute is not None and name not in prepared:
-            t1 = time.perf_counter()
-            prepared[name] = METHODS[name].precompute(updates)
-            merge_time[0] += time.perf_counter() - t1
-            timings["orthogonalize_seconds"] += merge_time[0]
-        sources, override = prepared.get(name, (updates, {}))
-        rec, elapsed = _select_method(evaluator, adapters, method, p, sources, override, individual, merge_time,
-                                      timings)
-        rec.update({"init": init, "method": method, "seed": seed, "merge_seconds": round(merge_time[0], 3),
+        rec, elapsed, merge_seconds = _select_method(evaluator, adapters, method, p, prepared, individual, timings)
+        rec.update({"init": init, "method": method, "seed": seed, "merge_seconds": round(merge_seconds, 3),
                     "seconds": round(elapsed, 2)})
         records.append(rec)
         log(f"[{init} seed {seed}] {method:>16}: normalized {rec['avg_normalized']:.3f} "
-            f"accuracy {rec['avg_accuracy']:.3f} params {rec['params']}")
+            f"accuracy {rec['avg_accuracy']:.3f} params {rec['params']} ({rec['budget']} points)")
     return records
 
 
 def _select_method(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], method: str, p: Profile,
-                   sources: list[dict[str, LoRAUpdate]], override: Mapping, individual: tuple[dict, dict],
-                   merge_time: list[float], timings: dict) -> tuple[dict, float]:
-    """:func:`select_and_report` over ``method``'s grid, and its seconds; merge time (in ``merge_time``) and
-    evaluation time are added to ``timings`` apart.
+                   prepared: _Prepared, individual: tuple[dict, dict], timings: dict) -> tuple[dict, float, float]:
+    """:func:`select_and_report` over ``method``'s grid and second stage; its seconds and merge seconds
+    (precompute included), added to ``timings`` apart from evaluation.
 
-    ``sources`` are the raw adapters, or the ones its ``precompute`` prepared (for DO the already
-    orthogonalised ones), merged with ``override`` (``orthogonalize=False``): equal bit for bit to
+    The sources are the raw adapters, or the ones its ``precompute`` prepared (for DO the already
+    orthogonalised ones), merged with ``orthogonalize=False``: equal bit for bit to
     ``do(orthogonalize=True)`` on the raw adapters.
     """
     name, fixed = resolve_method(method)
+    merge_time = [prepared.take_seconds()]
 
     def merge_fn(**params):
+        sources, override = prepared.sources(name, params)
         t1 = time.perf_counter()
         merged = merge_adapters(sources, name, **{**params, **fixed, **override})
-        merge_time[0] += time.perf_counter() - t1
+        merge_time[0] += time.perf_counter() - t1 + prepared.take_seconds()
         return merged
 
     t0 = time.perf_counter()
     # a variant's base is fixed by its name (do_ties), so a grid point does not repeat it
     grid = [{k: v for k, v in g.items() if not (k == "base" and METHODS[name].variants)} for g in method_grid(method, p)]
     rec = select_and_report(evaluator, adapters, merge_fn, grid, *individual, test_curve=p.test_curves,
-                            extend_edges=p.lam_extend)
+                            extend_edges=p.lam_extend, refine=method_refine(method, p))
     elapsed = time.perf_counter() - t0
     timings["merge_seconds"] += merge_time[0]
     timings["eval_seconds"] += elapsed - merge_time[0]
-    return rec, elapsed
+    return rec, elapsed, merge_time[0]
 
 
 def write_results(results: Mapping, folder: Path, figures: bool = True) -> None:

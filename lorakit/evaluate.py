@@ -21,7 +21,7 @@ import torch
 
 from .assets import load_base, load_tokenizer, quiet
 from .errors import LorakitError
-from .packed_bert import PackedBert, PackedSet, onednn_linear_works
+from .packed_bert import PackedBert, PackedSet, onednn_linear_works, resolve_eval_dtype
 from .profiles import Profile, get_profile
 from .results import encode_correct, mean
 from .tasks import TaskData, load_task
@@ -78,6 +78,8 @@ class Evaluator:
         self._fast = PackedBert(self.model) if PackedBert.supports(self.model, self.device) else None
         if self._fast is not None:
             onednn_linear_works()
+        #: the packed path's compute dtype (the profile's ``eval_dtype``; ``auto``: bf16 where the CPU has it)
+        self.eval_dtype = resolve_eval_dtype(self.profile.eval_dtype, self.device)
         #: use the packed path where the model allows it (``False``: always the generic HF forward)
         self.packed = self._fast is not None
 
@@ -150,12 +152,11 @@ class Evaluator:
         self._swap_head(head)
         with torch.inference_mode():
             weights = {name: self._modules[name].weight for name in self._fast.linear_names}
-            for name, delta in deltas.items():
-                w = weights[name]
-                weights[name] = w + delta.to(w.dtype).to(self.device)  # what ``add_`` gives, bit for bit
             clf = self.model.classifier
             head_wb = (clf.weight, clf.bias)
-            layers, pooler = self._fast.prepare(weights), weights["bert.pooler.dense"]
+            layers = self._fast.prepare(weights, self.eval_dtype, deltas)
+            pooler = weights["bert.pooler.dense"] if "bert.pooler.dense" not in deltas else (
+                weights["bert.pooler.dense"] + deltas["bert.pooler.dense"].to(torch.float32).to(self.device))
             budget = self.profile.eval_batch_size * self.profile.max_length
             lengths, offsets, preds = packed.lengths, packed.offsets, []
             i = 0
@@ -215,6 +216,7 @@ def select_and_report(
     individual_test: Mapping[str, float] | None = None,
     test_curve: bool = False,
     extend_edges: int = 0,
+    refine: Callable[[Mapping], Sequence[dict]] | None = None,
 ) -> dict:
     """Choose merge hyperparameters on validation, report on test.
 
@@ -225,6 +227,9 @@ def select_and_report(
     also try ``λ/2``; while it is the largest, ``1.5 λ`` (:func:`edge_extension`), other parameters
     as chosen. A fixed grid cannot know that six summed adapters want λ below 0.1 or that DO wants
     λ above 1; the extra points are marked ``"extended": True`` in the curve.
+
+    ``refine(chosen)``: points tried once the λ search is done (:func:`lorakit.benchmark.method_refine`),
+    marked ``"refined": True``; the record's ``budget`` counts every point tried on validation.
 
     Returns a record with ``params``, ``curve`` (per grid point: mean normalized validation accuracy,
     and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point and
@@ -238,7 +243,7 @@ def select_and_report(
     individual_test = individual_test or evaluator.individual(adapters, "test")
     curve = []
     best, best_score, best_test, best_deltas = None, -math.inf, None, None
-    pending, extensions = [dict(g) for g in grid], 0
+    pending, extensions, refined = [dict(g) for g in grid], 0, False
     while pending:
         params = pending.pop(0)
         deltas = merge_fn(**params)
@@ -250,18 +255,23 @@ def select_and_report(
             test = accuracies(correct)
             point["test_normalized"] = mean(normalized_accuracy(test, individual_test).values())
             point["test_accuracy"] = test
-        if extensions:
+        if refined:
+            point["refined"] = True
+        elif extensions:
             point["extended"] = True
         curve.append(point)
         if point["val_normalized"] > best_score:
             best, best_score = params, point["val_normalized"]
             best_test = correct if test_curve else None
             best_deltas = None if test_curve else deltas
-        if not pending and extensions < extend_edges:
+        if not pending and extensions < extend_edges and not refined:
             more = edge_extension(best, [c["params"] for c in curve])
             if more is not None:
                 pending.append(more)
                 extensions += 1
+                continue
+        if not pending and refine is not None and not refined:
+            pending, refined = [dict(q) for q in refine(best) if dict(q) not in [c["params"] for c in curve]], True
     correct = best_test if best_test is not None else evaluator.correct_tasks(best_deltas, adapters, "test")
     test = accuracies(correct)
     normalized = normalized_accuracy(test, individual_test)
@@ -273,6 +283,7 @@ def select_and_report(
         "normalized": normalized,
         "avg_accuracy": mean(test.values()),
         "avg_normalized": mean(normalized.values()),
+        "budget": len(curve),
         "curve": curve,
     }
 

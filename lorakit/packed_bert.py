@@ -3,8 +3,10 @@ r"""The packed fast path of :class:`lorakit.evaluate.Evaluator`: BERT sequence c
 :class:`PackedBert` computes what ``model(**batch).logits`` computes for a
 ``BertForSequenceClassification`` (MiniLM), minus work that does not change a prediction: no
 padding (attention per group of equal-length texts), the embedding output cached per evaluation
-set, the last layer on the CLS rows only, and oneDNN's fp32 GEMM with fused GELU / residual add
-where it runs and agrees with ``F.linear`` (:func:`onednn_linear_works`), else ``F.linear``.
+set, the last layer on the CLS rows only, and oneDNN's GEMM with fused GELU / residual add where it
+runs and agrees with ``F.linear`` (:func:`onednn_linear_works`), else ``F.linear``. The encoder
+layers compute in float32 or, with ``eval_dtype`` ``bfloat16`` / ``auto`` on a CPU with native bf16
+(AMX), in bfloat16 (:func:`resolve_eval_dtype`): about 2× faster, a few predictions in a thousand flip.
 Logits agree with HF's padded forward to float rounding; ``tests/test_train_eval.py`` checks
 1e-5 and identical predictions.
 """
@@ -16,6 +18,8 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+
+from .errors import LorakitError
 
 
 def onednn_linear_works() -> bool:
@@ -38,13 +42,47 @@ def onednn_linear_works() -> bool:
 
 
 _ONEDNN: bool | None = None
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+#: compute dtypes of the packed path (``Profile.eval_dtype``); ``auto`` resolves with :func:`resolve_eval_dtype`
+EVAL_DTYPES = ("float32", "bfloat16", "auto")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX-BF16 or AVX512-BF16) and oneDNN supports it.
+
+    Without native support oneDNN emulates bf16 GEMMs, which is slower than float32, so ``auto``
+    keeps float32 there.
+    """
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        flags = open("/proc/cpuinfo").read()
+    except (OSError, AttributeError, RuntimeError):
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_eval_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``auto`` → the packed path's compute dtype.
+
+    ``auto``: bfloat16 on a CPU with native bf16 GEMMs (:func:`native_bf16`), else float32. bfloat16
+    keeps 8 bits of mantissa: logits move by about 1e-2 and a prediction flips only where two
+    classes' logits are that close (on the ``cpu`` profile's tasks, a few in a thousand texts). Every
+    method of a run is scored with the same dtype, so paired comparisons stay paired.
+    """
+    if name not in EVAL_DTYPES:
+        raise LorakitError(f"unknown eval_dtype {name!r}; choose one of {', '.join(EVAL_DTYPES)}")
+    if name == "auto":
+        return torch.bfloat16 if str(device) == "cpu" and native_bf16() else torch.float32
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """``F.linear`` (then the exact, erf GELU if ``gelu``), through oneDNN on the CPU when it works:
     on this project's AMD CPUs MKL's fp32 GEMM (what ``F.linear`` calls) runs at about half of
     oneDNN's speed, and ATen's GELU costs a sixth of a BERT forward that oneDNN fuses for free."""
-    if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32:
+    if _ONEDNN and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES:
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none" if gelu else "")
     y = F.linear(x, w, b)
     return F.gelu(y) if gelu else y
@@ -52,7 +90,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = Fals
 
 def _linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, w, b) + residual``, the add fused into oneDNN's GEMM where it works (same bits)."""
-    if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32:
+    if _ONEDNN and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
     return F.linear(x, w, b) + residual
 
@@ -187,24 +225,46 @@ class PackedBert:
         ctx = torch.bmm(z.transpose(0, 1), L["w_v"].view(h, dh, d).transpose(1, 2)).transpose(0, 1)  # (texts, h, dh)
         return (ctx + L["b_v"].view(h, dh)).reshape(-1, h * dh)
 
-    def prepare(self, weights: Mapping[str, torch.Tensor]) -> list[dict]:
+    def prepare(self, weights: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                deltas: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
         """Per layer, the tensors :meth:`logits` needs, from ``weights`` (by module name; ``W_0`` or
-        ``W_0 + ΔW``) and the model's biases and LayerNorms: once per score, not per chunk."""
+        ``W_0 + ΔW``), ``deltas`` (``{module: ΔW}`` still to add) and the model's biases and LayerNorms:
+        once per score, not per chunk.
+
+        ``dtype``: the compute dtype of every layer but the last. Each ``W_0 + ΔW`` is formed in float32
+        (what ``add_`` gives, bit for bit), then cast. Rounding the sum costs no more than rounding
+        ``W_0`` alone (both errors are about 2⁻⁹ |W|; keeping ΔW apart in its own GEMM was measured no
+        closer to float32, tests/test_train_eval.py). The last layer (CLS rows only: cheap) stays float32.
+        """
+        deltas = dict(deltas or {})
         layers = []
         for li, layer in enumerate(self.layers):
             p = f"{self.prefix}.{li}."
-            att, so, out = layer.attention.self, layer.attention.output, layer.output
-            w = [weights[p + "attention.self." + s] for s in ("query", "key", "value")]
-            b = [getattr(att, s).bias for s in ("query", "key", "value")]
             last = li == len(self.layers) - 1
+            dt = torch.float32 if last else dtype
+            def cast(t: torch.Tensor, dt: torch.dtype = dt) -> torch.Tensor:
+                return t if t.dtype == dt else t.to(dt)
+
+            def weight(name: str) -> torch.Tensor:
+                w, dw = weights[p + name], deltas.get(p + name)
+                return cast(w if dw is None else w + dw.to(w.dtype).to(w.device))
+
+            def norm(ln: torch.nn.LayerNorm) -> tuple:
+                return ln.normalized_shape, cast(ln.weight), cast(ln.bias), ln.eps
+
+            att, so, out = layer.attention.self, layer.attention.output, layer.output
+            names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+                     "o": "attention.output.dense", "i": "intermediate.dense", "out": "output.dense"}
+            w = [weight(names[s]) for s in ("q", "k", "v")]
+            b = [cast(getattr(att, s).bias) for s in ("query", "key", "value")]
             layers.append({
-                "last": last,
+                "last": last, "dtype": dt,
                 # one GEMM for q, k, v (for k, v only in the last layer, whose q is the CLS rows')
-                "w_in": None if last else torch.cat(w), "b_in": None if last else torch.cat(b),  # one GEMM: q, k, v
+                "w_in": None if last else torch.cat(w), "b_in": None if last else torch.cat(b),
                 "w_q": w[0], "b_q": b[0], "w_k": w[1], "w_v": w[2], "b_v": b[2],
-                "w_o": weights[p + "attention.output.dense"], "b_o": so.dense.bias, "ln1": so.LayerNorm,
-                "w_i": weights[p + "intermediate.dense"], "b_i": layer.intermediate.dense.bias,
-                "w_out": weights[p + "output.dense"], "b_out": out.dense.bias, "ln2": out.LayerNorm,
+                "w_o": weight(names["o"]), "b_o": cast(so.dense.bias), "ln1": norm(so.LayerNorm),
+                "w_i": weight(names["i"]), "b_i": cast(layer.intermediate.dense.bias),
+                "w_out": weight(names["out"]), "b_out": cast(out.dense.bias), "ln2": norm(out.LayerNorm),
             })
         return layers
 
@@ -215,6 +275,7 @@ class PackedBert:
         d = x.shape[1]
         cls = torch.tensor([0] + lengths[:-1]).cumsum(0)
         for L in layers:
+            x = x.to(L["dtype"])
             if L["last"]:
                 q = _linear(x[cls], L["w_q"], L["b_q"])
                 ctx = self._attend_cls(q, x, L, lengths)
@@ -222,9 +283,9 @@ class PackedBert:
             else:
                 qkv = _linear(x, L["w_in"], L["b_in"])
                 ctx = self._attend(qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :], lengths)
-            ln1, ln2 = L["ln1"], L["ln2"]
-            a = F.layer_norm(_linear_add(ctx, L["w_o"], L["b_o"], x), ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps)
+            a = F.layer_norm(_linear_add(ctx, L["w_o"], L["b_o"], x), *L["ln1"])
             i = _linear(a, L["w_i"], L["b_i"], gelu=True)
-            x = F.layer_norm(_linear_add(i, L["w_out"], L["b_out"], a), ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)
-        pooled = torch.tanh(_linear(x, pooler, self.model.bert.pooler.dense.bias))
+            x = F.layer_norm(_linear_add(i, L["w_out"], L["b_out"], a), *L["ln2"])
+        # the pooler and the head in float32 (one row per text: nothing to gain, the logits keep their bits)
+        pooled = torch.tanh(_linear(x.float(), pooler, self.model.bert.pooler.dense.bias))
         return F.linear(pooled, *head)

@@ -73,7 +73,7 @@ def test_tasks_lists_cards():
 def test_tiny_run_writes_results(tmp_path):
     out = tmp_path / "run"
     code = main(["run", "--profile", "ci", "--tasks", "rt_subjectivity", "election_tweets", "--steps", "6",
-                 "--seeds", "0", "--methods", "task_arithmetic", "--inits", "standard", "--task-seeds", "per_task",
+                 "--seeds", "0", "--methods", "task_arithmetic", "do", "--inits", "standard", "--task-seeds", "per_task",
                  "--out", str(out), "--no-progress"])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
@@ -83,8 +83,13 @@ def test_tiny_run_writes_results(tmp_path):
         info = res["tasks"][t]
         assert 0 <= info["majority"] <= 1 and info["n_test"] > 0
         assert 0 <= info["individual_accuracy"] <= 1
-    (rec,) = res["records"]
+    rec, do_rec = res["records"]
     assert rec["init"] == "standard" and rec["method"] == "task_arithmetic" and rec["seed"] == 0
+    assert do_rec["method"] == "do" and rec["budget"] == do_rec["budget"] == len(rec["curve"])
+    for t in ("rt_subjectivity", "election_tweets"):  # the floor (head alone) and DO's orthogonalised adapter alone
+        for key in ("floor", "individual_orthogonalized"):
+            (entry,) = res["tasks"][t][key]
+            assert decode_correct(entry["test_correct"]).mean() == pytest.approx(entry["test"], abs=1e-12)
     assert rec["params"]["lam"] in res["profile_config"]["lam_grid"]
     assert set(rec["accuracy"]) == {"rt_subjectivity", "election_tweets"}
     mean_acc = sum(rec["accuracy"].values()) / 2

@@ -95,12 +95,12 @@ def test_normalized_accuracy_definition():
 
 def test_freeze_A_keeps_A_fixed():
     """freeze_A: A stays at its initialisation (compare with a second untrained init of the same seed)."""
-    from lorakit.train import _make_peft_model
+    from lorakit.train import _make_peft_model, task_seed
     from lorakit.lora import read_adapter
 
     p = get_profile("ci", steps=2, train_examples=32)
     trained = train_adapter("rt_subjectivity", p, freeze_A=True, seed=3, cache=False, progress=False)
-    init = read_adapter(_make_peft_model(p, 2, "standard", 3))
+    init = read_adapter(_make_peft_model(p, 2, "standard", task_seed(3, "rt_subjectivity", p.task_seeds)))
     for m, upd in trained.updates.items():
         assert torch.equal(upd.A, init[m].A)
         assert upd.B.abs().max() > 0
@@ -404,3 +404,76 @@ def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
     preds = predict(model, encode_texts(load_tokenizer("minilm"), texts, ev.profile.max_length), 32, "cpu")
     assert torch.equal(right, preds == torch.tensor(labels))  # example by example, in the split's order
     assert np.array_equal(decode_correct(encode_correct(right)), right.numpy())
+
+
+def test_bf16_packed_path_keeps_delta_apart_and_agrees_with_float32(ci_adapters):
+    """eval_dtype=bfloat16: logits within bf16 rounding of float32's (W_0 + ΔW formed in float32 first:
+    the same logits as rounding the merged weights), and predictions equal on almost every text."""
+    from lorakit.packed_bert import native_bf16
+
+    task = "election_tweets"
+    adapter = ci_adapters[task]
+    ev = Evaluator([task], "ci")
+    es = ev.sets[(task, "test")]
+    packed = ev._packed_set(adapter.deltas, es)
+    with torch.inference_mode():
+        base = {n: ev._modules[n].weight for n in ev._fast.linear_names}
+        merged = dict(base, **{n: base[n] + d for n, d in adapter.deltas.items()})
+        ev._swap_head(adapter.head)
+        head = (ev.model.classifier.weight, ev.model.classifier.bias)
+        rows, lengths, pooler = packed.embeddings, packed.lengths, base["bert.pooler.dense"]
+        ref = ev._fast.logits(rows, lengths, ev._fast.prepare(merged), pooler, head)
+        same = ev._fast.logits(rows, lengths, ev._fast.prepare(base, torch.float32, adapter.deltas), pooler, head)
+        split = ev._fast.logits(rows, lengths, ev._fast.prepare(base, torch.bfloat16, adapter.deltas), pooler, head)
+        rounded = ev._fast.logits(rows, lengths, ev._fast.prepare(merged, torch.bfloat16), pooler, head)
+    assert torch.equal(same, ref)  # float32 with deltas given apart: W_0 + ΔW formed exactly as before
+    assert torch.equal(split, rounded)  # bf16: the sum is formed in float32, then rounded
+    err = (split - ref).abs().mean()
+    assert 0 < err < 0.05 * ref.abs().mean()  # bf16 really ran, and stayed close
+    assert (split.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.97
+    ev16 = Evaluator([task], "ci", eval_dtype="bfloat16")
+    assert ev16.eval_dtype == torch.bfloat16
+    right16 = ev16.correct(adapter.deltas, adapter.head, task)
+    right32 = ev.correct(adapter.deltas, adapter.head, task)
+    assert (right16 == right32).float().mean() >= 0.97
+    auto = Evaluator([task], "ci", eval_dtype="auto").eval_dtype
+    assert auto == (torch.bfloat16 if native_bf16() else torch.float32)
+
+
+def test_unknown_eval_dtype_is_refused():
+    with pytest.raises(LorakitError, match="eval_dtype"):
+        Evaluator(["rt_subjectivity"], "ci", eval_dtype="float16")
+
+
+def test_refine_stage_runs_after_the_lambda_search_and_counts_in_the_budget():
+    """refine(chosen) points are tried once the λ search (and its edge extensions) is done, marked
+    refined, and the budget counts every validation point; a refined point can win."""
+    ev = CurveEvaluator(lambda lam: 1.0 - abs(lam - 0.36))
+    tasks = {"a": None, "b": None}
+    rec = select_and_report(ev, tasks, lambda lam: lam, [{"lam": g} for g in (0.1, 0.3, 1.0)], {"a": 1.0, "b": 1.0},
+                            {"a": 1.0, "b": 1.0}, extend_edges=2,
+                            refine=lambda c: [dict(c, lam=round(c["lam"] * f, 4)) for f in (0.8, 1.25)])
+    tried = [c["params"]["lam"] for c in rec["curve"]]
+    assert tried == [0.1, 0.3, 1.0, 0.24, 0.375]
+    assert [c.get("refined", False) for c in rec["curve"]] == [False, False, False, True, True]
+    assert rec["params"] == {"lam": 0.375} and rec["budget"] == 5
+
+
+def test_every_method_gets_the_same_validation_budget():
+    """cpu profile: λ grid + two second-stage points for every method, each on its own hyperparameter."""
+    from lorakit.benchmark import method_grid, method_refine
+    from lorakit.profiles import ALL_METHODS
+
+    p = get_profile("cpu")
+    chosen = {"task_arithmetic": {"lam": 0.3}, "ties": {"lam": 0.3, "density": 0.2}, "dare": {"lam": 0.3, "drop_rate": 0.5},
+              "knots": {"lam": 0.3, "density": 0.2}, "do": {"lam": 0.3}, "do_ties": {"lam": 0.3, "density": 0.2},
+              "do_dare": {"lam": 0.3, "drop_rate": 0.5}}
+    sizes, changed = set(), {}
+    for m in ALL_METHODS:
+        extra = method_refine(m, p)(chosen[m])
+        sizes.add(len(method_grid(m, p)) + len(extra))
+        changed[m] = {k for q in extra for k, v in q.items() if chosen[m].get(k) != v}
+    assert sizes == {len(p.lam_grid) + 2}
+    assert changed == {"task_arithmetic": {"lam"}, "ties": {"density"}, "dare": {"drop_rate"}, "knots": {"density"},
+                       "do": {"gamma"}, "do_ties": {"density"}, "do_dare": {"drop_rate"}}
+    assert method_refine("ties", get_profile("ci")) is None  # ci: no second stage

@@ -16,6 +16,7 @@ import torch
 
 from .assets import load_tokenizer
 from .errors import LorakitError
+from .packed_bert import resolve_eval_dtype
 from .profiles import Profile
 from .tasks import TaskData
 
@@ -101,8 +102,17 @@ def fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, 
 
 
 def task_metrics(model, data: TaskData, p: Profile) -> dict:
-    """Validation and test accuracy of ``model`` on ``data``, and the test majority baseline."""
+    """Validation and test accuracy of ``model`` on ``data``, and the test majority baseline.
+
+    Computed in the profile's ``eval_dtype`` (bf16 autocast where it resolves to bf16: a training
+    run's own check, not a reported number, at half the cost)."""
     tokenizer = load_tokenizer(p.model)
+    dtype = resolve_eval_dtype(p.eval_dtype, p.device)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16 and p.device == "cpu"):
+        return _task_metrics(model, data, p, tokenizer)
+
+
+def _task_metrics(model, data: TaskData, p: Profile, tokenizer) -> dict:
     return {
         "val_acc": accuracy(model, encode_texts(tokenizer, data.val[0], p.max_length), data.val[1], p.eval_batch_size, p.device),
         "test_acc": accuracy(model, encode_texts(tokenizer, data.test[0], p.max_length), data.test[1], p.eval_batch_size, p.device),

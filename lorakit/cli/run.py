@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..benchmark import run_benchmark
+from pathlib import Path
+
+from ..benchmark import run_benchmark, write_results
+from ..combine import combine_run_folders
+from ..errors import LorakitError
+from ..fsutil import atomic_folder
 from ..results import format_table
 
 
@@ -14,16 +19,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--profile", help="ci, cpu or gpu (default: LORAKIT_PROFILE, else gpu with CUDA, else cpu)")
     run.add_argument("--tasks", nargs="+", help="task names (default: the profile's)")
     run.add_argument("--methods", nargs="+", help="merge methods (default: the profile's)")
-    run.add_argument("--inits", nargs="+", help="LoRA A initialisations: standard, osrm")
+    run.add_argument("--inits", nargs="+", help="LoRA A initialisations (default: the profile's; `lorakit.inits`)")
     run.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the profile's)")
     run.add_argument("--steps", type=int, help="training steps per adapter (default: the profile's)")
     run.add_argument("--task-seeds", choices=["shared", "per_task"],
-                     help="shared (default): every task trains from the run's seed, so equal-shaped A inits "
-                          "are identical; per_task: each task gets its own seed")
+                     help="per_task (default): each task gets its own seed; shared: every task trains from the "
+                          "run's seed, so equal-shaped A inits are identical (an artefact, kept as an ablation)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: the profile's, or LORAKIT_THREADS)")
     run.add_argument("--out", help="output folder (default: runs/<profile>-<time>)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.set_defaults(func=run_command)
+    combine = sub.add_parser("combine", help="join runs of one profile (disjoint seeds, or a control added later)")
+    combine.add_argument("runs", nargs="+", help="run folders written by `lorakit run --out`")
+    combine.add_argument("--out", required=True, help="output folder (results.json, results.md, RUN.md, figures)")
+    combine.add_argument("--no-figures", action="store_true", help="skip the figures")
+    combine.set_defaults(func=combine_command)
 
 
 def profile_overrides(args: argparse.Namespace) -> dict:
@@ -48,4 +58,16 @@ def run_command(args: argparse.Namespace) -> int:
     print()
     print(format_table(results))
     print(f"wrote {results['out']}/results.json, results.md and figures")
+    return 0
+
+
+def combine_command(args: argparse.Namespace) -> int:
+    """``lorakit combine RUN... --out DIR``: :func:`lorakit.combine.combine_results`, written like a run."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LorakitError(f"--out {out} is a file; choose a folder")
+    results = combine_run_folders(args.runs)
+    with atomic_folder(out) as tmp:
+        write_results(results, tmp, figures=not args.no_figures)
+    print(f"combined {len(args.runs)} runs ({len(results['records'])} records, seeds {results['seeds']}) into {out}")
     return 0

@@ -1,0 +1,103 @@
+"""One run from several: the seeds of one benchmark made in parallel processes, or a control added later.
+
+``lorakit run`` writes one ``results.json`` per run. A replicated reference is cheaper made as
+several runs side by side (one per core, disjoint seeds) or extended afterwards (a control init or
+method on seeds whose adapters are cached); :func:`combine_results` joins them into the one
+``results.json`` that every reader (:mod:`lorakit.results`, :mod:`lorakit.reference`) expects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import LorakitError
+from .results import load_results
+
+#: profile settings that must agree for two runs' numbers to be one experiment (seeds, inits and methods may differ)
+SAME_SETTINGS = ("model", "train_examples", "val_examples", "test_examples", "steps", "batch_size", "max_length",
+                 "lr", "rank", "alpha", "target_modules", "lam_grid", "lam_extend", "task_seeds", "tune_grid",
+                 "eval_dtype", "test_curves", "extra")
+#: per-task lists with one entry per (init, seed)
+PER_RUN_LISTS = ("individual", "floor", "individual_orthogonalized")
+
+
+def _check_compatible(first: Mapping, other: Mapping, label: str) -> None:
+    if list(first["tasks"]) != list(other["tasks"]):
+        raise LorakitError(f"run {label} has tasks {list(other['tasks'])}, the first {list(first['tasks'])}; "
+                           "combine only runs of the same tasks")
+    a, b = first.get("profile_config", {}), other.get("profile_config", {})
+    differ = [k for k in SAME_SETTINGS if a.get(k) != b.get(k)]
+    if differ:
+        raise LorakitError(f"run {label} differs from the first in {differ}; combine only runs of one profile")
+
+
+def _union(lists: Sequence[Sequence]) -> list:
+    return list(dict.fromkeys(x for xs in lists for x in xs))
+
+
+def _first_per_key(entries: Sequence[Mapping]) -> list:
+    kept: dict[tuple, Mapping] = {}
+    for e in entries:
+        kept.setdefault((e["init"], e["seed"]), e)
+    return list(kept.values())
+
+
+def combine_results(runs: Sequence[Mapping]) -> dict:
+    """Join runs of one profile and task list into one results dict.
+
+    Records are keyed by (init, method, seed) and per-task entries (``individual``, ``floor``,
+    ``individual_orthogonalized``) by (init, seed); a key present in several runs is kept from the
+    first (the same cached adapters give the same numbers) after checking that its test accuracy
+    agrees. Seeds, inits and methods are the unions (in first-seen order, seeds sorted); timings add
+    up; ``commands`` lists each run's command.
+    """
+    if not runs:
+        raise LorakitError("combine needs at least one run")
+    first = runs[0]
+    for i, r in enumerate(runs[1:], start=2):
+        _check_compatible(first, r, f"#{i}")
+    out = {k: v for k, v in first.items() if k not in ("records", "tasks", "timings")}
+    records: dict[tuple, dict] = {}
+    for r in runs:
+        for rec in r["records"]:
+            key = (rec["init"], rec["method"], rec["seed"])
+            if key in records and abs(records[key]["avg_accuracy"] - rec["avg_accuracy"]) > 1e-9:
+                raise LorakitError(f"runs disagree on {key}: accuracy {records[key]['avg_accuracy']} vs "
+                                   f"{rec['avg_accuracy']}; were they made with different code or adapters?")
+            records.setdefault(key, rec)
+    tasks = {}
+    for t, info in first["tasks"].items():
+        merged = {k: v for k, v in info.items() if k not in PER_RUN_LISTS}
+        for key in PER_RUN_LISTS:
+            entries: dict[tuple, dict] = {}
+            for r in runs:
+                for e in r["tasks"][t].get(key, []):
+                    entries.setdefault((e["init"], e["seed"]), e)
+            if entries or key in info:
+                merged[key] = list(entries.values())
+        ind = merged.get("individual", [])
+        merged["individual_accuracy"] = sum(e["test"] for e in ind) / len(ind) if ind else None
+        tasks[t] = merged
+    timings: dict[str, float] = {}
+    for r in runs:
+        for k, v in r.get("timings", {}).items():
+            timings[k] = round(timings.get(k, 0.0) + v, 2)
+    out.update({
+        "tasks": tasks, "records": list(records.values()), "timings": timings,
+        "seeds": sorted(_union([r["seeds"] for r in runs])),
+        "inits": _union([r["inits"] for r in runs]), "methods": _union([r["methods"] for r in runs]),
+        "adapter_stats": _first_per_key([a for r in runs for a in r.get("adapter_stats", [])]),
+        "commands": [r.get("command", "") for r in runs],
+        "command": " && ".join(r.get("command", "") for r in runs),
+    })
+    return out
+
+
+def combine_run_folders(folders: Sequence[str | os.PathLike]) -> dict:
+    """:func:`combine_results` of the ``results.json`` in each folder (in the order given)."""
+    missing = [str(f) for f in folders if not (Path(f) / "results.json").is_file()]
+    if missing:
+        raise LorakitError(f"no results.json in {', '.join(missing)}; give folders that `lorakit run --out` wrote")
+    return combine_results([load_results(f) for f in folders])

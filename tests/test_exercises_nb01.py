@@ -32,8 +32,14 @@ def test_solutions_notebook_answers_pass(solutions, answer, checker, success):
     assert checker(solutions[answer]) == success
 
 
+def test_solutions_notebook_prediction_passes(solutions):
+    msg = exercises.check_predict_sum_rank(solutions["prediction"], solutions["my_sum_rank"])
+    assert "your prediction matches the measurement" in msg
+
+
 @pytest.mark.parametrize("checker", [exercises.check_lora_delta, exercises.check_rslora_scaling,
-                                     exercises.check_rank_bound])
+                                     exercises.check_rank_bound,
+                                     lambda fn: exercises.check_predict_sum_rank(None, fn)])
 def test_unattempted_stub_raises_not_implemented(checker):
     """The notebooks' exercise cells catch NotImplementedError from the stub: the checker must let it through."""
     def stub(*args):
@@ -162,3 +168,61 @@ def test_rank_bound_rejects_modifying_the_update():
 
     with pytest.raises(AssertionError, match="in place"):
         exercises.check_rank_bound(zeroes_scaling)
+
+
+# ---- exercise 1.4 (predict → run → interpret): the rank of a sum of updates -------------------------
+
+def _sum_delta(ups):
+    return sum(u.delta() for u in ups)
+
+
+RIGHT_SUM_RANK = {
+    "matrix_rank": lambda ups: int(torch.linalg.matrix_rank(_sum_delta(ups))),
+    "numpy": lambda ups: int(np.linalg.matrix_rank(_sum_delta(ups).numpy())),
+    "stacked factors": lambda ups: int(torch.linalg.matrix_rank(
+        torch.cat([u.scaling * u.B for u in ups], 1) @ torch.cat([u.A for u in ups], 0))),
+}
+
+WRONG_SUM_RANK = {
+    "sum of the ranks N·r": (lambda ups: sum(u.rank for u in ups), "N·r, only an upper bound"),
+    "r": (lambda ups: ups[0].rank, "rank of Σ_i ΔW_i itself"),
+    "min(d_out, d_in)": (lambda ups: min(ups[0].shape), "rank of Σ_i ΔW_i itself"),
+    "min(N·r, d)": (lambda ups: min(sum(u.rank for u in ups), min(ups[0].shape)), "sharing one A"),
+    "rank of the stacked A": (lambda ups: int(torch.linalg.matrix_rank(torch.cat([u.A for u in ups]))), "sharing one B"),
+    "max of the ranks": (lambda ups: max(int(torch.linalg.matrix_rank(u.delta())) for u in ups), "rank"),
+    "no tolerance": (lambda ups: int((torch.linalg.svdvals(_sum_delta(ups)) > 0).sum()), "rank"),
+    "None": (lambda ups: None, "number"),
+}
+
+
+def test_sum_rank_accepts_any_prediction():
+    for prediction in ("r", "n*r", "min(d_out, d_in)", " N*R "):
+        msg = exercises.check_predict_sum_rank(prediction, RIGHT_SUM_RANK["matrix_rank"])
+        assert "measured 'n*r'" in msg and "rank 12" in msg
+
+
+@pytest.mark.parametrize("answer", RIGHT_SUM_RANK.values(), ids=RIGHT_SUM_RANK)
+def test_sum_rank_accepts(answer):
+    exercises.check_predict_sum_rank("r", answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_SUM_RANK.values(), ids=WRONG_SUM_RANK)
+def test_sum_rank_rejects(wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_predict_sum_rank("n*r", wrong)
+
+
+@pytest.mark.parametrize("prediction, hint", [(None, "write your prediction first"), ("12", "must be one of"),
+                                              (12, "must be one of"), ("2r", "must be one of")])
+def test_sum_rank_needs_a_prediction(prediction, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_predict_sum_rank(prediction, RIGHT_SUM_RANK["matrix_rank"])
+
+
+def test_sum_rank_rejects_modifying_the_updates():
+    def scales_in_place(ups):
+        ups[0].B.mul_(2.0)
+        return int(torch.linalg.matrix_rank(_sum_delta(ups)))
+
+    with pytest.raises(AssertionError, match="in place"):
+        exercises.check_predict_sum_rank("r", scales_in_place)

@@ -7,6 +7,7 @@ import math
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,8 +32,14 @@ def test_solutions_notebook_answers_pass(solutions, answer, checker, success):
     assert checker(solutions[answer]) == success
 
 
+def test_solutions_notebook_prediction_passes(solutions):
+    msg = exercises.check_predict_ties_conflict(solutions["prediction"], solutions["my_win_rate"])
+    assert "your prediction matches the measurement" in msg
+
+
 @pytest.mark.parametrize("checker", [exercises.check_ties_sign_mean, exercises.check_dare_rescale,
-                                     exercises.check_cross_term])
+                                     exercises.check_cross_term,
+                                     lambda fn: exercises.check_predict_ties_conflict(None, fn)])
 def test_unattempted_stub_raises_not_implemented(checker):
     def stub(*args):
         raise NotImplementedError
@@ -216,3 +223,74 @@ def test_cross_term_accepts(answer):
 def test_cross_term_rejects(wrong, hint):
     with pytest.raises(AssertionError, match=hint):
         exercises.check_cross_term(wrong)
+
+
+# --- exercise 2.4 (predict → run → interpret): TIES against anti-correlated tasks -------------------
+
+def win_rate_right(stack):
+    """Written from (2.3), independent of lorakit.merge."""
+    sigma = torch.where(stack.sum(0) >= 0, 1.0, -1.0).to(stack.dtype)
+    return (stack.sign() == sigma).reshape(len(stack), -1).to(stack.dtype).mean(1)
+
+
+def _agree(s, rule):
+    return (s.sign() == rule(s)).reshape(len(s), -1).double()
+
+
+RIGHT_WIN = {
+    "from the equations": win_rate_right,
+    "package": lambda s: elect_sign(s).reshape(len(s), -1).double().mean(1),
+    "numpy": lambda s: torch.from_numpy((np.sign(s.numpy()) == np.where(s.numpy().sum(0) >= 0, 1.0, -1.0))
+                                        .reshape(len(s), -1).mean(1)),
+}
+
+WRONG_WIN = {
+    "counts, not fractions": (lambda s: _agree(s, lambda s: torch.where(s.sum(0) >= 0, 1.0, -1.0)).sum(1), "counts"),
+    "a zero sum elects −": (lambda s: _agree(s, lambda s: torch.where(s.sum(0) > 0, 1.0, -1.0)).mean(1), "elects +"),
+    "majority of signs": (lambda s: _agree(s, lambda s: torch.where(s.sign().sum(0) >= 0, 1.0, -1.0)).mean(1), "SUM"),
+    "zeros agree": (lambda s: (_agree(s, lambda s: torch.where(s.sum(0) >= 0, 1.0, -1.0)) + (s == 0).reshape(len(s), -1))
+                    .clamp(max=1).mean(1), "zeros never agreeing"),
+    "over nonzero entries only": (lambda s: _agree(s, lambda s: torch.where(s.sum(0) >= 0, 1.0, -1.0)).sum(1)
+                                  / (s != 0).reshape(len(s), -1).sum(1), "expected the fractions"),
+    "positive fraction": (lambda s: (s > 0).reshape(len(s), -1).double().mean(1), "expected the fractions"),
+    "per entry, not per task": (lambda s: elect_sign(s).double().mean(0), "one fraction per task"),
+    "float32": (lambda s: win_rate_right(s).float(), "float32"),
+    "in place": (lambda s: win_rate_right(s.abs_()), "in place"),
+    "a list": (lambda s: win_rate_right(s).tolist(), "torch.Tensor"),
+}
+
+
+def test_ties_conflict_accepts_any_prediction():
+    for prediction in ("more", "less", "same"):
+        msg = exercises.check_predict_ties_conflict(prediction, win_rate_right)
+        assert "measured 'less'" in msg and ("matches" in msg) == (prediction == "less")
+
+
+def test_ties_conflict_measurement_is_what_it_says():
+    """The pair is anti-correlated, and TIES' cosine with τ_2 is below task arithmetic's (recomputed by hand)."""
+    from lorakit.exercises.nb02 import anticorrelated_pair
+
+    pair = anticorrelated_pair()
+    assert float(torch.corrcoef(pair)[0, 1]) < -0.5
+    sigma = torch.where(pair.sum(0) >= 0, 1.0, -1.0).double()
+    agree = (pair.sign() == sigma).double()
+    ties = (pair * agree).sum(0) / agree.sum(0).clamp(min=1)
+    cos = lambda x, y: float(x @ y / (x.norm() * y.norm()))
+    assert cos(ties, pair[1]) < cos(pair.sum(0), pair[1]) - 0.02
+
+
+@pytest.mark.parametrize("answer", RIGHT_WIN.values(), ids=RIGHT_WIN)
+def test_ties_conflict_accepts(answer):
+    exercises.check_predict_ties_conflict("more", answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_WIN.values(), ids=WRONG_WIN)
+def test_ties_conflict_rejects(wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_predict_ties_conflict("less", wrong)
+
+
+@pytest.mark.parametrize("prediction", [None, "better", 1.0, "TIES"])
+def test_ties_conflict_needs_a_prediction(prediction):
+    with pytest.raises(AssertionError, match="prediction"):
+        exercises.check_predict_ties_conflict(prediction, win_rate_right)

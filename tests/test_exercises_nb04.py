@@ -35,8 +35,14 @@ def test_solutions_notebook_answers_pass(solutions, answer, checker, success):
     assert checker(solutions[answer]) == success
 
 
+def test_solutions_notebook_prediction_passes(solutions):
+    msg = exercises.check_predict_osrm_rank(solutions["prediction"], solutions["my_overlap"], solutions["H_other"], RANKS)
+    assert "your prediction matches the measurement" in msg
+
+
 @pytest.mark.parametrize("checker", [exercises.check_osrm_subspace, exercises.check_interference_ratio,
-                                     exercises.check_centring_trap])
+                                     exercises.check_centring_trap,
+                                     lambda fn: exercises.check_predict_osrm_rank(None, fn, FEATS, RANKS)])
 def test_unattempted_stub_raises_not_implemented(checker):
     def stub(*args):
         raise NotImplementedError
@@ -254,3 +260,62 @@ def test_graded_features_and_centered_subspace_helpers():
     A = centered_subspace(H, 2)
     assert A.shape == (2, 8)
     torch.testing.assert_close(A @ A.T, torch.eye(2, dtype=A.dtype), atol=1e-10, rtol=0)
+
+
+# ---- exercise 4.4 (predict → run → interpret): OSRM's overlap against the rank -----------------
+
+FEATS = graded_features(500, 48, seed=11) + 1.5          # features with a mean, like a transformer's
+RANKS = (2, 8, 32)
+
+
+def overlap_right(H, r):
+    """Ky Fan: ‖A Hᵀ‖² is the sum of the r smallest eigenvalues of HᵀH; (4.6) divides by (r/d)·tr HᵀH (numpy)."""
+    lam = np.linalg.eigvalsh(H.numpy().T @ H.numpy())
+    return float(lam[:r].sum() / lam.sum() * H.shape[1] / r)
+
+
+def _e_of(A, H):
+    return float((A @ H.T).pow(2).sum() / ((A.pow(2).sum() / A.shape[1]) * H.pow(2).sum()))
+
+
+RIGHT_OVERLAP = {
+    "eigenvalues (numpy)": overlap_right,
+    "package subspace": lambda H, r: _e_of(subspace(H, r), H),
+    "svd, full_matrices": lambda H, r: _e_of(torch.linalg.svd(H, full_matrices=True).Vh[-r:], H),
+}
+
+WRONG_OVERLAP = {
+    "plain fraction (no r/d)": (lambda H, r: overlap_right(H, r) * r / H.shape[1], "plain fraction"),
+    "largest eigenvalues": (lambda H, r: _e_of(torch.linalg.eigh(H.T @ H)[1][:, -r:].T, H), "LARGEST"),
+    "centred covariance": (lambda H, r: _e_of(centered_subspace(H, r), H), "centred covariance"),
+    "a random subspace's value 1": (lambda H, r: 1.0, "expected e"),
+    "k × k Gram HHᵀ": (lambda H, r: float(torch.linalg.eigvalsh(H @ H.T)[:r].sum() / H.pow(2).sum()) * H.shape[1] / r,
+                       "expected e"),
+    "rows of eigh's matrix": (lambda H, r: _e_of(torch.linalg.eigh(H.T @ H)[1][:r], H), "expected e"),
+    "svd without full_matrices": (lambda H, r: _e_of(torch.linalg.svd(H, full_matrices=False).Vh[-r:], H), "expected e"),
+    "in place": (lambda H, r: overlap_right(H.sub_(H.mean(0)), r), "in place"),
+    "None": (lambda H, r: None, "number"),
+}
+
+
+def test_osrm_rank_accepts_any_prediction():
+    for prediction in ("rises", "falls", "unchanged"):
+        msg = exercises.check_predict_osrm_rank(prediction, overlap_right, FEATS, RANKS)
+        assert "measured 'rises'" in msg and ("matches" in msg) == (prediction == "rises")
+
+
+@pytest.mark.parametrize("answer", RIGHT_OVERLAP.values(), ids=RIGHT_OVERLAP)
+def test_osrm_rank_accepts(answer):
+    exercises.check_predict_osrm_rank("falls", answer, FEATS, RANKS)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_OVERLAP.values(), ids=WRONG_OVERLAP)
+def test_osrm_rank_rejects(wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_predict_osrm_rank("rises", wrong, FEATS, RANKS)
+
+
+@pytest.mark.parametrize("prediction", [None, "up", 2])
+def test_osrm_rank_needs_a_prediction(prediction):
+    with pytest.raises(AssertionError, match="prediction"):
+        exercises.check_predict_osrm_rank(prediction, overlap_right, FEATS, RANKS)

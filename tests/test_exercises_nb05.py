@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lorakit import exercises
-from lorakit.merge import decouple, factor_cross_terms
+from lorakit.exercises.nb05 import magnitude_toy, mean_over_rms
+from lorakit.merge import decouple, factor_cross_terms, merge_layer
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__05_solutions.py"
 
@@ -31,8 +32,14 @@ def test_solutions_notebook_answers_pass(solutions, answer, checker, success):
     assert checker(solutions[answer]) == success
 
 
+def test_solutions_notebook_prediction_passes(solutions):
+    msg = exercises.check_predict_do_magnitude(solutions["prediction"], solutions["my_norm_ratio"])
+    assert "your prediction matches the measurement" in msg
+
+
 @pytest.mark.parametrize("checker", [exercises.check_decouple_in, exercises.check_factor_cross_loss,
-                                     exercises.check_ortho_gd_step])
+                                     exercises.check_ortho_gd_step,
+                                     lambda fn: exercises.check_predict_do_magnitude(None, fn)])
 def test_unattempted_stub_raises_not_implemented(checker):
     def stub(*args):
         raise NotImplementedError
@@ -257,3 +264,97 @@ def test_gd_step_accepts(answer):
 def test_gd_step_rejects(wrong, hint):
     with pytest.raises(AssertionError, match=hint):
         exercises.check_ortho_gd_step(wrong)
+
+
+# ---- exercise 5.4 (predict → run → interpret): the size of the decoupled merge --------------------
+
+def norm_ratio_right(updates):
+    """DO (decouple only, axis "in", mean magnitudes) over task arithmetic, λ = 1, in numpy."""
+    deltas = [np_(u.delta()) for u in updates]
+    alphas = np.stack([np.linalg.norm(d, axis=0) for d in deltas])
+    dirs = sum(np.divide(d, a, out=np.zeros_like(d), where=a > 0) for d, a in zip(deltas, alphas))
+    return float(np.linalg.norm(alphas.mean(0) * dirs) / np.linalg.norm(sum(deltas)))
+
+
+def _do_parts(updates, axis="in"):
+    deltas = [u.delta() for u in updates]
+    parts = [decouple(d, axis) for d in deltas]
+    return deltas, parts
+
+
+def _sum_of_alphas(updates):
+    deltas, parts = _do_parts(updates)
+    return float((torch.stack([a for a, _ in parts]).sum(0) * sum(w for _, w in parts)).norm() / sum(deltas).norm())
+
+
+def _no_magnitude(updates):
+    deltas, parts = _do_parts(updates)
+    return float(sum(w for _, w in parts).norm() / sum(deltas).norm())
+
+
+def _axis_out(updates):
+    deltas, parts = _do_parts(updates, "out")
+    return float((torch.stack([a for a, _ in parts]).mean(0)[:, None] * sum(w for _, w in parts)).norm() / sum(deltas).norm())
+
+
+def _naive_division(updates):
+    deltas = [u.delta() for u in updates]
+    alphas = torch.stack([d.norm(dim=0) for d in deltas])
+    return float((alphas.mean(0) * sum(d / a for d, a in zip(deltas, alphas))).norm() / sum(deltas).norm())
+
+
+def _scales_in_place(updates):
+    updates[0].B.mul_(2.0)
+    return norm_ratio_right(updates)
+
+
+RIGHT_RATIO = {
+    "numpy": norm_ratio_right,
+    "package": lambda ups: float(merge_layer(ups, "do", orthogonalize=False).double().norm()
+                                 / merge_layer(ups, "task_arithmetic").double().norm()),
+}
+
+WRONG_RATIO = {
+    "inverted": (lambda ups: 1 / norm_ratio_right(ups), "‖TA‖ / ‖DO‖"),
+    "sum of the magnitudes": (_sum_of_alphas, "MEAN of the α_i"),
+    "squared norms": (lambda ups: norm_ratio_right(ups) ** 2, "squared norms"),
+    "no magnitude put back": (_no_magnitude, "without putting the magnitude"),
+    "axis out": (_axis_out, "expected"),
+    "0/0 on a zero column": (_naive_division, "NaN"),
+    "the orthogonal-columns estimate": (mean_over_rms, "estimate"),
+    "always 1": (lambda ups: 1.0, "expected"),
+    "in place": (_scales_in_place, "in place"),
+    "a tensor of norms": (lambda ups: torch.ones(2), "number"),
+}
+
+
+def test_do_magnitude_accepts_any_prediction():
+    for prediction in ("larger", "smaller", "same"):
+        msg = exercises.check_predict_do_magnitude(prediction, norm_ratio_right)
+        assert "measured 'smaller'" in msg and ("matches" in msg) == (prediction == "smaller")
+
+
+def test_do_magnitude_measurement_is_what_it_says():
+    """The toy's ratio is below 1, close to (5.7)'s mean/RMS estimate, and exactly 1 for a repeated update."""
+    toy = magnitude_toy()
+    ratio = norm_ratio_right(toy)
+    assert ratio < 0.95 and abs(ratio - mean_over_rms(toy)) < 0.02
+    same = magnitude_toy((1.0,), seed=9)
+    assert abs(norm_ratio_right(same * 2) - 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("answer", RIGHT_RATIO.values(), ids=RIGHT_RATIO)
+def test_do_magnitude_accepts(answer):
+    exercises.check_predict_do_magnitude("larger", answer)
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_RATIO.values(), ids=WRONG_RATIO)
+def test_do_magnitude_rejects(wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_predict_do_magnitude("smaller", wrong)
+
+
+@pytest.mark.parametrize("prediction", [None, "bigger", 0.7])
+def test_do_magnitude_needs_a_prediction(prediction):
+    with pytest.raises(AssertionError, match="prediction"):
+        exercises.check_predict_do_magnitude(prediction, norm_ratio_right)

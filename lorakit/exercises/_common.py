@@ -67,3 +67,25 @@ def as_number(x: Any, what: str) -> float:
         return float(x)
     except (TypeError, ValueError, RuntimeError):
         raise AssertionError(f"{what} must be a number, got {type(x).__name__}") from None
+
+
+def check_choice(prediction: Any, choices: tuple[str, ...], question: str) -> str:
+    """A predict → run → interpret exercise's prediction: any of ``choices`` is accepted, nothing else.
+
+    Raise with a hint when the learner has not written one (``None``) or wrote something else.
+    """
+    if prediction is None:
+        raise AssertionError(f"write your prediction first ({question}): set `prediction` to one of "
+                             f"{', '.join(map(repr, choices))} in the cell above the measurement, then run it")
+    if not isinstance(prediction, str) or prediction.strip().lower() not in choices:
+        raise AssertionError(f"`prediction` must be one of {', '.join(map(repr, choices))}, got {prediction!r}")
+    return prediction.strip().lower()
+
+
+def report_prediction(prediction: str, measured: str, evidence: str, why: str) -> str:
+    """Print and return the verdict of a predict → run → interpret exercise (any prediction passes)."""
+    match = "your prediction matches the measurement" if prediction == measured else (
+        f"the measurement says {measured!r}, not {prediction!r}: read the explanation")
+    msg = f"✓ prediction {prediction!r}, measured {measured!r} ({evidence}): {match}.\n  Why: {why}"
+    print(msg)
+    return msg

@@ -9,7 +9,8 @@ import torch
 
 from ..lora import LoRAUpdate, lora_delta, lora_scaling
 from ._common import as_number as _as_number, as_tensor as _as_tensor, assert_unmodified as _assert_unmodified
-from ._common import copy_input as _copy, ok as _ok, random_lora as _random_lora
+from ._common import check_choice as _check_choice, copy_input as _copy, ok as _ok, random_lora as _random_lora
+from ._common import report_prediction as _report_prediction
 
 
 def check_lora_delta(fn: Callable[[torch.Tensor, torch.Tensor, float, int], torch.Tensor]) -> str:
@@ -116,3 +117,58 @@ def check_rank_bound(fn: Callable[[LoRAUpdate], int]) -> str:
                 "count the singular values of ΔW above a tolerance relative to the largest one")
     label, got, want = next((lab, g, w) for (lab, _), g, w in zip(cases, gots, wants) if g != w)
     raise AssertionError(f"{label}: rank(ΔW) = {want}, got {got}. {hint}")
+
+
+SUM_RANK_CHOICES = ("r", "n*r", "min(d_out, d_in)")
+
+
+def sum_rank_case(shared_A: bool = False, n: int = 3, d: int = 64, r: int = 4, seed: int = 20) -> list[LoRAUpdate]:
+    """The prediction exercise's N rank-r updates of a d × d layer (float64); ``shared_A``: one A for all."""
+    ups = [LoRAUpdate(*_random_lora(seed + i, d, d, r), 2.0) for i in range(n)]
+    return [LoRAUpdate(ups[0].A, u.B, u.scaling) for u in ups] if shared_A else ups
+
+
+def _sum_rank_cases() -> list[tuple[str, list[LoRAUpdate]]]:
+    cases = [("3 independent rank-4 updates of a 64 × 64 layer", sum_rank_case()),
+             ("3 updates sharing one A", sum_rank_case(shared_A=True)),
+             ("5 independent rank-3 updates of a 12 × 10 layer (N·r > d_in)",
+              [LoRAUpdate(*_random_lora(40 + i, 12, 10, 3), 1.0) for i in range(5)])]
+    ups = sum_rank_case(n=2, d=16, r=3, seed=50)
+    cases.append(("2 updates sharing one B", [ups[0], LoRAUpdate(ups[1].A, ups[0].B, 0.5)]))
+    ups = sum_rank_case(n=3, d=16, r=2, seed=60)
+    cases.append(("one of 3 updates with B = 0", [ups[0], ups[1], LoRAUpdate(ups[2].A, torch.zeros_like(ups[2].B), 1.0)]))
+    return cases
+
+
+def check_predict_sum_rank(prediction: str | None, fn: Callable[[list[LoRAUpdate]], int]) -> str:
+    """Exercise 1.4 (predict → run → interpret): the rank of a task-arithmetic sum Σ_i ΔW_i.
+
+    ``prediction`` (any of :data:`SUM_RANK_CHOICES` is accepted) is the learner's guess for N = 3
+    independent rank-4 updates of a 64 × 64 layer; ``fn(updates)`` must return the numerical rank of
+    Σ_i s_i B_i A_i and is checked against ``torch.linalg.matrix_rank`` of the package's sum on cases
+    where the sum of the ranks, r, and min(d_out, d_in) are each wrong somewhere.
+    """
+    cases = _sum_rank_cases()
+    gots = []
+    for label, ups in cases:
+        passed = _copy(ups)
+        value = _as_number(fn(passed), "the rank")
+        _assert_unmodified({"updates": ups}, {"updates": passed})
+        assert value == int(value), f"the rank is an integer, got {value}"
+        gots.append(int(value))
+    choice = _check_choice(prediction, SUM_RANK_CHOICES, "the rank of ΔW_1 + ΔW_2 + ΔW_3 for independent rank-r updates")
+    wants = [int(torch.linalg.matrix_rank(sum(u.delta() for u in ups))) for _, ups in cases]
+    if gots != wants:
+        label, got, want = next((c[0], g, w) for c, g, w in zip(cases, gots, wants) if g != w)
+        rank_sum = sum(u.rank for u in dict(cases)[label])
+        hint = ("that is N·r, only an upper bound: compute the rank of the sum itself" if got == rank_sum else
+                "compute the rank of Σ_i ΔW_i itself (its singular values above a tolerance relative to the largest)")
+        raise AssertionError(f"{label}: rank(Σ ΔW_i) = {want}, got {got}. {hint}")
+    n, r, d = 3, 4, 64
+    measured = {n * r: "n*r", r: "r", d: "min(d_out, d_in)"}[wants[0]]
+    why = (f"Σ_i s_i B_i A_i = [s_1 B_1 … s_N B_N] [A_1; …; A_N], a product through N·r = {n * r} dimensions, so "
+           f"rank ≤ N·r; independent random factors reach it ({wants[0]}). With a shared A every row of the sum "
+           f"lies in A's r-dimensional row space: rank {wants[1]}. And no sum exceeds min(d_out, d_in) "
+           f"({wants[2]} for 5 rank-3 updates of a 12 × 10 layer). Task vectors add up to a larger rank: the merged "
+           "update is no longer a rank-r LoRA (notebook 02, section 1).")
+    return _report_prediction(choice, measured, f"rank {wants[0]} for N = {n}, r = {r}, d = {d}", why)

@@ -8,9 +8,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..lora import LoRAUpdate
-from ..merge import disjoint_mean, elect_sign, trim_topk
+from ..merge import disjoint_mean, elect_sign, ties_dense, trim_topk
 from ._common import as_tensor as _as_tensor, assert_unmodified as _assert_unmodified, copy_input as _copy
-from ._common import ok as _ok, random_lora as _random_lora
+from ._common import check_choice as _check_choice, ok as _ok, random_lora as _random_lora
+from ._common import report_prediction as _report_prediction
 
 
 def _trimmed_stack(seed: int, n: int, shape: tuple[int, ...], density: float) -> torch.Tensor:
@@ -166,3 +167,68 @@ def check_cross_term(fn: Callable[[Sequence[LoRAUpdate]], torch.Tensor]) -> str:
         if all(torch.allclose(g, f(ups), atol=1e-8) for g, ups in zip(gots, cases)):
             raise AssertionError(hint)
     raise AssertionError("values differ from Σ_{i≠j} √(s_i s_j) B_i A_j (check which factor comes from which task)")
+
+
+CONFLICT_CHOICES = ("more", "less", "same")
+
+
+def anticorrelated_pair(n: int = 2000, c: float = 0.5, noise: float = 0.3, seed: int = 0) -> torch.Tensor:
+    """Two task vectors stacked ``(2, n)`` (float64): τ_1 random, τ_2 = −c·τ_1 + noise·ε (anti-correlated)."""
+    g = torch.Generator().manual_seed(seed)
+    t1 = torch.randn(n, generator=g, dtype=torch.float64)
+    return torch.stack([t1, -c * t1 + noise * torch.randn(n, generator=g, dtype=torch.float64)])
+
+
+def conflict_shares(stack: torch.Tensor) -> dict[str, torch.Tensor]:
+    """cos(merged, τ_i) per task for task arithmetic (the sum) and TIES (density 1, λ 1: election + disjoint mean)."""
+    cos = lambda m: torch.stack([(m * t).sum() / (m.norm() * t.norm()) for t in stack])
+    return {"task_arithmetic": cos(stack.sum(0)), "ties": cos(ties_dense(stack, lam=1.0, density=1.0))}
+
+
+def _win_rate_cases() -> list[torch.Tensor]:
+    ties = torch.tensor([[1.0, 2.0, 0.0, -1.0], [-1.0, -2.0, 0.0, 1.0]], dtype=torch.float64)  # every sum is 0
+    return [anticorrelated_pair(300, seed=1), _trimmed_stack(2, 3, (8, 9), 0.5), _trimmed_stack(3, 4, (40,), 0.3), ties]
+
+
+def check_predict_ties_conflict(prediction: str | None, fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
+    r"""Exercise 2.4 (predict → run → interpret): does TIES' sign election keep more of an anti-correlated task?
+
+    ``prediction`` (any of :data:`CONFLICT_CHOICES`: TIES keeps *more*, *less* or the *same* of the
+    smaller task τ_2 as task arithmetic, by cos(merged, τ_2)) is accepted whatever it is;
+    ``fn(stack)`` must return, per task, the fraction of entries where its sign agrees with TIES'
+    elected sign (trimmed zeros never agree), shape ``(N,)``: checked against ``lorakit.merge.elect_sign``.
+    """
+    cases, gots = _win_rate_cases(), []
+    for stack in cases:
+        passed = stack.clone()
+        got = fn(passed)
+        assert isinstance(got, torch.Tensor), "return a torch.Tensor"
+        _assert_unmodified({"stack": stack}, {"stack": passed})
+        assert tuple(got.shape) == (stack.shape[0],), f"return one fraction per task, shape ({stack.shape[0]},), got {tuple(got.shape)}"
+        gots.append(_as_tensor(got, "the fractions"))
+    choice = _check_choice(prediction, CONFLICT_CHOICES, "does TIES keep more, less or the same of task 2?")
+    wants = [elect_sign(s).reshape(s.shape[0], -1).double().mean(1) for s in cases]
+    for stack, got, want in zip(cases, gots, wants):
+        if torch.allclose(got, want, atol=1e-12):
+            continue
+        if torch.allclose(got, want * stack[0].numel(), atol=1e-9):
+            raise AssertionError("those are counts of entries; divide by the number of entries to get fractions")
+        if torch.allclose(got, (stack.sign() == torch.where(stack.sum(0) > 0, 1.0, -1.0)).reshape(len(stack), -1).double().mean(1)):
+            raise AssertionError("a sum of exactly 0 elects + (TIES' rule, `>= 0`): check the entries where the tasks cancel")
+        majority = torch.where(stack.sign().sum(0) >= 0, 1.0, -1.0)
+        if torch.allclose(got, (stack.sign() == majority).reshape(len(stack), -1).double().mean(1)):
+            raise AssertionError("TIES elects the sign of the SUM of the values (the mass), not the sign most tasks have")
+        raise AssertionError(f"expected the fractions {[round(v, 4) for v in want.tolist()]}, got "
+                             f"{[round(v, 4) for v in got.tolist()]}: per task, the mean over entries of "
+                             "[sign τ_i = elected sign], zeros never agreeing")
+    pair = anticorrelated_pair()
+    shares, wins = conflict_shares(pair), elect_sign(pair).double().mean(1)
+    gain = float(shares["ties"][1] - shares["task_arithmetic"][1])
+    measured = "more" if gain > 0.02 else "less" if gain < -0.02 else "same"
+    why = (f"task 2 agrees with the elected sign in only {wins[1]:.0%} of the entries (task 1 in {wins[0]:.0%}): "
+           "where the tasks disagree, the sign of the sum goes to the larger one, and the disjoint mean then keeps "
+           "only its value. TIES resolves a conflict by choosing a winner, which sharpens task 1 "
+           f"(cos {shares['task_arithmetic'][0]:.2f} → {shares['ties'][0]:.2f}) at task 2's expense; task arithmetic "
+           "lets the two cancel instead. No entry-wise rule can keep both of two directions that truly oppose.")
+    evidence = (f"cos(merged, τ_2): task arithmetic {shares['task_arithmetic'][1]:.2f}, TIES {shares['ties'][1]:.2f}")
+    return _report_prediction(choice, measured, evidence, why)

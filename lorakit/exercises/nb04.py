@@ -13,6 +13,7 @@ import torch
 from ..lora import LoRAUpdate
 from ..osrm import interference_ratio, subspace, subspace_from_gram
 from ._common import as_number as _as_number, assert_unmodified as _assert_unmodified, ok as _ok
+from ._common import check_choice as _check_choice, report_prediction as _report_prediction
 
 Tensor = torch.Tensor
 
@@ -169,3 +170,62 @@ def check_centring_trap(fn: Callable[[int, int, int], Tensor]) -> str:
                              "apart. The centred covariance ignores μ, so put μ along a direction in which the "
                              "rows vary LEAST: the centred recipe then picks that direction and A μ ≠ 0")
     return _ok("a large mean on a low-variance direction defeats the centred covariance")
+
+
+RANK_CHOICES = ("rises", "falls", "unchanged")
+
+
+def energy_share(A: Tensor, H: Tensor) -> float:
+    """e(A, H) of (4.6): ``‖A Hᵀ‖_F² / ((‖A‖_F² / d_in) ‖H‖_F²)``, 1 for a random orthonormal A (float64)."""
+    A, H = A.double(), H.double()
+    return float(torch.linalg.matrix_norm(A @ H.T) ** 2
+                 / (torch.linalg.matrix_norm(A) ** 2 / A.shape[1] * torch.linalg.matrix_norm(H) ** 2))
+
+
+def check_predict_osrm_rank(prediction: str | None, fn: Callable[[Tensor, int], float], H_other: Tensor,
+                            ranks: tuple[int, ...] = (2, 8, 32, 128)) -> str:
+    r"""Exercise 4.4 (predict → run → interpret): how OSRM's overlap with the other tasks changes with r.
+
+    ``prediction`` (any of :data:`RANK_CHOICES`) is the learner's guess for e(A, H_other) of (4.6) as
+    r grows; ``fn(H, r)`` must return e(subspace(H, r), H), the share of ``H``'s energy that OSRM's
+    rank-r subspace built on ``H`` sees, relative to a random subspace. It is checked against
+    :func:`lorakit.osrm.subspace` and (4.6) on random features and on ``H_other`` (the notebook's
+    real features of the other tasks, ``(k, d_in)``) at each of ``ranks``.
+    """
+    H_other = H_other.double()
+    if H_other.ndim != 2 or not all(1 <= r <= H_other.shape[1] for r in ranks):
+        raise AssertionError(f"H_other must be (k, d_in) with every rank in {ranks} between 1 and d_in; "
+                             f"got shape {tuple(H_other.shape)}")
+    cases = [(graded_features(200, 24, seed=5), 3), (graded_features(12, 20, seed=6), 4),
+             (_trap_features(7, 300, 16), 2)] + [(H_other, r) for r in ranks]
+    gots = []
+    for H, r in cases:
+        passed = H.clone()
+        gots.append(_as_number(fn(passed, r), "e"))
+        _assert_unmodified({"H": H}, {"H": passed})
+    choice = _check_choice(prediction, RANK_CHOICES, "does e(A, H_other) rise, fall or stay as r grows?")
+    for (H, r), got in zip(cases, gots):
+        want = energy_share(subspace(H, r), H)
+        if abs(got - want) <= 1e-6 * max(want, 1e-3):
+            continue
+        d, lam = H.shape[1], torch.linalg.eigvalsh(H.T @ H)
+        where = f"(k={H.shape[0]}, d_in={d}, r={r})"
+        if abs(got - want * r / d) <= 1e-6 * want * r / d + 1e-12:
+            raise AssertionError(f"{where}: that is the plain fraction ‖A Hᵀ‖²/‖H‖²; (4.6) divides it by r/d_in, "
+                                 "what a random orthonormal A of rank r would see")
+        if abs(got - float(lam[-r:].sum() / lam.sum()) * d / r) <= 1e-6 * got:
+            raise AssertionError(f"{where}: those are the r LARGEST eigenvalues; OSRM's A spans the smallest (eigh sorts ascending)")
+        if abs(got - energy_share(centered_subspace(H, r), H)) <= 1e-6 * max(got, 1e-3):
+            raise AssertionError(f"{where}: you built A from the centred covariance; OSRM uses the uncentered HᵀH")
+        raise AssertionError(f"{where}: expected e = {want:.6f}, got {got:.6f}. With OSRM's A (Ky Fan, (4.4)), "
+                             "‖A Hᵀ‖² is the sum of the r smallest eigenvalues of HᵀH")
+    curve = gots[-len(ranks):]
+    d = H_other.shape[1]
+    measured = ("rises" if curve[-1] > 1.01 * curve[0] else "falls" if curve[-1] < 0.99 * curve[0] else "unchanged")
+    why = ("by Ky Fan (4.4), ‖A Hᵀ‖² = λ_1 + … + λ_r, the r smallest eigenvalues of HᵀH, and ‖H‖_F² = tr HᵀH = "
+           "λ_1 + … + λ_d, so e = (mean of the r smallest eigenvalues) / (mean of all d). Each eigenvalue added "
+           "as r grows is at least as large as those already in, so the mean can only rise, up to e = 1 at r = "
+           f"d_in = {d}. A larger rank buys the adapter capacity with directions the other tasks use more: "
+           "OSRM's protection is strongest at small r.")
+    evidence = ", ".join(f"r={r}: e={v:.3f}" for r, v in zip(ranks, curve))
+    return _report_prediction(choice, measured, evidence, why)

@@ -11,9 +11,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..merge import decouple, factor_cross_terms
+from ..lora import LoRAUpdate
+from ..merge import decouple, factor_cross_terms, merge_layer
 from ._common import as_number as _as_number, as_tensor as _as_tensor_of_dtype, assert_unmodified as _assert_unmodified
-from ._common import ok as _ok, random_lora as _random_lora
+from ._common import check_choice as _check_choice, ok as _ok, random_lora as _random_lora
+from ._common import report_prediction as _report_prediction
 
 
 def _factors(seed: int, ranks: Sequence[int], d_in: int) -> list[torch.Tensor]:
@@ -161,3 +163,81 @@ def check_ortho_gd_step(fn: Callable[..., Sequence[torch.Tensor]]) -> str:
         raise AssertionError("the new δ_i differ from δ_i − lr · ∇_{δ_i} L_A; check the cross-term gradient "
                              "2 Σ_{j≠i} (Â_i Â_jᵀ) Â_j and the penalty 2γ δ_i")
     return _ok("one gradient-descent step on L_A")
+
+
+MAGNITUDE_CHOICES = ("larger", "smaller", "same")
+
+
+def magnitude_toy(b_scales: Sequence[float] = (1.0, 0.1, 0.3), d: int = 64, r: int = 4, seed: int = 1) -> list[LoRAUpdate]:
+    """Notebook 05's toy: one random rank-r update of a d × d layer per task, task i's B scaled by b_scales[i]."""
+    g = torch.Generator().manual_seed(seed)
+    return [LoRAUpdate(torch.randn(r, d, generator=g, dtype=torch.float64) / r,
+                       c * torch.randn(d, r, generator=g, dtype=torch.float64), 2.0) for c in b_scales]
+
+
+def do_norm_ratio(updates: Sequence[LoRAUpdate]) -> float:
+    """‖ΔW*_DO‖_F / ‖ΔW*_TA‖_F with λ = 1: DO decoupling only (axis "in", mean magnitudes) over task arithmetic."""
+    do = merge_layer(list(updates), "do", orthogonalize=False).double()
+    return float(do.norm() / merge_layer(list(updates), "task_arithmetic").double().norm())
+
+
+def mean_over_rms(updates: Sequence[LoRAUpdate]) -> float:
+    """(5.7)'s estimate of :func:`do_norm_ratio` for mutually orthogonal columns: √(Σ_j N ᾱ_j² / Σ_j Σ_i α_ij²)."""
+    alphas = torch.stack([u.delta().double().norm(dim=0) for u in updates])      # (N, d_in)
+    return float((len(updates) * alphas.mean(0).pow(2).sum() / alphas.pow(2).sum()).sqrt())
+
+
+def check_predict_do_magnitude(prediction: str | None, fn: Callable[[Sequence[LoRAUpdate]], float]) -> str:
+    """Exercise 5.4 (predict → run → interpret): is the decoupled merge larger or smaller than task arithmetic's?
+
+    ``prediction`` (any of :data:`MAGNITUDE_CHOICES`) is the learner's guess for section 1's toy;
+    ``fn(updates)`` must return ‖ΔW*_DO‖_F / ‖ΔW*_TA‖_F at λ = 1 (decoupling only, axis ``"in"``,
+    α* the mean of the α_i), checked against ``merge_layer`` on unequal, equal and identical updates
+    and on updates with an all-zero column.
+    """
+    same = magnitude_toy((1.0,), seed=4)[0]
+    zero_col = magnitude_toy((1.0, 0.5), d=12, r=2, seed=5)
+    zero_col[1] = LoRAUpdate(zero_col[1].A.clone(), zero_col[1].B, zero_col[1].scaling)
+    zero_col[1].A[:, 3] = 0.0
+    cases = [("section 1's toy (B scaled 1 : 0.1 : 0.3)", magnitude_toy()),
+             ("three updates of equal scale", magnitude_toy((1.0, 1.0, 1.0), seed=2)),
+             ("the same update twice", [same, LoRAUpdate(same.A, same.B, same.scaling)]),
+             ("two updates, one with an all-zero column", zero_col),
+             ("two 20 × 20 updates, B scaled 1 : 0.2", magnitude_toy((1.0, 0.2), d=20, r=3, seed=6))]
+    gots = []
+    for _, ups in cases:
+        passed = [LoRAUpdate(u.A.clone(), u.B.clone(), u.scaling) for u in ups]
+        gots.append(_as_number(fn(passed), "the ratio"))
+        _assert_unmodified({"updates": ups}, {"updates": passed})
+    choice = _check_choice(prediction, MAGNITUDE_CHOICES, "is ‖ΔW*_DO‖ larger, smaller or the same as ‖ΔW*_TA‖?")
+    for (label, ups), got in zip(cases, gots):
+        want = do_norm_ratio(ups)
+        if abs(got - want) <= 1e-5 * want:
+            continue
+        n = len(ups)
+        if got != got:
+            raise AssertionError(f"{label}: NaN: an all-zero column has α = 0, so W̃ = ΔW / α is 0/0 there; give it a zero "
+                                 "direction (notebook 05, section 2)")
+        if abs(got * want - 1) <= 1e-5:
+            raise AssertionError(f"{label}: that is ‖TA‖ / ‖DO‖; the ratio asked for is ‖ΔW*_DO‖ / ‖ΔW*_TA‖")
+        if abs(got - n * want) <= 1e-5 * n * want:
+            raise AssertionError(f"{label}: α* is the MEAN of the α_i (5.2), not their sum")
+        if abs(got - want ** 2) <= 1e-5 * want ** 2:
+            raise AssertionError(f"{label}: that is a ratio of squared norms; take ‖·‖_F itself")
+        dirs = sum(decouple(u.delta(), "in")[1] for u in ups)
+        ta = sum(u.delta() for u in ups)
+        if abs(got - float(dirs.norm() / ta.norm())) <= 1e-5 * got:
+            raise AssertionError(f"{label}: that merges the directions without putting the magnitude α* back: ΔW* = α* ⊙ Σ W̃_i")
+        if abs(got - mean_over_rms(ups)) <= 1e-9 * got:
+            raise AssertionError(f"{label}: that is (5.7)'s estimate for orthogonal columns; compute the two merges themselves")
+        raise AssertionError(f"{label}: expected {want:.6f}, got {got:.6f}; DO's merge is α* ⊙ Σ_i W̃_i with one "
+                             "norm per input column (axis 'in'), task arithmetic Σ_i ΔW_i, both at λ = 1")
+    ratio, estimate = gots[0], mean_over_rms(cases[0][1])
+    measured = "smaller" if ratio < 0.95 else "larger" if ratio > 1.05 else "same"
+    why = ("per input column j, task arithmetic gives Σ_i α_ij w_ij and DO gives ᾱ_j Σ_i w_ij (unit w_ij). For "
+           "nearly orthogonal columns ‖Σ_i α_ij w_ij‖² ≈ Σ_i α_ij² and ‖ᾱ_j Σ_i w_ij‖² ≈ N ᾱ_j², so the ratio is "
+           f"mean(α) / rms(α) ≤ 1 (5.7): {estimate:.3f} here. It is 1 only when every task has the same magnitude in "
+           f"every column (three updates of equal scale give {gots[1]:.3f}: their column norms still differ a little) "
+           f"or when the directions coincide ({gots[2]:.3f} for the same update twice). The decoupled merge is shorter, so λ, chosen on validation, must make up for it: "
+           "DO tends to want a larger λ than task arithmetic.")
+    return _report_prediction(choice, measured, f"‖DO‖ / ‖TA‖ = {ratio:.3f} on the toy", why)

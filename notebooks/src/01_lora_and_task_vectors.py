@@ -9,8 +9,8 @@
 # whose printed output the text cites carry `# NBVAL_CHECK_OUTPUT`, so `make test` fails if the
 # numbers change.
 #
-# Runtime: `ci` well under a minute (it trains one small adapter, cached afterwards) · `cpu` not
-# measured · `gpu` not measured.
+# Runtime: `ci` about a minute (it trains one small adapter, cached afterwards, and runs the training
+# loop twice for a few steps) · `cpu` not measured · `gpu` not measured.
 
 # %%
 from lorakit.nb import setup
@@ -135,10 +135,66 @@ print(f"relative error of summing factors: {((factor_sum - true_sum).norm() / tr
 
 # %%
 from lorakit.tasks import load_task
-from lorakit.train import train_adapter
 
 task = load_task("rt_subjectivity", profile=P)
 print(task.card.title, "|", task.sizes(), "| labels:", task.label_names)
+
+# %% [markdown]
+# **The training loop, written out.** `train_adapter` builds the peft model and hands it to
+# `lorakit.fit.fit`. Nothing in that loop is specific to LoRA: AdamW on the trainable parameters,
+# the learning rate warmed up linearly over the first 6 % of the steps and then decayed linearly to 0,
+# mini-batches drawn from a seeded shuffle (reshuffled after each pass over the data), and each batch
+# cut to its longest text. Here it is in a few lines. The cell runs it and the package's `fit` for 14
+# steps (one reshuffle included) on two copies of the same fresh model and asserts that the losses and
+# the trained weights are identical.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import copy
+from lorakit.assets import load_base, load_tokenizer
+from lorakit.fit import fit
+from lorakit.profiles import get_profile
+
+def my_fit(model, texts, labels, steps, lr, batch_size, seed, max_length):
+    """AdamW; lr warmed up over 6 % of the steps, then linear decay to 0; batches from a seeded shuffle."""
+    enc = load_tokenizer(P.model)(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    y = torch.tensor(labels)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr, weight_decay=0.0)
+    warmup = max(1, int(0.06 * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min((t + 1) / warmup, max(0.0, (steps - t) / max(1, steps - warmup))))
+    gen = torch.Generator().manual_seed(seed)
+    order, cursor, losses = torch.randperm(len(y), generator=gen), 0, []
+    model.train()
+    for _ in range(steps):
+        if cursor + batch_size > len(y):                          # one pass done: reshuffle
+            order, cursor = torch.randperm(len(y), generator=gen), 0
+        idx, cursor = order[cursor:cursor + batch_size], cursor + batch_size
+        width = int(enc["attention_mask"][idx].sum(1).max())      # cut the batch to its longest text
+        loss = model(**{k: v[idx, :width] for k, v in enc.items()}, labels=y[idx]).loss
+        loss.backward(); opt.step(); sched.step(); opt.zero_grad()
+        losses.append(round(loss.item(), 5))
+    return losses
+
+torch.manual_seed(0)
+start = get_peft_model(load_base(P.model, num_labels=task.num_labels),
+                       LoraConfig(task_type="SEQ_CLS", r=P.rank, lora_alpha=P.alpha, target_modules=list(P.target_modules), lora_dropout=0.0))
+steps = len(task.train[1]) // P.batch_size + 2                    # past the first reshuffle
+mine_model, package_model = copy.deepcopy(start), copy.deepcopy(start)
+torch.manual_seed(1)                                              # dropout draws from the global generator
+mine = my_fit(mine_model, *task.train, steps, P.lr, P.batch_size, seed=0, max_length=P.max_length)
+torch.manual_seed(1)
+theirs = fit(package_model, task, get_profile(P, steps=steps), [{"params": [q for q in package_model.parameters() if q.requires_grad], "lr": P.lr}],
+             seed=0, progress=False, desc="")
+assert mine == theirs and all(torch.equal(a, b) for a, b in zip(mine_model.parameters(), package_model.parameters()))
+print(f"{steps} steps: my_fit and lorakit.fit.fit give the same losses and the same weights:", mine == theirs)
+
+# %% [markdown]
+# Now the package's `train_adapter`: the same loop for the profile's number of steps, then the
+# accuracy on the validation and test splits, and the adapter saved to the cache.
+
+# %%
+from lorakit.train import train_adapter
+
 adapter = train_adapter("rt_subjectivity", P, progress=False)
 acc, majority = adapter.metrics["test_acc"], adapter.metrics["majority_test"]
 print(f"test accuracy {acc:.3f} vs majority baseline {majority:.3f} ({P.steps} steps, {adapter.metrics['seconds']} s)")
@@ -188,6 +244,7 @@ print("W0 + ΔW with the task's head reproduces the peft model's accuracy:", abs
 # 1. Write `my_delta(A, B, alpha, r)` returning $\Delta W$ for plain LoRA.
 # 2. Write `my_rslora_scaling(alpha, r)` for rsLoRA.
 # 3. Write `my_rank(update)` returning the numerical rank of `update.delta()`.
+# 4. Predict, run, interpret (below).
 
 # %%
 from lorakit import exercises
@@ -199,3 +256,67 @@ try:
     exercises.check_lora_delta(my_delta)
 except NotImplementedError:
     print("exercise 1 not attempted yet")
+
+# %% [markdown]
+# **2.** rsLoRA (the table of section 1) replaces $s = \alpha/r$ by $\alpha/\sqrt r$. `my_rslora_scaling(alpha, r)`
+# returns that number (a Python float or a one-element tensor).
+
+# %%
+def my_rslora_scaling(alpha, r):
+    raise NotImplementedError  # your code here
+
+try:
+    exercises.check_rslora_scaling(my_rslora_scaling)
+except NotImplementedError:
+    print("exercise 2 not attempted yet")
+
+# %% [markdown]
+# **3.** `my_rank(update)` returns the numerical rank of $\Delta W = s\,BA$ for a `LoRAUpdate` (float64
+# factors): the number of singular values above a tolerance *relative* to the largest, as in section 5.
+# The checker includes updates whose rank is below $r$ (a column of $B$ zeroed, dependent rows of $A$), a
+# tiny update and $B = 0$.
+
+# %%
+def my_rank(update):
+    raise NotImplementedError  # your code here
+
+try:
+    exercises.check_rank_bound(my_rank)
+except NotImplementedError:
+    print("exercise 3 not attempted yet")
+
+# %% [markdown]
+# **4. Predict, run, interpret: the rank of a merge.** Three tasks each give a rank-$r$ update
+# ($r = 4$) of the same $64 \times 64$ layer, with independently drawn factors. Task arithmetic (1.2)
+# adds them. *Before running the next cell*, predict the rank of $\Delta W_1 + \Delta W_2 + \Delta W_3$:
+# set `prediction` to `"r"`, `"n*r"` or `"min(d_out, d_in)"`.
+
+# %%
+prediction = None  # your prediction: "r", "n*r" or "min(d_out, d_in)"
+
+# %% [markdown]
+# Run the measurement (given). It also tries three updates that share one $A$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from lorakit.exercises.nb01 import sum_rank_case
+
+for label, shared in (("independent factors", False), ("one shared A     ", True)):
+    ups = sum_rank_case(shared_A=shared)
+    merged_rank = int(torch.linalg.matrix_rank(sum(u.delta() for u in ups)))
+    print(f"{label}: rank(ΔW_1 + ΔW_2 + ΔW_3) = {merged_rank}  (r = {ups[0].rank}, N·r = {len(ups) * ups[0].rank}, d = 64)")
+
+# %% [markdown]
+# Interpret: write `my_sum_rank(updates)`, the numerical rank of $\sum_i \Delta W_i$ for a list of
+# `LoRAUpdate`s. The checker tests it on cases where $N r$, $r$ and $\min(d_\text{out}, d_\text{in})$ are
+# each wrong somewhere, then compares your prediction with the measurement and explains it (any
+# prediction is accepted).
+
+# %%
+def my_sum_rank(updates):
+    raise NotImplementedError  # your code here
+
+try:
+    exercises.check_predict_sum_rank(prediction, my_sum_rank)
+except NotImplementedError:
+    print("exercise 4 not attempted yet")

@@ -283,6 +283,32 @@ print("DARE-linear from scratch (2.4) = lorakit")
 # `merge_adapters` (whole adapters) gives every layer its own reproducible seed
 # (`layer_seed(seed, module)`), so layers do not share one mask pattern.
 #
+# **The three rules side by side.** The diagram applies task arithmetic (2.1), TIES (2.3) and DARE
+# (2.4, one draw, $p = 0.5$) to the six-entry example of section 3. Bars are the three tasks' entries
+# (what each rule lets into the merge: all of them, the trimmed survivors that agree with the elected
+# sign, the random survivors rescaled by $1/(1-p)$); the black marks are the merged entries, $\lambda = 1$.
+# The cell asserts that the drawn marks are lorakit's merges.
+
+# %%
+import matplotlib.pyplot as plt
+
+ex = torch.tensor(taus)                                              # 3 tasks × 6 entries (section 3)
+ties_in = torch.where(elect_sign(torch.stack([trim_topk(t, 0.5) for t in ex])), torch.stack([trim_topk(t, 0.5) for t in ex]), 0.0)
+g_fig = torch.Generator().manual_seed(3)
+dare_in = torch.stack([dare_drop(t, 0.5, g_fig) for t in ex])
+panels = [("task arithmetic: sum everything", ex, ex.sum(0)),
+          ("TIES: trim, elect a sign, mean of the agreeing", ties_in, ties_dense(ex, lam=1.0, density=0.5)),
+          ("DARE: drop at random, rescale by 1/(1-p), sum", dare_in, dare_in.sum(0))]
+assert torch.allclose(panels[1][2], disjoint_mean(ties_in, ties_in != 0)) and torch.allclose(panels[0][2], ex.sum(0))
+fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
+for ax, (title, parts, merged_row) in zip(axes, panels):
+    for i in range(3):
+        ax.bar([e + 0.25 * (i - 1) for e in range(6)], parts[i].tolist(), 0.25, color=f"C{i}", label=f"task {i + 1}")
+    ax.scatter(range(6), merged_row.tolist(), marker="_", s=400, color="k", linewidths=3, label="merged", zorder=3)
+    ax.axhline(0, color="0.5", lw=0.5); ax.set_title(title, fontsize=9); ax.set_xlabel("entry")
+axes[0].set_ylabel("value"); axes[0].legend(fontsize=7, ncol=2);
+
+# %% [markdown]
 # ## 5. KnOTS: merge in a shared SVD basis
 #
 # Stoica et al. (2025) observe that LoRA updates of different tasks live in poorly aligned subspaces, so
@@ -400,16 +426,78 @@ print(f"relative error of ΔW over {len(true_sum)} layers: linear {min(errors['l
 # %% [markdown]
 # Now the evaluation. `Evaluator` tokenizes each task's validation and test split once and scores any
 # $\{\Delta W\}$ with any task's head; the individual adapters give the normalizer.
+#
+# **The evaluator, written out.** Scoring a merge means: add $\Delta W^*$ to the adapted weights of the
+# pre-trained model, put task $t$'s own head on top, predict, count. `my_score` does exactly that, on a
+# copy of the base model, with one padded forward pass. lorakit's `Evaluator.score` does the same
+# arithmetic faster (texts sorted by length, padding dropped, the embedding output computed once) and
+# leaves the base model untouched. The cell asserts that both give the same accuracy for every task's
+# own adapter on both splits.
 
 # %%
+# NBVAL_CHECK_OUTPUT
+import copy
+from lorakit.assets import load_tokenizer
 from lorakit.benchmark import method_grid
 from lorakit.evaluate import Evaluator, mean, normalized_accuracy, select_and_report
 from lorakit.merge import merge_adapters
 
 ev = Evaluator(tasks, P)
+tok = load_tokenizer(P.model)
+
+def my_score(deltas, head, task, split):
+    """Accuracy of W_0 + ΔW with `head` on `task`'s `split`: the weights changed on a copy, one HF forward."""
+    model = copy.deepcopy(ev.model).eval()
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            modules[name].weight += delta.to(modules[name].weight.dtype)       # W_0 + ΔW
+        model.classifier = torch.nn.Linear(head["classifier.weight"].shape[1], head["classifier.weight"].shape[0])
+        model.classifier.weight.copy_(head["classifier.weight"]); model.classifier.bias.copy_(head["classifier.bias"])
+        texts, labels = getattr(ev.data[task], split)
+        enc = tok(texts, truncation=True, max_length=P.max_length, padding=True, return_tensors="pt")
+        predicted = model(**enc).logits.argmax(-1)
+    return float((predicted == torch.tensor(labels)).float().mean())
+
+for split in ("val", "test"):
+    for t in tasks:
+        assert my_score(adapters[t].deltas, adapters[t].head, t, split) == ev.score(adapters[t].deltas, adapters[t].head, t, split)
+print("my_score == Evaluator.score for every task's own adapter on val and test:", True)
+
+# %% [markdown]
+# **λ selection, written out.** `select_and_report` tries every point of the grid, keeps the one with the
+# best mean normalized accuracy on **validation** (the first one on ties), and only then scores that one
+# merge on **test**. `my_select` is that loop; the cell asserts that it chooses the same λ as the package
+# for task arithmetic and reports the same test score. (The package also records the whole validation
+# curve and, with `extend_edges`, tries one more λ beyond the grid's edge when the best is at the edge.)
+
+# %%
+# NBVAL_CHECK_OUTPUT
 ind_val, ind_test = ev.individual(adapters, "val"), ev.individual(adapters, "test")
 majority = ev.majority("test")
 updates = [adapters[t].updates for t in tasks]
+
+def my_select(merge_fn, grid):
+    """The grid point with the best mean normalized validation accuracy (first on ties), scored on test."""
+    best, best_val = None, -math.inf
+    for params in grid:
+        val = ev.score_tasks(merge_fn(**params), adapters, "val")
+        score = sum(val[t] / ind_val[t] for t in tasks) / len(tasks)
+        if score > best_val:
+            best, best_val = params, score
+    test = ev.score_tasks(merge_fn(**best), adapters, "test")
+    return best, sum(test[t] / ind_test[t] for t in tasks) / len(tasks)
+
+ta_fn = lambda **params: merge_adapters(updates, "task_arithmetic", **params)
+mine_params, mine_test = my_select(ta_fn, method_grid("task_arithmetic", P))
+package = select_and_report(ev, adapters, ta_fn, method_grid("task_arithmetic", P), ind_val, ind_test)
+assert mine_params == package["params"] and abs(mine_test - package["avg_normalized"]) < 1e-12
+print("my_select chooses the same parameters as select_and_report, with the same test score:", True)
+
+# %% [markdown]
+# Now the package, for all four methods:
+
+# %%
 methods = ["task_arithmetic", "ties", "dare", "knots"]
 records = {}
 for m in methods:
@@ -556,6 +644,7 @@ lambda_explorer(curves, individual, split=split)
 # 3. Write `my_cross_term(updates)`: for a list of `LoRAUpdate`s with possibly different scalings, return
 #    the cross term $\sum_{i \ne j} \sqrt{s_i s_j}\, B_i A_j$ that averaging the factors (peft's `linear`,
 #    weights 1) adds to the true sum (2.2).
+# 4. Predict, run, interpret (below the three cells).
 
 # %%
 from lorakit import exercises
@@ -585,3 +674,42 @@ try:
     exercises.check_cross_term(my_cross_term)
 except NotImplementedError:
     print("exercise 3 not attempted yet")
+
+
+# %% [markdown]
+# **4. Predict, run, interpret: sign election against a real conflict.** Two task vectors are
+# *anti-correlated*: $\tau_2 = -0.5\,\tau_1 + 0.3\,\varepsilon$ (2000 entries, $\varepsilon$ random), so on most
+# entries they disagree in sign. TIES was designed for sign conflicts. *Before running the next cell*,
+# predict: does TIES (density 1, so only the election and the disjoint mean act, $\lambda = 1$) keep
+# **more**, **less** or the **same** of the smaller task $\tau_2$ as task arithmetic, measured by
+# $\cos(\Delta W^*, \tau_2)$? Set `prediction` to `"more"`, `"less"` or `"same"`.
+
+# %%
+prediction = None  # your prediction: "more", "less" or "same"
+
+# %% [markdown]
+# Run the measurement (given): the cosine of each merge with each task.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from lorakit.exercises.nb02 import anticorrelated_pair, conflict_shares
+
+pair = anticorrelated_pair()
+print(f"corr(τ_1, τ_2) = {float(torch.corrcoef(pair)[0, 1]):.2f}")
+for name, cosines in conflict_shares(pair).items():
+    print(f"{name:>15}: cos(merged, τ_1) = {cosines[0]:.3f}, cos(merged, τ_2) = {cosines[1]:.3f}")
+
+# %% [markdown]
+# Interpret: why? Write `my_win_rate(stack)`: for trimmed task tensors stacked as `(N, ...)`, return per
+# task the fraction of entries where its sign agrees with TIES' elected sign (2.3), shape `(N,)` (a
+# trimmed zero never agrees). The checker tests it against lorakit's `elect_sign`, then compares your
+# prediction with the measurement and explains it (any prediction is accepted).
+
+# %%
+def my_win_rate(stack):
+    raise NotImplementedError  # your code here
+
+try:
+    exercises.check_predict_ties_conflict(prediction, my_win_rate)
+except NotImplementedError:
+    print("exercise 4 not attempted yet")

@@ -168,6 +168,37 @@ print(f"‖A Hᵀ‖² = {objective(A, H):.4f} = sum of the {r} smallest eigenva
 print(f"best of 100 random orthonormal A: {lower / best:,.0f}× worse | top eigenvectors: {objective(A_top, H) / best:,.0f}× worse")
 
 # %% [markdown]
+# **The picture.** In two dimensions with $r = 1$: the other tasks' features (grey) spread mostly along one
+# direction; OSRM's row $a$ is the eigenvector of $H^\top H$ with the smaller eigenvalue, the direction they
+# use least, so $a \cdot h \approx 0$ for their inputs, whatever $B$ learns later. A random unit row (dashed)
+# reads much more of them. Task $t$'s own features (blue) play no part in the choice; where they lie
+# decides how much of its own task the adapter sees (section 4 measures that). The cell asserts that
+# the drawn row is `subspace`'s and that it reads less of the grey features than the random one.
+
+# %%
+g2 = torch.Generator().manual_seed(8)
+rot = torch.tensor([[0.8, -0.6], [0.6, 0.8]], dtype=torch.float64)
+H_others = (torch.randn(300, 2, generator=g2, dtype=torch.float64) * torch.tensor([2.0, 0.25], dtype=torch.float64)) @ rot.T
+H_t = (torch.randn(100, 2, generator=g2, dtype=torch.float64) * torch.tensor([0.4, 1.2], dtype=torch.float64)) @ rot.T
+a_osrm = subspace(H_others, 1)[0]
+a_rand = torch.nn.functional.normalize(torch.tensor([1.0, 0.3], dtype=torch.float64), dim=0)
+assert torch.allclose(a_osrm.abs(), torch.linalg.eigh(H_others.T @ H_others)[1][:, 0].abs())
+assert objective(a_osrm[None], H_others) < objective(a_rand[None], H_others)
+import matplotlib.pyplot as plt
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+ax.scatter(*H_others.T.numpy(), s=6, color="0.6", label="other tasks' features $H$")
+ax.scatter(*H_t.T.numpy(), s=6, color="C0", alpha=0.6, label="task t's features")
+for vec, style, label in ((a_osrm, "-", "OSRM row $a$ (least-used direction)"), (a_rand, "--", "a random row")):
+    ax.annotate("", xy=tuple((3 * vec).tolist()), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="C3", ls=style, lw=2))
+    ax.plot([], [], color="C3", ls=style, label=label)
+ax.set_aspect("equal"); ax.set_xlim(-5, 5); ax.set_ylim(-4, 4); ax.legend(fontsize=7, loc="lower right")
+ax.set_title("OSRM picks the direction the other tasks use least", fontsize=9)
+ax2.hist((H_others @ a_rand).numpy(), bins=40, alpha=0.6, color="0.5", label="random row: $a \\cdot h$")
+ax2.hist((H_others @ a_osrm).numpy(), bins=40, alpha=0.8, color="C3", label="OSRM row: $a \\cdot h$")
+ax2.set_xlabel("$a \\cdot h$ over the other tasks' inputs $h$"); ax2.legend(fontsize=7)
+ax2.set_title("so $A h \\approx 0$ for them: $s B A h$ is small whatever $B$ is", fontsize=9);
+
+# %% [markdown]
 # ### The centring trap
 #
 # The paper's figure says "sample covariance". A covariance subtracts the mean $\mu$ first, and the
@@ -208,12 +239,54 @@ assert objective(A_centred, H) > 100 * objective(A_osrm, H)
 # averages over padded positions). `osrm_init_for_tasks` is what `lorakit run --inits osrm` calls: the
 # first 100 training texts of each task, tokens mode, then for each task $t$ the leave-one-out
 # subspace of the others.
+#
+# **The feature hooks, written out.** A forward pre-hook runs just before a module's `forward` and sees
+# its input `x`, of shape *(batch, seq, d_in)*. Indexing it with the batch's boolean attention mask keeps
+# the rows of real tokens and drops the padding. `my_features` below is the whole mechanism; the cell
+# asserts that it returns exactly what `lorakit.osrm.collect_features` returns on 8 validation texts
+# (without a row cap; the package can also subsample rows, average them per task, switch a peft model's
+# adapters off, and it removes its hooks even on error).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from lorakit.assets import load_base, load_tokenizer
+from lorakit.osrm import collect_features
+from lorakit.tasks import load_task
+
+tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)
+tasks = list(P.tasks)
+
+def text_batches(texts, size=P.eval_batch_size):
+    return [dict(tok(texts[i:i + size], truncation=True, max_length=P.max_length, padding=True, return_tensors="pt"))
+            for i in range(0, len(texts), size)]
+
+def my_features(model, batches, names):
+    """{module: H (tokens × d_in)}: each module's input on every non-padding token, read by pre-hooks."""
+    rows, state, all_modules = {n: [] for n in names}, {}, dict(model.named_modules())
+    hooks = [all_modules[n].register_forward_pre_hook(lambda mod, args, n=n: rows[n].append(args[0][state["mask"]]))
+             for n in names]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                state["mask"] = batch["attention_mask"].bool()   # (batch, seq): True on real tokens
+                model.eval()(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(r) for n, r in rows.items()}
+
+names = [n for n, m in base.named_modules() if n.endswith(tuple(P.target_modules))]
+few = text_batches(load_task(tasks[0], profile=P).val[0][:8], size=4)
+mine, package = my_features(base, few, names), collect_features(base, few, names)
+assert list(mine) == list(package) and all(torch.equal(mine[n], package[n]) for n in names)
+n_tokens = sum(int(b["attention_mask"].sum()) for b in few)
+print(f"{len(names)} modules; H has one row per non-padding token ({n_tokens} of "
+      f"{sum(b['attention_mask'].numel() for b in few)} positions); my_features == collect_features:", True)
 
 # %%
 import time
 from lorakit.osrm import OSRM_DEFAULTS, osrm_init_for_tasks
 
-tasks = list(P.tasks)
 t0 = time.perf_counter()
 A_by_task = osrm_init_for_tasks(tasks, P, progress=False)     # {task: {module: A_t (r × d_in)}}
 osrm_seconds = time.perf_counter() - t0
@@ -234,16 +307,6 @@ print(f"{len(tasks)} tasks × {len(modules)} modules, A_t of shape {tuple(A_by_t
 #   \qquad (1 = \text{like a random } A,\ 0 = \text{blind to task } j). \tag{4.6}$$
 
 # %%
-from lorakit.assets import load_base, load_tokenizer
-from lorakit.osrm import collect_features
-from lorakit.tasks import load_task
-
-tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)
-
-def text_batches(texts, size=P.eval_batch_size):
-    return [dict(tok(texts[i:i + size], truncation=True, max_length=P.max_length, padding=True, return_tensors="pt"))
-            for i in range(0, len(texts), size)]
-
 held_out = {t: collect_features(base, text_batches(load_task(t, profile=P).val[0]), modules,
                                 max_rows_per_module=OSRM_DEFAULTS["osrm_max_rows"])
             for t in tasks}
@@ -587,6 +650,7 @@ print(f"- λ curve (max − min over λ ∈ {lam_curve}, validation): OSRM {spre
 #    centred-covariance recipe has at least 10× the objective of OSRM's uncentered one.
 #    `H` must be a real trap: not all zeros, rows not all identical, and no tie between the r-th and
 #    (r+1)-th smallest variances, so the centred recipe's subspace is well defined.
+# 4. Predict, run, interpret (below the three cells).
 
 # %%
 from lorakit import exercises
@@ -616,3 +680,42 @@ try:
     exercises.check_centring_trap(my_trap)
 except NotImplementedError:
     print("exercise 3 not attempted yet")
+
+
+# %% [markdown]
+# **4. Predict, run, interpret: OSRM's overlap and the rank.** Take the real features of the other tasks
+# at one layer, $H_\text{other}$ (held-out texts of every task but the first), and OSRM's $A$ built on
+# them with rank $r$. *Before running the next cell*, predict how the overlap $e(A, H_\text{other})$ of
+# (4.6) (1 = like a random subspace) changes as $r$ grows from 2 to 128: set `prediction` to `"rises"`,
+# `"falls"` or `"unchanged"`.
+
+# %%
+prediction = None  # your prediction: "rises", "falls" or "unchanged"
+
+# %% [markdown]
+# Run the measurement (given). The second column builds $A$ on the even rows and measures on the odd
+# rows, so it is not judged on the features it was built from.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+H_other = torch.cat([held_out[j][modules[0]] for j in tasks[1:]]).double()
+ranks = (2, 8, 32, 128)
+print(f"{modules[0].split('.', 2)[-1]}: H_other has {H_other.shape[0]} rows, d_in = {H_other.shape[1]}")
+for r_ in ranks:
+    inside, outside = energy(subspace(H_other, r_), H_other), energy(subspace(H_other[::2], r_), H_other[1::2])
+    print(f"r = {r_:>3}: e(A, H_other) = {inside:.4f} | built on even rows, measured on odd rows: {outside:.4f}")
+
+# %% [markdown]
+# Interpret: write `my_overlap(H, r)`, the overlap $e(A, H)$ of OSRM's rank-$r$ subspace $A$ built on $H$
+# itself, as a number. Section 3's proof gives it without forming $A$. The checker tests it against
+# `lorakit.osrm.subspace` and (4.6) on random features and on `H_other`, then compares your prediction
+# with the measurement and explains it (any prediction is accepted).
+
+# %%
+def my_overlap(H, r):
+    raise NotImplementedError  # your code here
+
+try:
+    exercises.check_predict_osrm_rank(prediction, my_overlap, H_other, ranks)
+except NotImplementedError:
+    print("exercise 4 not attempted yet")

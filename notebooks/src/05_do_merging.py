@@ -99,6 +99,47 @@ assert min(rows["DO, decouple + orthogonalize"]) > 0.45 and rows["DO, orthogonal
 # about the same share (0.53 to 0.57), close to $1/\sqrt3 \approx 0.58$. Orthogonalising the factors (section 3) does
 # not change this picture on its own. It rotates the updates a little, but the largest one still
 # dominates the sum; only the decoupling removes the dominance.
+#
+# **The picture.** Left: one input column $j$ of three tasks' updates, as 2-D arrows of lengths
+# $\alpha_{1j} : \alpha_{2j} : \alpha_{3j} = 1 : 0.1 : 0.3$. Task arithmetic adds the arrows, and the long one
+# decides the direction. DO splits each arrow into its length $\alpha_{ij}$ and its unit direction
+# $w_{ij}$, adds the unit directions (every task counts the same), and scales the sum by the mean length
+# $\bar\alpha_j$. Right: the orthogonalisation (section 3) on two rank-1 factors $a_1, a_2$ of
+# $d_\text{in} = 2$: it nudges them apart, towards $a_1 \perp a_2$, and the penalty $\gamma$ keeps the nudge
+# small. The cell computes both panels with lorakit (`merge_layer`, `orthogonalize_factors`) and
+# asserts what the arrows show.
+
+# %%
+import math
+import matplotlib.pyplot as plt
+from lorakit.merge import orthogonalize_factors
+
+angles, lengths = (0.3, 1.9, 3.6), (1.0, 0.1, 0.3)
+cols = [torch.tensor([[L * math.cos(a)], [L * math.sin(a)]], dtype=torch.float64) for a, L in zip(angles, lengths)]   # 2 × 1 each
+col_ups = [LoRAUpdate(torch.ones(1, 1, dtype=torch.float64), c, 1.0) for c in cols]              # ΔW_i = c_i · [1]
+ta_col = merge_layer(col_ups, "task_arithmetic").double()[:, 0]
+do_col = merge_layer(col_ups, "do", orthogonalize=False).double()[:, 0]
+units = [c[:, 0] / c.norm() for c in cols]
+assert torch.allclose(do_col, sum(lengths) / 3 * sum(units), atol=1e-6)                        # ᾱ · Σ w_i
+assert cos(ta_col, cols[0][:, 0]) > 0.99 and cos(do_col, cols[0][:, 0]) < 0.9
+facs = [torch.tensor([[1.0, 0.2]], dtype=torch.float64), torch.tensor([[0.8, 0.6]], dtype=torch.float64)]
+moved, ortho_rep = orthogonalize_factors(facs, "A")
+assert abs(cos(moved[0], moved[1])) < abs(cos(facs[0], facs[1]))
+
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+arrow = lambda a, v, **kw: a.annotate("", xy=tuple(v.tolist()), xytext=(0, 0), arrowprops=dict(arrowstyle="->", lw=2, **kw))
+for i, (c, u) in enumerate(zip(cols, units)):
+    arrow(ax, c[:, 0], color=f"C{i}"); arrow(ax, u, color=f"C{i}", ls=":")
+    ax.plot([], [], color=f"C{i}", label=f"task {i + 1}: α w (solid), w (dotted)")
+arrow(ax, ta_col, color="k"); arrow(ax, do_col, color="C3")
+ax.plot([], [], color="k", label="task arithmetic Σ α_i w_i"); ax.plot([], [], color="C3", label="DO: ᾱ · Σ w_i")
+ax.set_xlim(-1.2, 1.3); ax.set_ylim(-0.8, 1.2); ax.set_aspect("equal"); ax.legend(fontsize=7, loc="lower left")
+ax.set_title("decouple: merge the directions, then put back the mean magnitude", fontsize=9)
+for k, (before, after) in enumerate(zip(facs, moved)):
+    arrow(ax2, before[0], color=f"C{k}", ls=":"); arrow(ax2, after[0], color=f"C{k}")
+    ax2.plot([], [], color=f"C{k}", label=f"a_{k + 1}: before (dotted), after (solid)")
+ax2.set_xlim(-0.2, 1.2); ax2.set_ylim(-0.3, 0.9); ax2.set_aspect("equal"); ax2.legend(fontsize=7, loc="upper right")
+ax2.set_title(f"orthogonalize: cos(a_1, a_2) {cos(facs[0], facs[1]):.2f} → {cos(moved[0], moved[1]):.2f}", fontsize=9);
 
 # %% [markdown]
 # ## 2. Decoupling: magnitude and direction of one update
@@ -386,7 +427,8 @@ assert result["out"][1] < 1e-12 and result["out"][0] > 1e-3    # "out" keeps the
 # not confined to the row space of $A_i$. So DO's step does not by itself make $\Delta W_j H_i^\top$
 # small; notebook 04's interference ratio (4.5) is the data-side measure, and only data can compute
 # it. What the orthogonalisation does remove is most of the factor overlap that adapters trained
-# from one seed share (section 4a below).
+# from one seed share; section 4a measures both on real adapters: the factor cross term, and 04's
+# interference ratio before and after the orthogonalisation, on the same held-out features.
 #
 # ## 4. The real thing: real adapters, four cells, two base methods
 #
@@ -458,6 +500,54 @@ print(f"expected A cross term for independent random factors of this shape: ≈ 
 rho_max = {side: max(max(getattr(rp, f"ortho_{side}").relative_perturbation) for rp in reports.values()) for side in "AB"}
 print(f"all {len(reports)} layers: largest ρ on A {rho_max['A']:.3f}, on B {rho_max['B']:.3f}; "
       f"orthogonalising every layer took {ortho_seconds:.1f} s")
+
+# %% [markdown]
+# **Does parameter-space orthogonalisation reduce data-space interference here?** Notebook 04's
+# interference ratio (4.5), $R_{t\to j} = \lVert \Delta W_t H_j^\top\rVert_F / \lVert \Delta W_j H_j^\top\rVert_F$,
+# on held-out features $H_j$ (the validation texts of each task, collected on the pre-trained model as in
+# 04), for the adapters as trained and for the same adapters after the orthogonalisation step, every
+# layer, averaged over layers (`interference_matrix`). Beside it, the share of the factor cross term
+# that the step keeps, summed over all layers. The step is judged on the orthogonalised $\Delta W$, before
+# any decoupling, so that nothing else changes.
+
+# %%
+from lorakit.assets import load_base, load_tokenizer
+from lorakit.osrm import OSRM_DEFAULTS, collect_features, interference_matrix
+from lorakit.tasks import load_task
+
+tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)
+def text_batches(texts, size=P.eval_batch_size):
+    return [dict(tok(texts[i:i + size], truncation=True, max_length=P.max_length, padding=True, return_tensors="pt"))
+            for i in range(0, len(texts), size)]
+feats = {t: collect_features(base, text_batches(load_task(t, profile=P).val[0]), list(updates[0]),
+                             max_rows_per_module=OSRM_DEFAULTS["osrm_max_rows"]) for t in tasks}
+R_do = {"as trained": interference_matrix(dict(zip(tasks, updates)), feats),
+        "orthogonalised": interference_matrix(dict(zip(tasks, orthogonalized)), feats)}
+off = ~torch.eye(len(tasks), dtype=torch.bool)
+for name, M in R_do.items():
+    print(f"{name:>15}: mean off-diagonal R = {float(M[off].mean()):.3f} | "
+          + "; ".join(f"{tasks[a][:10]}→{tasks[b][:10]} {float(M[a, b]):.3f}" for a in range(len(tasks)) for b in range(len(tasks)) if a != b))
+kept = {side: sum(getattr(rp, f"ortho_{side}").cross_after for rp in reports.values())
+              / sum(getattr(rp, f"ortho_{side}").cross_before for rp in reports.values()) for side in "AB"}
+r_change = float(R_do["orthogonalised"][off].mean() / R_do["as trained"][off].mean()) - 1
+print(f"factor cross term kept: A side {kept['A']:.1%}, B side {kept['B']:.1%} | mean R changed by {r_change:+.1%}")
+assert all(torch.allclose(M.diag(), torch.ones(len(tasks), dtype=torch.float64)) for M in R_do.values())
+verdict = ("barely moves the data-space interference" if abs(r_change) < 0.1 else
+           "lowers the data-space interference too" if r_change < 0 else "raises the data-space interference")
+print(f"The orthogonalisation removes {1 - kept['A']:.0%} (A) and {1 - kept['B']:.0%} (B) of the factor cross term "
+      f"and {verdict} (mean R {r_change:+.1%}).")
+
+# %% [markdown]
+# What this means. $R_{t\to j}$ goes through $A_t H_j^\top$, how much of task $j$'s *features* the rows of $A_t$
+# read, while the orthogonalisation only pushes the rows of $A_t$ away from the rows of $A_j$ (and the
+# columns of $B_t$ from those of $B_j$). The rows of $A_j$ span only $r$ directions, and task $j$'s features
+# spread over far more, so moving $A_t$ off $A_j$ changes $A_t H_j^\top$ only as much as $A_j$ happens to
+# lie where task $j$'s features are. The step also perturbs every task's own update a little, which moves
+# the denominator of $R$. The last printed line compares the two effects on this run: the share of the
+# factor cross term removed, and the relative change of the mean interference ratio; a large first
+# number next to a small second one is notebook 04's lesson (section 2, (4.1a)) measured on real
+# adapters. Data-free orthogonality is not data-space non-interference; only features can measure the
+# latter, and OSRM (04) is the method that uses them.
 
 # %% [markdown]
 # Why can two tasks' $A$ factors be far from independent? `train_adapter` seeds everything with the
@@ -636,6 +726,7 @@ assert METHODS["do"].params["magnitude_axis"] == "in" and METHODS["do"].params["
 # 3. Write `my_gd_step(As, deltas, gamma, lr)` returning the new perturbations after one
 #    gradient-descent step on $L_A$ (5.4) in the factors' own units (no normalisation):
 #    $\delta_i \leftarrow \delta_i - \eta\,\nabla_{\delta_i} L_A$.
+# 4. Predict, run, interpret (below the three cells).
 
 # %%
 from lorakit import exercises
@@ -665,3 +756,42 @@ try:
     exercises.check_ortho_gd_step(my_gd_step)
 except NotImplementedError:
     print("exercise 3 not attempted yet")
+
+
+# %% [markdown]
+# **4. Predict, run, interpret: the size of the decoupled merge.** Section 1's toy again: three rank-4
+# updates of a $64 \times 64$ layer, $B$ scaled $1 : 0.1 : 0.3$. *Before running the next cell*, predict:
+# is the decoupled merge $\Delta W^*_\text{DO} = \alpha^* \odot \sum_i \tilde W_i$ (5.2) **larger**, **smaller** or
+# the **same** in Frobenius norm as task arithmetic's $\sum_i \Delta W_i$, both at $\lambda = 1$? Set
+# `prediction` to `"larger"`, `"smaller"` or `"same"`.
+
+# %%
+prediction = None  # your prediction: "larger", "smaller" or "same"
+
+# %% [markdown]
+# Run the measurement (given): both norms on the toy, and on three updates of equal scale.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from lorakit.exercises.nb05 import magnitude_toy
+
+for label, ups in (("toy, B scaled 1 : 0.1 : 0.3", magnitude_toy()), ("B of equal scale", magnitude_toy((1.0, 1.0, 1.0), seed=2))):
+    n_ta = float(merge_layer(ups, "task_arithmetic").double().norm())
+    n_do = float(merge_layer(ups, "do", orthogonalize=False).double().norm())
+    print(f"{label:<28}: ‖ΔW*_TA‖ = {n_ta:.3f}, ‖ΔW*_DO‖ = {n_do:.3f}, ratio DO / TA = {n_do / n_ta:.3f}")
+
+# %% [markdown]
+# Interpret: write `my_norm_ratio(updates)`, $\lVert \Delta W^*_\text{DO}\rVert_F / \lVert \Delta W^*_\text{TA}\rVert_F$ at
+# $\lambda = 1$ for a list of `LoRAUpdate`s, from scratch (decoupling with axis `"in"` as in exercise 1,
+# $\alpha^*$ the mean of the $\alpha_i$). The checker tests it against `merge_layer` (including an all-zero
+# column), then compares your prediction with the measurement and explains it with a formula, (5.7),
+# that you can derive from (5.1) column by column (any prediction is accepted).
+
+# %%
+def my_norm_ratio(updates):
+    raise NotImplementedError  # your code here
+
+try:
+    exercises.check_predict_do_magnitude(prediction, my_norm_ratio)
+except NotImplementedError:
+    print("exercise 4 not attempted yet")

@@ -37,3 +37,19 @@ def my_cross_term(updates):
     return out
 
 _ = exercises.check_cross_term(my_cross_term)
+
+# %% [markdown]
+# **4.** Where the two tasks disagree, the sign of the sum is the sign of the larger one, mostly task 1;
+# the disjoint mean then keeps only task 1's value there. So TIES keeps *less* of task 2 than task
+# arithmetic, which lets the two partly cancel. The win rate is the mean of the agreement mask.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+prediction = "less"
+
+def my_win_rate(stack):
+    sigma = torch.where(stack.sum(dim=0) >= 0, 1.0, -1.0).to(stack.dtype)   # a zero sum elects +
+    agree = (stack.sign() == sigma).to(stack.dtype)                         # zeros never agree
+    return agree.reshape(stack.shape[0], -1).mean(dim=1)
+
+_ = exercises.check_predict_ties_conflict(prediction, my_win_rate)

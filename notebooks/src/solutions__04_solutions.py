@@ -50,3 +50,23 @@ def my_trap(k, d, r):
     return H
 
 _ = exercises.check_centring_trap(my_trap)
+
+# %% [markdown]
+# **4.** By Ky Fan (section 3), OSRM's $A$ gives $\lVert A H^\top\rVert_F^2 = \lambda_1 + \dots + \lambda_r$, the $r$
+# smallest eigenvalues of $H^\top H$, and $\lVert A\rVert_F^2 = r$, $\lVert H\rVert_F^2 = \operatorname{tr} H^\top H$. So
+# $e = \frac{d}{r}\,\frac{\lambda_1 + \dots + \lambda_r}{\lambda_1 + \dots + \lambda_d}$: the mean of the $r$ smallest
+# eigenvalues over the mean of all of them. It rises with $r$ (each added eigenvalue is at least as large
+# as those already in), up to 1 at $r = d$. The checker needs real features of "the other tasks"; any
+# features do for the formula, so here they are random ones with a mean, like a transformer's.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+prediction = "rises"
+
+def my_overlap(H, r):
+    lam = torch.linalg.eigvalsh(H.double().T @ H.double())       # ascending
+    return float(lam[:r].sum() / lam.sum() * H.shape[1] / r)
+
+from lorakit.exercises.nb04 import graded_features
+H_other = graded_features(1000, 96, seed=3) + 2.0
+_ = exercises.check_predict_osrm_rank(prediction, my_overlap, H_other, (2, 8, 32))

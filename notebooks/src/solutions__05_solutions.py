@@ -49,3 +49,27 @@ def my_gd_step(As, deltas, gamma, lr):
     return new
 
 result = exercises.check_ortho_gd_step(my_gd_step)
+
+# %% [markdown]
+# **4.** Per input column $j$, task arithmetic gives $\sum_i \alpha_{ij} w_{ij}$ and DO gives $\bar\alpha_j \sum_i w_{ij}$
+# (unit $w_{ij}$). When the tasks' columns are nearly orthogonal (as in (5.1)), their squared norms are
+# $\sum_i \alpha_{ij}^2$ and $N \bar\alpha_j^2$, so
+#
+# $$ \frac{\lVert \Delta W^*_\text{DO} \rVert_F}{\lVert \Delta W^*_\text{TA} \rVert_F} \approx
+#    \sqrt{\frac{\sum_j N \bar\alpha_j^2}{\sum_j \sum_i \alpha_{ij}^2}} \le 1 \tag{5.7}$$
+#
+# (mean ≤ root mean square, column by column): the decoupled merge is *smaller* whenever the magnitudes
+# differ. The ratio itself, from scratch, reusing exercise 1's guarded decoupling:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+prediction = "smaller"
+
+def my_norm_ratio(updates):
+    deltas = [u.delta().double() for u in updates]
+    parts = [my_decouple(d) for d in deltas]                              # (α_i, W̃_i), axis "in"
+    alpha_star = torch.stack([a for a, _ in parts]).mean(dim=0)           # mean magnitude per column
+    do = alpha_star[None, :] * sum(w for _, w in parts)                   # (5.2)
+    return float(do.norm() / sum(deltas).norm())
+
+result = exercises.check_predict_do_magnitude(prediction, my_norm_ratio)

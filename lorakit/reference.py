@@ -106,6 +106,9 @@ def _caveats(results: Mapping, report: ClaimsReport, metric: str) -> list[str]:
     if edge:
         out.append("caveat: λ was chosen at the edge of the grid for " + ", ".join(edge)
                    + " — their best λ may lie outside it, so those methods may be under-tuned in this run")
+    if run_setting(results, "task_seeds") == "shared":
+        out.append("note: task_seeds = shared: adapters of tasks with the same label count start from the same A, "
+                   "which favours DO-Merging's orthogonalisation (notebook 06 compares a per_task run)")
     if metric == "normalized" and any(r.claim.startswith("OSRM") for r in report.rows):
         out.append("note: normalized accuracy divides by each init's own single-task accuracy; the OSRM paper "
                    "reports absolute accuracy (claims_report(..., metric='accuracy'), and the metrics table)")

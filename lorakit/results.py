@@ -78,7 +78,12 @@ def summary_rows(results: Mapping, ci: bool = True, n_resamples: int = 2000) -> 
                    "ci_note": None}
             row.update({f"{m}_{end}": None for m in METRICS for end in ("low", "high")})
             if bootstrap:
-                full = metric_row(results, method, init, n_resamples=n_resamples)
+                try:
+                    full = metric_row(results, method, init, n_resamples=n_resamples)
+                except LorakitError as exc:  # an incomplete run still gets its table, without this CI
+                    row["ci_note"] = f"no CI: {exc}"
+                    rows.append(row)
+                    continue
                 for m in METRICS:
                     if full[m] is not None:
                         row[f"{m}_low"], row[f"{m}_high"] = full[m]["low"], full[m]["high"]

@@ -178,7 +178,8 @@ def difference_row(results: Mapping, claim: str, paper: str, a: tuple[str, str],
 
 
 def _individual_seeds(results: Mapping, init: str) -> set[int]:
-    per_task = [{e["seed"] for e in info.get("individual", []) if e["init"] == init} for info in results["tasks"].values()]
+    per_task = [{e["seed"] for e in info.get("individual", []) if e["init"] == init}
+                for info in results["tasks"].values()]
     return set.intersection(*per_task) if per_task else set()
 
 
@@ -213,7 +214,8 @@ def equivalence_row(results: Mapping, init: str, base: str, delta_pp: float, opt
         v, p = "inconclusive", min(p_tost, p_contra)
     rule = (f"held if the {100 * (1 - 2 * alpha):g} % CI lies inside ±{delta_pp:g} pp (TOST), contradicted if the "
             f"{100 * opts.level:g} % CI lies entirely below −{delta_pp:g} pp, else inconclusive; here "
-            f"[{100 * lo90:+.2f}, {100 * hi90:+.2f}] pp and [{100 * boot.ci.low:+.2f}, {100 * boot.ci.high:+.2f}] pp → {v}")
+            f"[{100 * lo90:+.2f}, {100 * hi90:+.2f}] pp and "
+            f"[{100 * boot.ci.low:+.2f}, {100 * boot.ci.high:+.2f}] pp → {v}")
     point = _point(sets)
     ab = (float(metric_values(point, "accuracy", "a:")[0]), float(metric_values(point, "accuracy", "b:")[0]))
     note = (f"{100 * boot.ci.estimate:+.2f} pp, margin ±{delta_pp:g} pp; " + _seed_note(len(seeds), ok_a and ok_b))

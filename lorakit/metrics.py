@@ -5,19 +5,23 @@ the task's own adapter's (same init and seed), :math:`f_{st}` the head-only floo
 task's trained head, λ = 0; runs that record ``results["tasks"][t]["floor"]``). Over the S seeds and
 T tasks (each :math:`(S, T)`):
 
-* ``accuracy``: :math:`\frac1{ST}\sum_{s,t} m_{st}` (raw accuracy; the OSRM paper's kind of number,
-  the mean per-task metric over its 8 GLUE tasks, docs/methods.md §2.9);
-* ``normalized``: :math:`\frac1{ST}\sum_{s,t} m_{st}/i_{st}` (the DO-Merging / KnOTS metric,
-  docs/methods.md §3.6; lorakit's default, docs/methods.md §5.3);
+* ``accuracy``: :math:`\frac1{ST}\sum_{s,t} m_{st}`, raw accuracy. The OSRM paper reports this kind of
+  number: each GLUE task's own metric (accuracy; MCC for CoLA) and their mean over its 8 tasks;
+  whether it also reports normalized scores could not be seen (docs/methods.md §2.9, §2.10);
+* ``normalized``: :math:`\frac1{ST}\sum_{s,t} m_{st}/i_{st}`, merged ÷ individual. The DO-Merging
+  paper's metric if it uses the KnOTS benchmark, whose evaluation scripts average per-task normalized
+  accuracy (inferred, docs/methods.md §3.6; its headline numbers are "presumably average normalized
+  accuracy", §3.7); lorakit's default (docs/methods.md §5.3), and the claims' default;
 * ``floor_adjusted``: the mean over the defined :math:`(s, t)` of :math:`(m_{st} - f_{st})/(i_{st} -
-  f_{st})` (:func:`lorakit.stats.floor_adjusted_normalized`; undefined where :math:`i \le f`).
+  f_{st})` (:func:`lorakit.stats.floor_adjusted_normalized`; undefined where :math:`i \le f`): the
+  share of what the adapter added over the head alone that the merge keeps (lorakit's own).
 
 CI (95 % by default): the percentile bootstrap over seeds × test examples of the same statistic
 (:func:`lorakit.resample.bootstrap_scores`), not a t interval over seeds: it works with one seed
 (then it covers test-example noise only, and says so) and keeps each ratio seed by seed. Runs made
 before per-example correctness was recorded get vectors rebuilt from each accuracy (``round(acc·n)``
 ones at seeded random places): every score set then resamples as if independent of the others
-(``paired=False``), which widens the CI of a difference of positively correlated scores.
+(``recorded`` False), which widens the CI of a difference of positively correlated scores.
 """
 
 from __future__ import annotations
@@ -99,7 +103,8 @@ def merged_scores(results: Mapping, method: str, init: str, seeds: Sequence[int]
     return out, recorded
 
 
-def entry_scores(results: Mapping, init: str, seeds: Sequence[int], field: str = "individual") -> tuple[TaskArrays, bool]:
+def entry_scores(results: Mapping, init: str, seeds: Sequence[int],
+                 field: str = "individual") -> tuple[TaskArrays, bool]:
     """``({task: (S, n_t)}, all recorded?)`` of each task's ``individual`` adapter or head-only ``floor``."""
     out, recorded = {}, True
     for t, info in results["tasks"].items():

@@ -152,9 +152,9 @@ def _summary_section(results: Mapping) -> list[str]:
     rows = summary_rows(results)
     notes = sorted({r["ci_note"] for r in rows if r["ci_note"]})
     lines = ["", "## Merged accuracy per method: mean over seeds [95 % CI]", "",
-             "Normalized = merged ÷ individual per task (the metric of the DO-Merging paper); accuracy = raw "
-             "test accuracy (the kind the OSRM paper reports); floor-adjusted = (merged − floor) ÷ (individual − "
-             "floor), floor = the task's head on the base model (λ = 0). Each a mean over tasks and seeds. "
+             "Normalized = merged ÷ individual per task (the DO-Merging paper's metric, inferred: "
+             "docs/methods.md §3.6); accuracy = raw test accuracy (the kind the OSRM paper reports); "
+             "floor-adjusted = (merged − floor) ÷ (individual − floor), floor = the task's head on the base model (λ = 0). Each a mean over tasks and seeds. "
              "CI: percentile bootstrap over seeds × test examples (" + ("; ".join(notes) or "no per-task scores")
              + ").", "",
              "| method | init | normalized | accuracy | floor-adjusted | n seeds |", "|---|---|---:|---:|---:|---:|"]

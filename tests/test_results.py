@@ -58,7 +58,8 @@ def make_run(merged: dict, individual: dict, floor: dict | None = None, seeds=No
         for k, seed in enumerate(seeds):
             acc = {t: float(x[t][k].mean()) for t in tasks}
             norm = {t: acc[t] / float(individual[init][t][k].mean()) for t in tasks}
-            curve = [{"params": {"lam": lam}, "val_normalized": v} for lam, v in (curves or {}).get((method, init), [[]] * len(seeds))[k]]
+            points = (curves or {}).get((method, init), [[]] * len(seeds))[k]
+            curve = [{"params": {"lam": lam}, "val_normalized": v} for lam, v in points]
             rec = {"method": method, "init": init, "seed": seed, "params": {"lam": 0.5}, "accuracy": acc,
                    "normalized": norm, "avg_accuracy": float(np.mean(list(acc.values()))),
                    "avg_normalized": float(np.mean(list(norm.values()))), "curve": curve}
@@ -110,12 +111,14 @@ def test_metric_cis_match_a_brute_force_bootstrap(run3):
     sets = {"m": m, "i": {t: v.astype(float) for t, v in ind.items()}, "f": {t: v.astype(float) for t, v in floor.items()}}
     stats = {"accuracy": lambda a: a["m"].mean(),
              "normalized": lambda a: (a["m"] / a["i"]).mean(),
-             "floor_adjusted": lambda a: np.nanmean(np.where(a["i"] > a["f"], (a["m"] - a["f"]) / np.where(a["i"] > a["f"], a["i"] - a["f"], 1), np.nan))}
+             "floor_adjusted": lambda a: np.nanmean(np.where(a["i"] > a["f"], (a["m"] - a["f"])
+                                                             / np.where(a["i"] > a["f"], a["i"] - a["f"], 1), np.nan))}
     row = metric_row(res, "task_arithmetic", "standard", n_resamples=20_000)
     brutes = brute_bootstrap(sets, stats, 20_000)
     for metric, stat in stats.items():
         low, high = np.quantile(brutes[metric], [0.025, 0.975])
-        assert row[metric]["mean"] == pytest.approx(stat({k: np.stack([v[t].mean(1) for t in TASKS], 1) for k, v in sets.items()}), abs=1e-12)
+        data = {k: np.stack([v[t].mean(1) for t in TASKS], 1) for k, v in sets.items()}  # (S, T) each
+        assert row[metric]["mean"] == pytest.approx(stat(data), abs=1e-12)
         assert row[metric]["low"] == pytest.approx(low, abs=0.01) and row[metric]["high"] == pytest.approx(high, abs=0.01)
         assert row[metric]["high"] - row[metric]["low"] > 0.01  # a real interval, not a point
     assert row["n_seeds"] == 3 and row["recorded"] and "3 seeds" in row["note"]

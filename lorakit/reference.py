@@ -2,28 +2,31 @@
 
 A reference run folder holds what ``lorakit run`` wrote (``results.json``, ``results.md``,
 figures) plus a ``RUN.md`` naming machine, date, versions and command. :func:`claims_report`
-turns one run's numbers into one line per paper claim, so the notebook's discussion is computed
-from the data rather than typed by hand.
+turns one run's numbers into one row per paper claim, with effect, 95 % CI, p-value, Holm-adjusted
+p and a three-valued verdict (:mod:`lorakit.claims` says how each is made), so the notebook's
+discussion is computed from the data rather than typed by hand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
+from .claims import (  # noqa: F401  (ClaimRow, variant_pairs: public here too)
+    DO_PAPER,
+    OSRM_PAPER,
+    ClaimRow,
+    ClaimsReport,
+    Options,
+    apply_holm,
+    difference_row,
+    equivalence_row,
+    spread_row,
+    variant_pairs,
+)
 from .errors import LorakitError
-from .merge import METHODS, resolve_variant, variant_base
-from .results import lambda_curve, mean, summary_rows
-
-
-def variant_pairs(methods: Sequence[str]) -> dict[str, str]:
-    """DO-Merging variant → the base method it must beat (same direction merge, no decoupling).
-
-    Read from the merge registry: every name in ``methods`` that selects a method with
-    ``variants`` (``do``, ``do_ties``, …) is paired with its base (``task_arithmetic``, ``ties``, …).
-    """
-    return {name: variant_base(name) for name in methods if METHODS[resolve_variant(name)[0]].variants}
+from .metrics import can_bootstrap, check_metric
+from .results import mean, summary_rows
 
 
 def reference_dir() -> Path:
@@ -40,80 +43,76 @@ def reference_runs(folder: str | Path | None = None) -> dict[str, Path]:
     return runs
 
 
-def _curve_spread(curve: Mapping[float, float], lams) -> float | None:
-    """max − min of a λ curve (:func:`lambda_curve`) over the λ in ``lams`` (None with fewer than two)."""
-    values = [v for lam, v in curve.items() if lam in lams]
-    return max(values) - min(values) if len(values) >= 2 else None
-
-
 def mean_individual(results: Mapping, init: str) -> float | None:
     """Mean test accuracy of the single-task adapters trained with ``init`` (over tasks and seeds)."""
     values = [r["test"] for info in results["tasks"].values() for r in info["individual"] if r["init"] == init]
     return mean(values) if values else None
 
 
-@dataclass
-class ClaimsReport:
-    """One line per checked claim, plus the verdicts as data (``(claim, held: bool)``)."""
+def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = "normalized",
+                  level: float = 0.95, n_resamples: int = 10_000, seed: int = 0,
+                  osrm_inits: tuple[str, ...] = ("osrm",), adjust: bool = True) -> ClaimsReport:
+    """Check the papers' benchmark claims against one run's ``results.json``: one :class:`ClaimRow` each.
 
-    lines: list[str] = field(default_factory=list)
-    verdicts: list[tuple[str, bool]] = field(default_factory=list)
+    * (i) each DO-Merging variant beats its base, standard init (:func:`variant_pairs`);
+    * (ii) ``do`` beats ``ta_normeq`` (norm-equalized task arithmetic) when the run has it: is DO's
+      gain more than equalizing the task vectors' magnitudes?
+    * (iii) per method, each init in ``osrm_inits`` beats ``standard``;
+    * (iv) … and beats the scale-matched ``random_orthonormal`` init when the run has it;
+    * (v) it keeps single-task accuracy: equivalence within ±``tolerance_pp`` points (TOST);
+    * (vi) it flattens the task-arithmetic λ curve (CI over seeds; one seed → inconclusive).
 
-    def add(self, claim: str, detail: str, held: bool) -> None:
-        self.verdicts.append((claim, held))
-        self.lines.append(f"[{'held' if held else 'did not hold'}] {claim}: {detail}")
-
-
-def claims_report(results: Mapping, tolerance_pp: float = 1.0) -> ClaimsReport:
-    """Check the papers' benchmark claims against one run's ``results.json``.
-
-    * DO-Merging beats its base method (standard init): ``do`` vs ``task_arithmetic``,
-      ``do_ties`` vs ``ties``, ``do_dare`` vs ``dare`` — held if its normalized accuracy is higher.
-    * OSRM raises merged accuracy: per method, ``osrm`` vs ``standard`` — held if higher.
-    * OSRM leaves single-task accuracy nearly unchanged: held if the mean individual accuracy
-      drops by at most ``tolerance_pp`` percentage points.
-    * OSRM flattens the λ curve (task arithmetic): held if the curve's max − min is smaller.
-
-    Claims whose methods or inits are not in the run are skipped.
+    ``metric``: ``normalized`` (default, the DO-Merging paper's), ``accuracy`` (the OSRM paper's kind)
+    or ``floor_adjusted`` (runs with a head-only floor). CI and p: paired bootstrap over seeds × test
+    examples with ``n_resamples`` draws from ``seed``; ``adjust``: Holm across all claims of the report
+    (a held/contradicted verdict with Holm p ≥ 1 − ``level`` becomes inconclusive). Claims whose
+    methods or inits are not in the run are skipped; caveats (λ at a grid edge) follow the rows.
     """
-    report = ClaimsReport()
-    inits, methods = set(results["inits"]), set(results["methods"])
-    normalized = {(row["method"], row["init"]): row["normalized_mean"] for row in summary_rows(results)}
-
+    opts = Options(check_metric(metric), level, n_resamples, seed)
+    if not can_bootstrap(results):
+        raise LorakitError("claims need results['tasks'] with n_test and individual scores; pass a whole "
+                           "results.json (lorakit.results.load_results)")
+    inits, methods = list(results["inits"]), list(results["methods"])
+    rows = []
     if "standard" in inits:
-        for do, base in variant_pairs(results["methods"]).items():
-            if do in methods and base in methods:
-                a, b = normalized.get((do, "standard")), normalized.get((base, "standard"))
-                report.add(f"DO-Merging ({do}) beats {base}", f"normalized {a:.3f} vs {b:.3f} (standard init)", a > b)
-    if {"standard", "osrm"} <= inits:
-        for method in results["methods"]:
-            a, b = normalized.get((method, "osrm")), normalized.get((method, "standard"))
-            if a is not None and b is not None:
-                report.add(f"OSRM raises merged accuracy ({method})", f"normalized {a:.3f} vs {b:.3f} standard", a > b)
-        io, ist = mean_individual(results, "osrm"), mean_individual(results, "standard")
-        if io is not None and ist is not None:
-            diff = 100 * (io - ist)
-            report.add("OSRM keeps single-task accuracy", f"mean individual accuracy {io:.3f} vs {ist:.3f} "
-                       f"({diff:+.1f} pp; tolerance −{tolerance_pp:g} pp)", diff >= -tolerance_pp)
-        if "task_arithmetic" in methods:
-            # over the λ both curves tried (edge extensions may add different points to each)
-            curve_o = lambda_curve(results, "task_arithmetic", "osrm")
-            curve_s = lambda_curve(results, "task_arithmetic", "standard")
-            common = curve_o.keys() & curve_s.keys()
-            so, ss = _curve_spread(curve_o, common), _curve_spread(curve_s, common)
-            if so is not None and ss is not None:
-                report.add("OSRM flattens the λ curve (task arithmetic)",
-                           f"max − min of normalized accuracy over λ in [{min(common):g}, {max(common):g}] "
-                           f"{so:.3f} vs {ss:.3f} standard", so < ss)
+        for do, base in variant_pairs(methods).items():
+            if base in methods:
+                rows.append(difference_row(results, f"DO-Merging ({do}) beats {base}", DO_PAPER,
+                                           (do, "standard"), (base, "standard"), opts))
+        if {"do", "ta_normeq"} <= set(methods):
+            rows.append(difference_row(results, "DO-Merging (do) beats the norm-equalized control ta_normeq",
+                                       "control: DO's gain is more than equal task-vector norms", ("do", "standard"),
+                                       ("ta_normeq", "standard"), opts))
+    for init in (i for i in osrm_inits if i in inits):
+        label = "OSRM" if init == "osrm" else f"OSRM ({init})"
+        for base, claim in (("standard", "raises merged accuracy"),
+                            ("random_orthonormal", "beats the scale-matched random_orthonormal init")):
+            if base in inits:
+                rows += [difference_row(results, f"{label} {claim} ({m})", OSRM_PAPER, (m, init), (m, base), opts)
+                         for m in methods]
+        if "standard" in inits:
+            rows.append(equivalence_row(results, init, "standard", tolerance_pp, opts, label))
+            if "task_arithmetic" in methods:
+                rows.append(spread_row(results, init, "standard", opts, label))
+    report = ClaimsReport([r for r in rows if r is not None])
+    apply_holm(report.rows, 1.0 - level, adjust)
+    report.caveats += _caveats(results, report, metric)
+    return report
+
+
+def _caveats(results: Mapping, report: ClaimsReport, metric: str) -> list[str]:
+    out = []
     edge = grid_edge_choices(results)
     if edge:
-        report.lines.append(
-            "caveat: λ was chosen at the edge of the grid for " + ", ".join(edge)
-            + " — their best λ may lie outside it, so those methods may be under-tuned in this run"
-        )
-    if not report.lines:
-        report.lines.append("no claim could be checked: the run lacks the methods or inits they compare")
-    return report
+        out.append("caveat: λ was chosen at the edge of the grid for " + ", ".join(edge)
+                   + " — their best λ may lie outside it, so those methods may be under-tuned in this run")
+    if run_setting(results, "task_seeds") == "shared":
+        out.append("note: task_seeds = shared: adapters of tasks with the same label count start from the same A, "
+                   "which favours DO-Merging's orthogonalisation (notebook 06 compares a per_task run)")
+    if metric == "normalized" and any(r.claim.startswith("OSRM") for r in report.rows):
+        out.append("note: normalized accuracy divides by each init's own single-task accuracy; the OSRM paper "
+                   "reports absolute accuracy (claims_report(..., metric='accuracy'), and the metrics table)")
+    return out
 
 
 def grid_edge_choices(results: Mapping) -> list[str]:
@@ -138,7 +137,7 @@ def compare_runs(runs: Mapping[str, Mapping]) -> list[dict]:
     """
     if not runs:
         raise LorakitError("compare_runs needs at least one run")
-    tables = {label: {(r["method"], r["init"]): r["normalized_mean"] for r in summary_rows(res)}
+    tables = {label: {(r["method"], r["init"]): r["normalized_mean"] for r in summary_rows(res, ci=False)}
               for label, res in runs.items()}
     keys = list(dict.fromkeys(k for table in tables.values() for k in table))
     return [{"method": m, "init": i, **{label: table.get((m, i)) for label, table in tables.items()}} for m, i in keys]

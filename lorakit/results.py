@@ -4,12 +4,12 @@ Everything here only reads the ``results`` mapping that :func:`lorakit.benchmark
 returns and writes to ``results.json`` (or loads it back), so the report, the figures
 (:mod:`lorakit.plots`) and the paper-claim check (:mod:`lorakit.reference`) share one source
 and none of them needs the training code. ``normalized`` accuracy is merged ÷ individual,
-per task :math:`\text{acc}_t(\text{merged}) / \text{acc}_t(\text{individual})`, averaged over tasks.
+per task :math:`\text{acc}_t(\text{merged}) / \text{acc}_t(\text{individual})`, averaged over tasks;
+:mod:`lorakit.metrics` defines it with raw and floor-adjusted accuracy and makes their 95 % CIs.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import platform
@@ -17,45 +17,18 @@ import statistics
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import numpy as np
 import torch
 
+# per-example correctness lives in lorakit.correctness; these names stay importable from here
+from .correctness import decode_correct, encode_correct, record_correct  # noqa: F401
 from .errors import LorakitError
+from .metrics import METRICS, can_bootstrap, has_floor, metric_row, seed_std, tasks_at_or_below_majority
 
 
 def mean(values: Iterable[float]) -> float:
     """The mean of ``values`` ignoring NaNs; NaN when nothing is left."""
     values = [v for v in values if v == v]
     return sum(values) / len(values) if values else float("nan")
-
-
-def encode_correct(correct) -> dict:
-    """Per-example correctness (a bool vector) as JSON: ``{"n": n, "bits": base64 of numpy.packbits}``.
-
-    8 examples per byte, so a run's every method × init × task × seed fits in results.json and any
-    comparison can be re-tested later (paired, example by example) with :mod:`lorakit.stats`.
-    """
-    bits = np.asarray(correct.cpu() if isinstance(correct, torch.Tensor) else correct, dtype=bool).reshape(-1)
-    return {"n": int(bits.size), "bits": base64.b64encode(np.packbits(bits).tobytes()).decode("ascii")}
-
-
-def decode_correct(encoded: Mapping) -> np.ndarray:
-    """The bool vector :func:`encode_correct` wrote (one-line error for a malformed entry)."""
-    try:
-        n, raw = int(encoded["n"]), base64.b64decode(encoded["bits"], validate=True)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LorakitError(f"malformed per-example correctness entry ({exc}); re-run the benchmark") from None
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
-    if bits.size < n or bits.size - n >= 8:
-        raise LorakitError(f"per-example correctness holds {bits.size} bits for {n} examples; re-run the benchmark")
-    return bits[:n].astype(bool)
-
-
-def record_correct(record: Mapping, task: str) -> np.ndarray:
-    """One record's per-example test correctness of ``task`` (records of runs before this field: an error)."""
-    if "test_correct" not in record:
-        raise LorakitError("this run has no per-example predictions (made before they were recorded); re-run it")
-    return decode_correct(record["test_correct"][task])
 
 
 def machine_description(device: str = "cpu") -> dict:
@@ -82,20 +55,51 @@ def machine_description(device: str = "cpu") -> dict:
     return info
 
 
-def summary_rows(results: Mapping) -> list[dict]:
-    """Mean ± std over seeds of average normalized accuracy per (method, init)."""
+def summary_rows(results: Mapping, ci: bool = True, n_resamples: int = 2000) -> list[dict]:
+    """Per (method, init): the three metrics (:mod:`lorakit.metrics`), mean over seeds, with 95 % CIs.
+
+    Keys: ``method``, ``init``, ``n_seeds``; ``normalized_mean`` and ``accuracy_mean`` (mean over seeds
+    of the records' ``avg_normalized`` / ``avg_accuracy``), ``*_std`` over seeds (NaN for one seed);
+    with ``ci`` (and a run that holds its per-task scores): ``{metric}_low``/``_high`` for every metric
+    of :data:`lorakit.metrics.METRICS` (bootstrap over seeds × test examples, ``n_resamples`` draws),
+    ``floor_adjusted_mean`` (None without a recorded floor) and ``ci_note`` (what noise the CI covers).
+    """
     rows = []
+    bootstrap = ci and can_bootstrap(results)
     for init in results["inits"]:
         for method in results["methods"]:
             recs = [r for r in results["records"] if r["init"] == init and r["method"] == method]
             if not recs:
                 continue
-            vals = [r["avg_normalized"] for r in recs]
-            accs = [r["avg_accuracy"] for r in recs]
-            rows.append({"method": method, "init": init, "normalized_mean": statistics.fmean(vals),
-                         "normalized_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                         "accuracy_mean": statistics.fmean(accs), "n_seeds": len(recs)})
+            vals, accs = [r["avg_normalized"] for r in recs], [r["avg_accuracy"] for r in recs]
+            row = {"method": method, "init": init, "normalized_mean": statistics.fmean(vals),
+                   "normalized_std": seed_std(vals), "accuracy_mean": statistics.fmean(accs),
+                   "accuracy_std": seed_std(accs), "n_seeds": len(recs), "floor_adjusted_mean": None,
+                   "ci_note": None}
+            row.update({f"{m}_{end}": None for m in METRICS for end in ("low", "high")})
+            if bootstrap:
+                try:
+                    full = metric_row(results, method, init, n_resamples=n_resamples)
+                except LorakitError as exc:  # an incomplete run still gets its table, without this CI
+                    row["ci_note"] = f"no CI: {exc}"
+                    rows.append(row)
+                    continue
+                for m in METRICS:
+                    if full[m] is not None:
+                        row[f"{m}_low"], row[f"{m}_high"] = full[m]["low"], full[m]["high"]
+                fa = full["floor_adjusted"]
+                row["floor_adjusted_mean"], row["ci_note"] = fa and fa["mean"], full["note"]
+            rows.append(row)
     return rows
+
+
+def _with_ci(row: Mapping, metric: str) -> str:
+    """``0.812 [0.790, 0.834]`` (``—`` when missing; no ``± 0.000`` for one seed)."""
+    value = row["normalized_mean" if metric == "normalized" else f"{metric}_mean"]
+    if value is None:
+        return "—"
+    low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
 
 
 def lambda_curve(results: Mapping, method: str, init: str) -> dict[float, float]:
@@ -111,15 +115,16 @@ def lambda_curve(results: Mapping, method: str, init: str) -> dict[float, float]
 
 
 def format_table(results: Mapping) -> str:
-    """A markdown report: per-task individual/majority/merged accuracy and the method summary."""
+    """A markdown report (``results.md``): per-task accuracies, the three metrics with CIs, tasks lost to majority."""
     tasks = list(results["tasks"])
     lines = [f"# lorakit run — profile `{results['profile']}`, model `{results['model']}`", "",
              f"Machine: {results['machine'].get('gpu') or results['machine'].get('processor')} "
              f"({results['machine'].get('device')}), torch {results['machine'].get('torch')}; "
              f"date {results['date']}; seeds {results['seeds']}.", "",
              "## Per task (test accuracy)", ""]
-    header = "| task | n_test | majority | individual |"
-    sep = "|---|---:|---:|---:|"
+    floor = has_floor(results)
+    header = "| task | n_test | majority |" + (" floor (head only) |" if floor else "") + " individual |"
+    sep = "|---|---:|---:|" + ("---:|" if floor else "") + "---:|"
     merged_cols = []
     for init in results["inits"]:
         for method in results["methods"]:
@@ -129,20 +134,45 @@ def format_table(results: Mapping) -> str:
     lines += [header, sep]
     for t in tasks:
         info = results["tasks"][t]
-        row = f"| {t} | {info['n_test']} | {info['majority']:.3f} | {info['individual_accuracy']:.3f} |"
+        row = (f"| {t} | {info['n_test']} | {info['majority']:.3f} |"
+               + (f" {mean(e['test'] for e in info['floor']):.3f} |" if floor else "")
+               + f" {info['individual_accuracy']:.3f} |")
         for method, init in merged_cols:
             recs = [r for r in results["records"] if r["method"] == method and r["init"] == init]
             row += f" {mean(r['accuracy'][t] for r in recs):.3f} |"
         lines.append(row)
-    lines += ["", "## Average normalized accuracy (merged ÷ individual), mean ± std over seeds", "",
-              "| method | init | normalized | accuracy | seeds |", "|---|---|---:|---:|---:|"]
-    for row in summary_rows(results):
-        lines.append(f"| {row['method']} | {row['init']} | {row['normalized_mean']:.3f} ± {row['normalized_std']:.3f} "
-                     f"| {row['accuracy_mean']:.3f} | {row['n_seeds']} |")
+    lines += _summary_section(results) + _majority_section(results)
     tm = results["timings"]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in tm.items()), "",
               f"Command: `{results.get('command', '')}`", ""]
     return "\n".join(lines)
+
+
+def _summary_section(results: Mapping) -> list[str]:
+    rows = summary_rows(results)
+    notes = sorted({r["ci_note"] for r in rows if r["ci_note"]})
+    lines = ["", "## Merged accuracy per method: mean over seeds [95 % CI]", "",
+             "Normalized = merged ÷ individual per task (the DO-Merging paper's metric, inferred: "
+             "docs/methods.md §3.6); accuracy = raw test accuracy (the kind the OSRM paper reports); "
+             "floor-adjusted = (merged − floor) ÷ (individual − floor), floor = the task's head on the base model (λ = 0). Each a mean over tasks and seeds. "
+             "CI: percentile bootstrap over seeds × test examples (" + ("; ".join(notes) or "no per-task scores")
+             + ").", "",
+             "| method | init | normalized | accuracy | floor-adjusted | n seeds |", "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['method']} | {row['init']} | {_with_ci(row, 'normalized')} | {_with_ci(row, 'accuracy')} "
+                     f"| {_with_ci(row, 'floor_adjusted')} | {row['n_seeds']} |")
+    return lines
+
+
+def _majority_section(results: Mapping) -> list[str]:
+    """Which tasks each merge leaves at or below the majority-class baseline (mean over seeds)."""
+    lines = ["", "## Tasks at or below majority after each merge", ""]
+    for init in results["inits"]:
+        for method in results["methods"]:
+            lost = tasks_at_or_below_majority(results, method, init)
+            if any(r["method"] == method and r["init"] == init for r in results["records"]):
+                lines.append(f"- {method} ({init}): " + (", ".join(lost) if lost else "none"))
+    return lines
 
 
 def run_note(results: Mapping) -> str:

@@ -1,73 +1,217 @@
-"""lorakit.reference: finding committed runs and checking the papers' claims against a results dict."""
+"""lorakit.reference / lorakit.claims: committed runs, and the papers' claims as effect, CI, p, Holm, verdict.
+
+The synthetic runs come from ``tests/test_results.py``'s ``make_run`` (explicit per-example
+correctness); the CI is checked against a plain-loop bootstrap written there.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 
+from lorakit.claims import ClaimRow, Options, apply_holm, difference_row
 from lorakit.errors import LorakitError
 from lorakit.reference import claims_report, reference_runs
+from lorakit.results import load_results
+from lorakit.stats import holm
+from test_results import TASKS, bernoulli, brute_bootstrap, lose, make_run
+
+FAST = {"n_resamples": 2000}
 
 
-def make_results(norm: dict, individual: dict, curves: dict | None = None) -> dict:
-    """A minimal results.json: ``norm[(method, init)]`` = avg normalized, ``individual[init]`` = accuracy."""
-    inits = sorted({i for _, i in norm})
-    methods = list(dict.fromkeys(m for m, _ in norm))
-    records = []
-    for (method, init), value in norm.items():
-        curve = [{"params": {"lam": lam}, "val_normalized": v} for lam, v in (curves or {}).get((method, init), [])]
-        records.append({"method": method, "init": init, "seed": 0, "avg_normalized": value,
-                        "avg_accuracy": value, "curve": curve})
-    tasks = {"t1": {"individual": [{"init": i, "seed": 0, "test": individual[i]} for i in inits]}}
-    return {"inits": inits, "methods": methods, "records": records, "tasks": tasks}
+def flip(rng, x: dict, up: int, down: int) -> dict:
+    """``x`` with, per seed and task, ``up`` wrong answers made right and ``down`` right ones made wrong."""
+    out = {}
+    for t, v in x.items():
+        v = v.copy()
+        for row in v:
+            wrong, right = np.flatnonzero(~row), np.flatnonzero(row)
+            row[rng.choice(wrong, up, replace=False)] = True
+            row[rng.choice(right, down, replace=False)] = False
+        out[t] = v
+    return out
 
 
-def verdict(report, claim_start):
-    found = [held for claim, held in report.verdicts if claim.startswith(claim_start)]
+def row_of(report, claim: str):
+    found = [r for r in report.rows if r.claim == claim]
     assert len(found) == 1, report.lines
     return found[0]
 
 
-def test_do_beats_base_both_ways():
-    res = make_results({("task_arithmetic", "standard"): 0.80, ("do", "standard"): 0.85,
-                        ("ties", "standard"): 0.90, ("do_ties", "standard"): 0.70}, {"standard": 0.9})
-    rep = claims_report(res)
-    assert verdict(rep, "DO-Merging (do) beats") is True
-    assert verdict(rep, "DO-Merging (do_ties) beats") is False
-    assert any("0.850 vs 0.800" in line for line in rep.lines)
+@pytest.fixture(scope="module")
+def do_run():
+    """3 seeds: do ≫ task_arithmetic, do_ties ≪ ties, do_dare = dare on average (noisy per example)."""
+    rng = np.random.default_rng(11)
+    ind = bernoulli(rng, 0.85, 3)
+    ta, ties, dare = lose(rng, ind, 0.3), lose(rng, ind, 0.1), lose(rng, ind, 0.2)
+    merged = {("task_arithmetic", "standard"): ta, ("do", "standard"): flip(rng, ta, 40, 0),
+              ("ties", "standard"): ties, ("do_ties", "standard"): flip(rng, ties, 0, 40),
+              ("dare", "standard"): dare, ("do_dare", "standard"): flip(rng, dare, 25, 25)}
+    return make_run(merged, {"standard": ind}), merged, ind
 
 
-def test_osrm_claims_and_tolerance():
-    res = make_results(
-        {("task_arithmetic", "standard"): 0.70, ("task_arithmetic", "osrm"): 0.75},
-        {"standard": 0.900, "osrm": 0.895},
-        curves={("task_arithmetic", "standard"): [(0.5, 0.6), (1.0, 0.8)],
-                ("task_arithmetic", "osrm"): [(0.5, 0.74), (1.0, 0.76)]},
-    )
-    rep = claims_report(res, tolerance_pp=1.0)
-    assert verdict(rep, "OSRM raises merged accuracy (task_arithmetic)") is True
-    assert verdict(rep, "OSRM keeps single-task accuracy") is True      # −0.5 pp within 1 pp
-    assert verdict(rep, "OSRM flattens") is True                         # spread 0.02 < 0.2
-    assert verdict(claims_report(res, tolerance_pp=0.1), "OSRM keeps") is False
+def test_difference_ci_matches_a_brute_force_bootstrap(do_run):
+    res, merged, ind = do_run
+    row = difference_row(res, "do beats ta", "paper", ("do", "standard"), ("task_arithmetic", "standard"),
+                         Options(n_resamples=20_000))
+    sets = {"a": merged[("do", "standard")], "b": merged[("task_arithmetic", "standard")], "i": ind}
+    sets = {k: {t: v.astype(float) for t, v in x.items()} for k, x in sets.items()}
+    brute = brute_bootstrap(sets, {"d": lambda a: (a["a"] / a["i"]).mean() - (a["b"] / a["i"]).mean()}, 20_000)["d"]
+    low, high = np.quantile(brute, [0.025, 0.975])
+    recs = {m: [r["avg_normalized"] for r in res["records"] if r["method"] == m] for m in ("do", "task_arithmetic")}
+    assert row.effect == pytest.approx(np.mean(recs["do"]) - np.mean(recs["task_arithmetic"]), abs=1e-12)
+    assert row.a == pytest.approx(np.mean(recs["do"]), abs=1e-12)
+    assert row.ci_low == pytest.approx(low, abs=0.01) and row.ci_high == pytest.approx(high, abs=0.01)
+    p_brute = min(1.0, 2 * min((1 + (brute <= 0).sum()), (1 + (brute >= 0).sum())) / (1 + brute.size))
+    assert row.pvalue == pytest.approx(p_brute, abs=2e-3)
+    assert row.n_seeds == 3 and "3 seeds × test examples" in row.note
 
 
-def test_flatness_compares_only_the_lambdas_both_curves_tried():
-    """An edge extension (λ=0.05, osrm only) must not count in osrm's spread: over {0.5, 1} osrm is flatter."""
-    res = make_results(
-        {("task_arithmetic", "standard"): 0.70, ("task_arithmetic", "osrm"): 0.75},
-        {"standard": 0.9, "osrm": 0.9},
-        curves={("task_arithmetic", "standard"): [(0.5, 0.6), (1.0, 0.8)],
-                ("task_arithmetic", "osrm"): [(0.05, 0.1), (0.5, 0.74), (1.0, 0.76)]},
-    )
-    rep = claims_report(res)
-    assert verdict(rep, "OSRM flattens") is True
-    assert any("λ in [0.5, 1] 0.020 vs 0.200" in line for line in rep.lines), rep.lines
+def test_clear_reversed_and_null_differences(do_run):
+    res, _, _ = do_run
+    rep = claims_report(res, **FAST)
+    assert row_of(rep, "DO-Merging (do) beats task_arithmetic").verdict == "held"
+    assert row_of(rep, "DO-Merging (do_ties) beats ties").verdict == "contradicted"
+    null = row_of(rep, "DO-Merging (do_dare) beats dare")
+    assert null.verdict == "inconclusive" and null.ci_low < 0 < null.ci_high and abs(null.effect) < 1e-12
+    assert null.pvalue > 0.5
+    lines = rep.lines
+    assert lines[0].startswith("[held] DO-Merging (do) beats task_arithmetic: normalized accuracy ")
+    assert lines[1].startswith("[contradicted] ") and lines[2].startswith("[inconclusive] ")
+    assert rep.verdicts[:3] == [("DO-Merging (do) beats task_arithmetic", True),
+                                ("DO-Merging (do_ties) beats ties", False), ("DO-Merging (do_dare) beats dare", False)]
+    table = rep.table()
+    assert table.splitlines()[0].startswith("| verdict | claim |") and "| held | DO-Merging (do) beats" in table
+    assert "95 % CI" in row_of(rep, "DO-Merging (do) beats task_arithmetic").rule
+    assert rep.as_dicts()[0]["verdict"] == "held"
+    assert not any(r.claim.startswith("OSRM") for r in rep.rows)  # no osrm init: skipped
+    assert not any("ta_normeq" in r.claim for r in rep.rows)      # no control in the run: skipped
+    # the same run scored on raw accuracy: same verdicts here (one normalizer for all)
+    raw = claims_report(res, metric="accuracy", **FAST)
+    assert [r.verdict for r in raw.rows] == [r.verdict for r in rep.rows] and raw.rows[0].metric == "accuracy"
+
+
+def test_holm_is_applied_across_the_report(do_run):
+    res, _, _ = do_run
+    rep = claims_report(res, **FAST)
+    tested = [r for r in rep.rows if r.pvalue is not None]
+    assert [r.p_holm for r in tested] == pytest.approx(holm([r.pvalue for r in tested]).tolist())
+    rows = [ClaimRow(f"c{k}", "", 1, "normalized", None, None, 0.1, 0.01, 0.2, 0.95, p, 3, "held", "rule")
+            for k, p in enumerate((0.01, 0.03, 0.04))]
+    rows.append(ClaimRow("c3", "", 1, "normalized", None, None, 0.1, math.nan, math.nan, 0.95, None, 1,
+                         "inconclusive", "one seed"))
+    apply_holm(rows, 0.05)
+    assert [r.p_holm for r in rows[:3]] == pytest.approx([0.03, 0.06, 0.06]) and rows[3].p_holm is None
+    assert [r.verdict for r in rows] == ["held", "inconclusive", "inconclusive", "inconclusive"]
+    assert "Holm-adjusted p = 0.06 ≥ 0.05 over the 3 tested claims" in rows[1].rule
+    apply_holm(rows, 0.05, adjust=False)
+    assert [r.verdict for r in rows[:3]] == ["held"] * 3
+
+
+@pytest.fixture(scope="module")
+def osrm_run():
+    """3 seeds; OSRM raises TA, loses on TIES, beats random_orthonormal; a ta_normeq control; floors."""
+    rng = np.random.default_rng(5)
+    ind = {i: bernoulli(rng, 0.85, 3) for i in ("standard", "osrm", "random_orthonormal")}
+    ind["osrm"] = flip(rng, ind["standard"], 1, 1)  # single-task accuracy unchanged, example by example
+    floor = {i: bernoulli(rng, 0.35, 3) for i in ind}
+    ta = lose(rng, ind["standard"], 0.3)
+    merged = {("task_arithmetic", "standard"): ta, ("ties", "standard"): lose(rng, ind["standard"], 0.1),
+              ("do", "standard"): flip(rng, ta, 50, 0), ("ta_normeq", "standard"): flip(rng, ta, 20, 0),
+              ("task_arithmetic", "osrm"): lose(rng, ind["osrm"], 0.15), ("ties", "osrm"): lose(rng, ind["osrm"], 0.3),
+              ("do", "osrm"): lose(rng, ind["osrm"], 0.1), ("ta_normeq", "osrm"): lose(rng, ind["osrm"], 0.2),
+              ("task_arithmetic", "random_orthonormal"): lose(rng, ind["random_orthonormal"], 0.3),
+              ("ties", "random_orthonormal"): lose(rng, ind["random_orthonormal"], 0.3),
+              ("do", "random_orthonormal"): lose(rng, ind["random_orthonormal"], 0.3),
+              ("ta_normeq", "random_orthonormal"): lose(rng, ind["random_orthonormal"], 0.3)}
+    flat = [[(0.1, 0.80), (0.5, 0.82), (1.0, 0.79)], [(0.1, 0.81), (0.5, 0.83), (1.0, 0.80)],
+            [(0.1, 0.78), (0.5, 0.82), (1.0, 0.80)]]
+    steep = [[(0.1, 0.5), (0.5, 0.8), (1.0, 0.6)], [(0.1, 0.55), (0.5, 0.82), (1.0, 0.6)],
+             [(0.05, 0.2), (0.1, 0.5), (0.5, 0.85), (1.0, 0.62)]]  # λ = 0.05 tried by standard only
+    curves = {("task_arithmetic", "osrm"): flat, ("task_arithmetic", "standard"): steep}
+    return make_run(merged, ind, floor=floor, curves=curves), merged, ind, floor
+
+
+def test_osrm_claims_controls_equivalence_and_flatness(osrm_run):
+    res, _, _, _ = osrm_run
+    rep = claims_report(res, **FAST)
+    assert row_of(rep, "DO-Merging (do) beats the norm-equalized control ta_normeq").verdict == "held"
+    assert row_of(rep, "OSRM raises merged accuracy (task_arithmetic)").verdict == "held"
+    assert row_of(rep, "OSRM raises merged accuracy (ties)").verdict == "contradicted"
+    assert row_of(rep, "OSRM beats the scale-matched random_orthonormal init (task_arithmetic)").verdict == "held"
+    keep = row_of(rep, "OSRM keeps single-task accuracy")
+    assert keep.verdict == "held" and abs(keep.effect) < 0.01 and keep.metric == "single-task accuracy"
+    assert "TOST" in keep.rule
+    spread = row_of(rep, "OSRM flattens the λ curve (task arithmetic)")
+    d = [0.03 - 0.3, 0.03 - 0.27, 0.04 - 0.35]  # per seed, over the λ both tried (0.05 left out)
+    assert spread.effect == pytest.approx(np.mean(d)) and spread.n_seeds == 3
+    assert spread.verdict == "held" and spread.ci_high < 0 and spread.direction == -1
+    assert any(line.startswith("note: normalized accuracy divides") for line in rep.lines)
+    floor = claims_report(res, metric="floor_adjusted", **FAST)
+    assert row_of(floor, "OSRM raises merged accuracy (task_arithmetic)").metric == "floor_adjusted"
+
+
+def test_single_task_loss_contradicts_and_small_samples_are_inconclusive(osrm_run):
+    res, merged, ind, _ = osrm_run
+    rng = np.random.default_rng(9)
+    worse = dict(ind, osrm=lose(rng, ind["standard"], 0.08))  # ≈ −7 pp single-task
+    rep = claims_report(make_run(merged, worse), **FAST)
+    keep = row_of(rep, "OSRM keeps single-task accuracy")
+    assert keep.verdict == "contradicted" and keep.ci_high < -0.01
+    small = {t: 30 for t in TASKS}
+    ind_s = {i: bernoulli(rng, 0.85, 3, small) for i in ("standard", "osrm")}
+    m = {(meth, i): lose(rng, ind_s[i], 0.2) for meth in ("task_arithmetic",) for i in ind_s}
+    keep = row_of(claims_report(make_run(m, ind_s), **FAST), "OSRM keeps single-task accuracy")
+    assert keep.verdict == "inconclusive"  # 90 examples a seed cannot show ±1 pp
+
+
+def test_one_seed_flatness_is_inconclusive_and_notes_example_noise():
+    rng = np.random.default_rng(4)
+    ind = {i: bernoulli(rng, 0.85, 1) for i in ("standard", "osrm")}
+    merged = {("task_arithmetic", i): lose(rng, ind[i], 0.2) for i in ind}
+    curves = {("task_arithmetic", "osrm"): [[(0.5, 0.8), (1.0, 0.81)]],
+              ("task_arithmetic", "standard"): [[(0.5, 0.5), (1.0, 0.8)]]}
+    rep = claims_report(make_run(merged, ind, curves=curves), **FAST)
+    spread = row_of(rep, "OSRM flattens the λ curve (task arithmetic)")
+    assert spread.verdict == "inconclusive" and spread.pvalue is None and math.isnan(spread.ci_low)
+    assert spread.effect == pytest.approx(0.01 - 0.3)
+    raises = row_of(rep, "OSRM raises merged accuracy (task_arithmetic)")
+    assert "1 seed: the CI covers only test-example noise" in raises.note
+
+
+def test_bad_input_is_a_one_line_error(do_run):
+    res, _, _ = do_run
+    with pytest.raises(LorakitError, match="metric must be one of"):
+        claims_report(res, metric="f1")
+    with pytest.raises(LorakitError, match="no head-only floor"):
+        claims_report(res, metric="floor_adjusted", **FAST)
+    with pytest.raises(LorakitError, match="claims need results"):
+        claims_report({"inits": ["standard"], "methods": ["do"], "records": []})
 
 
 def test_missing_inits_skip_claims():
-    rep = claims_report(make_results({("ties", "standard"): 0.8}, {"standard": 0.9}))
-    assert rep.verdicts == [] and "no claim could be checked" in rep.lines[0]
+    rng = np.random.default_rng(0)
+    ind = bernoulli(rng, 0.8, 1)
+    rep = claims_report(make_run({("ties", "standard"): lose(rng, ind, 0.1)}, {"standard": ind}), **FAST)
+    assert rep.rows == [] and "no claim could be checked" in rep.lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(reference_runs()))
+def test_committed_reference_runs_still_report(name):
+    """Runs made before per-example data, floors and controls existed: one seed, unpaired CIs, a verdict each."""
+    res = load_results(reference_runs()[name])
+    rep = claims_report(res, n_resamples=500)
+    assert len(rep.rows) >= 10
+    for row in rep.rows:
+        assert row.verdict in ("held", "contradicted", "inconclusive") and row.rule
+    for line in rep.lines[:len(rep.rows)]:
+        assert line.split("]")[0] in ("[held", "[contradicted", "[inconclusive")
+    do = row_of(rep, "DO-Merging (do) beats task_arithmetic")
+    assert do.n_seeds == 1 and "1 seed" in do.note and "no per-example data" in do.note
+    assert do.ci_low < do.effect < do.ci_high
 
 
 def test_reference_runs_lists_result_folders(tmp_path):
@@ -82,31 +226,48 @@ def test_reference_runs_lists_result_folders(tmp_path):
 def test_grid_edge_choices_are_flagged():
     from lorakit.reference import grid_edge_choices
 
-    res = make_results({("task_arithmetic", "standard"): 0.8, ("do", "standard"): 0.9}, {"standard": 0.9},
-                       curves={("task_arithmetic", "standard"): [(0.3, 0.8), (0.5, 0.7), (1.0, 0.6)],
-                               ("do", "standard"): [(0.3, 0.8), (0.5, 0.9), (1.0, 0.6)]})
+    rng = np.random.default_rng(0)
+    ind = bernoulli(rng, 0.8, 1)
+    curves = {("task_arithmetic", "standard"): [[(0.3, 0.8), (0.5, 0.7), (1.0, 0.6)]],
+              ("do", "standard"): [[(0.3, 0.8), (0.5, 0.9), (1.0, 0.6)]]}
+    res = make_run({("task_arithmetic", "standard"): lose(rng, ind, 0.2), ("do", "standard"): lose(rng, ind, 0.1)},
+                   {"standard": ind}, curves=curves)
     res["records"][0]["params"] = {"lam": 0.3}
     res["records"][1]["params"] = {"lam": 0.5}
     assert grid_edge_choices(res) == ["task_arithmetic (standard, λ=0.3)"]
-    assert any(line.startswith("caveat: λ was chosen at the edge") for line in claims_report(res).lines)
+    assert any(line.startswith("caveat: λ was chosen at the edge") for line in claims_report(res, **FAST).lines)
 
 
 def test_compare_runs_puts_runs_side_by_side():
     from lorakit.reference import compare_runs, run_setting
 
-    a = make_results({("task_arithmetic", "standard"): 0.8, ("do", "standard"): 0.9}, {"standard": 0.9})
-    b = make_results({("do", "standard"): 0.85, ("ties", "osrm"): 0.7}, {"standard": 0.9, "osrm": 0.9})
+    rng = np.random.default_rng(1)
+    ind = {i: bernoulli(rng, 0.8, 1) for i in ("standard", "osrm")}
+    a = make_run({("task_arithmetic", "standard"): lose(rng, ind["standard"], 0.2),
+                  ("do", "standard"): lose(rng, ind["standard"], 0.1)}, {"standard": ind["standard"]})
+    b = make_run({("do", "standard"): lose(rng, ind["standard"], 0.15), ("ties", "osrm"): lose(rng, ind["osrm"], 0.3)}, ind)
+    norm = {(label, r["method"], r["init"]): r["avg_normalized"] for label, res in (("shared", a), ("per_task", b))
+            for r in res["records"]}
     rows = compare_runs({"shared": a, "per_task": b})
     assert rows == [
-        {"method": "task_arithmetic", "init": "standard", "shared": 0.8, "per_task": None},
-        {"method": "do", "init": "standard", "shared": 0.9, "per_task": 0.85},
-        {"method": "ties", "init": "osrm", "shared": None, "per_task": 0.7},
+        {"method": "task_arithmetic", "init": "standard", "shared": norm[("shared", "task_arithmetic", "standard")],
+         "per_task": None},
+        {"method": "do", "init": "standard", "shared": norm[("shared", "do", "standard")],
+         "per_task": norm[("per_task", "do", "standard")]},
+        {"method": "ties", "init": "osrm", "shared": None, "per_task": norm[("per_task", "ties", "osrm")]},
     ]
-    assert run_setting(a, "task_seeds", "shared") == "shared"
-    a["profile_config"] = {"task_seeds": "per_task"}
     assert run_setting(a, "task_seeds", "shared") == "per_task"
+    del a["profile_config"]
+    assert run_setting(a, "task_seeds", "shared") == "shared"
     with pytest.raises(LorakitError):
         compare_runs({})
+
+
+def test_variant_pairs_skip_names_this_registry_does_not_know():
+    from lorakit.reference import variant_pairs
+
+    assert variant_pairs(["task_arithmetic", "do", "do_ties", "ta_normeq_from_the_future"]) == {
+        "do": "task_arithmetic", "do_ties": "ties"}
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 400, 401])

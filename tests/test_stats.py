@@ -424,3 +424,57 @@ def test_stats_imports_no_scipy_at_run_time():
     code = "import sys, lorakit.stats; assert 'scipy' not in sys.modules, 'scipy was imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- lorakit.resample: several aligned score sets
+
+
+def test_bootstrap_scores_draws_exactly_what_paired_bootstrap_draws():
+    """Mean difference of two sets: the same resamples as paired_bootstrap(shared) from the same seed."""
+    from lorakit.resample import bootstrap_scores
+
+    rng = gen(21)
+    a = {f"t{t}": (rng.random((3, 40 + 7 * t)) < 0.7).astype(float) for t in range(3)}
+    b = {t: (rng.random(v.shape) < 0.6).astype(float) for t, v in a.items()}
+    ref = paired_bootstrap(a, b, n_resamples=2500, seed=5, block=700)
+    got = bootstrap_scores({"a": a, "b": b}, lambda x: (x["a"] - x["b"]).mean(axis=(1, 2)),
+                           n_resamples=2500, seed=5, block=700)
+    assert np.allclose(got.resamples, ref.resamples, atol=1e-12, rtol=0)
+    assert got.ci.estimate == pytest.approx(ref.ci.estimate, abs=1e-12)
+    assert (got.ci.low, got.ci.high) == pytest.approx((ref.ci.low, ref.ci.high), abs=1e-12)
+    assert got.n_seeds == 3 and got.tasks == ("t0", "t1", "t2") and got.n_undefined == 0
+
+
+def test_bootstrap_scores_per_seed_ratio_and_undefined_resamples():
+    """The statistic sees per-seed accuracies (a ratio seed by seed); non-finite resamples are dropped, counted."""
+    from lorakit.resample import bootstrap_scores
+
+    m = {"t": np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])}  # seed 0: 1/4, seed 1: 3/4
+    i = {"t": np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])}  # 2/4, 4/4
+    one = {"t": np.array([[1.0, 0.0, 0.0]])}
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 in some resamples, on purpose
+        res = bootstrap_scores({"m": m, "i": i}, lambda x: (x["m"] / x["i"]).mean(axis=(1, 2)), n_resamples=400)
+        zero_prone = bootstrap_scores({"m": one, "i": one}, lambda x: (x["m"] / x["i"]).mean(axis=(1, 2)),
+                                      n_resamples=2000)
+    assert res.ci.estimate == pytest.approx((0.5 + 0.75) / 2)  # not the pooled 4/6
+    assert 0 < zero_prone.n_undefined < 2000  # a resample without example 0 divides 0 by 0
+    assert zero_prone.ci.low == zero_prone.ci.high == 1.0
+    with pytest.raises(LorakitError, match="same non-empty"):
+        bootstrap_scores({"a": m, "b": one}, lambda x: x["a"].mean(axis=(1, 2)))
+    with pytest.raises(LorakitError, match="expected"):
+        bootstrap_scores({"a": m, "b": {"u": m["t"]}}, lambda x: x["a"].mean(axis=(1, 2)))
+
+
+def test_bootstrap_pvalue_agrees_with_the_percentile_interval():
+    from lorakit.resample import bootstrap_pvalue
+
+    values = gen(3).normal(0.05, 0.02, 20_000)
+    low, high = np.quantile(values, [0.025, 0.975])
+    for null in (low - 1e-3, low + 1e-3, 0.05, high - 1e-3, high + 1e-3):
+        assert (bootstrap_pvalue(values, null) < 0.05) == (not low < null < high)
+    assert bootstrap_pvalue(values, 0.0, "greater") == pytest.approx((1 + (values <= 0).sum()) / 20_001)
+    assert bootstrap_pvalue(values, 1.0, "greater") == 1.0 and bootstrap_pvalue(np.ones(9), 1.0) == 1.0
+    with pytest.raises(LorakitError, match="alternative"):
+        bootstrap_pvalue(values, 0.0, "bigger")
+    with pytest.raises(LorakitError, match="no finite"):
+        bootstrap_pvalue(np.array([np.nan]))

@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 venv: $(STAMP)
 
 run: $(STAMP)
+	$(VENV)/bin/lorakit data fetch  # BIG-bench tasks of the cpu/gpu profiles: one PyPI download, then cached
 	$(VENV)/bin/lorakit run $(if $(PROFILE),--profile $(PROFILE)) $(RUN_ARGS)
 
 test: $(STAMP)

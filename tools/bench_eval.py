@@ -12,7 +12,8 @@ adapter per task and times, interleaved and repeated, two ways of scoring the sa
 The work of one pass is what ``lorakit run`` does for one method with ``test_curves=True``: each
 adapter alone on val and test (the normalizer), then for every λ of ``--lams`` the task-arithmetic
 merge ``λ Σ_t ΔW_t`` (computed once, untimed, shared by both paths) scored with every task's head
-on val and on test. Every accuracy of the two paths must be equal; an untimed pass also compares
+on val and on test. In float32 every accuracy of the two paths must be equal (in bfloat16 a few
+predictions in a thousand may flip); an untimed pass also compares
 the predictions text by text and counts flips.
 
 Adapters: ``--adapters random`` (default) draws LoRA factors of the profile's shapes (r = 8 on
@@ -149,12 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--adapters", choices=("random", "ci"), default="random")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-dtype", choices=("float32", "bfloat16", "auto"),
+                    help="the new path's eval_dtype (default: the profile's; the old path is always float32)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     p = get_profile(args.profile, threads=args.threads, val_examples=args.val_examples,
-                    test_examples=args.test_examples)
+                    test_examples=args.test_examples, eval_dtype=args.eval_dtype)
     tasks = list(args.tasks or p.tasks)
     ev = Evaluator(tasks, p)
     if args.adapters == "random":
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_description("cpu"),
         "config": {"profile": p.name, "tasks": tasks, "val_examples": p.val_examples, "test_examples": p.test_examples,
                    "max_length": p.max_length, "eval_batch_size": p.eval_batch_size, "lams": args.lams,
-                   "reps": args.reps, "threads": args.threads, "adapters": args.adapters, "packed_path": ev.packed},
+                   "reps": args.reps, "threads": args.threads, "adapters": args.adapters, "packed_path": ev.packed,
+                   "eval_dtype": p.eval_dtype, "new_compute_dtype": str(ev.eval_dtype).replace("torch.", "")},
         "score_calls_per_pass": len(calls),
         "texts_per_pass": n_examples,
         "old_seconds": times["old"],

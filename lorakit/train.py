@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -25,12 +24,15 @@ from .assets import cache_dir, load_base, quiet
 from .errors import LorakitError
 from .fit import accuracy, encode_texts, fit, predict, set_seed, task_metrics  # noqa: F401  (re-exported)
 from .fsutil import atomic_folder
+from .inits import (  # noqa: F401  (TASK_SEEDS, task_seed: re-exported, they lived here)
+    INIT_NAMES, TASK_SEEDS, get_init, init_freezes_A, init_uses_A, make_peft_model, task_seed,
+)
 from .lora import LoRAUpdate, read_adapter, read_head
 from .osrm import init_lora_A
 from .profiles import Profile, apply_threads, get_profile
 from .tasks import TaskData, load_task
 
-INITS = ("standard", "gaussian", "osrm")
+INITS = INIT_NAMES  # the old name; the registry is lorakit.inits
 TRAIN_CACHE_VERSION = 1  # bump when the training loop changes what it produces
 
 
@@ -59,23 +61,6 @@ class TrainedAdapter:
     @property
     def deltas(self) -> dict[str, torch.Tensor]:
         return {m: u.delta() for m, u in self.updates.items()}
-
-
-TASK_SEEDS = ("shared", "per_task")
-
-
-def task_seed(seed: int, task: str, task_seeds: str = "shared") -> int:
-    """The seed that initialises ``task``'s LoRA ``A``, its head and its batch order.
-
-    ``shared``: ``seed`` itself, for every task (tasks with the same head size then start from the
-    identical ``A``). ``per_task``: ``seed + crc32(task) mod 2^31``, stable across runs and machines,
-    so each task starts from its own random ``A``.
-    """
-    if task_seeds not in TASK_SEEDS:
-        raise LorakitError(f"unknown task_seeds {task_seeds!r}; choose one of {', '.join(TASK_SEEDS)}")
-    if task_seeds == "shared":
-        return seed
-    return (seed + zlib.crc32(task.encode())) % (2**31)
 
 
 def tensor_digest(tensors: Mapping[str, torch.Tensor] | None) -> str | None:
@@ -118,20 +103,7 @@ def cache_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _make_peft_model(profile: Profile, num_labels: int, init: str, seed: int):
-    from peft import LoraConfig, get_peft_model  # lazy: peft imports transformers; cached runs never need it
-
-    set_seed(seed)
-    model = load_base(profile.model, num_labels=num_labels)
-    config = LoraConfig(
-        task_type="SEQ_CLS",
-        r=profile.rank,
-        lora_alpha=profile.alpha,
-        target_modules=list(profile.target_modules),
-        lora_dropout=0.0,
-        init_lora_weights="gaussian" if init == "gaussian" else True,
-    )
-    return get_peft_model(model, config)
+_make_peft_model = make_peft_model  # the old private name (tests build the untrained model with it)
 
 
 def train_adapter(
@@ -151,10 +123,14 @@ def train_adapter(
     Args:
         task: task name (or loaded :class:`TaskData` of the same profile sizes).
         profile: profile name or object; ``overrides`` replace its fields (``steps=...``).
-        init: ``standard`` (peft's default: Kaiming-uniform A, B = 0), ``gaussian`` (peft's
-            gaussian: A ~ N(0, 1/r²), B = 0) or ``osrm`` (``init_A`` gives A per module, B = 0).
-        init_A: ``{module: A (r × d_in)}`` when ``init="osrm"``.
-        freeze_A: keep ``lora_A`` fixed during training (LoRA-FA style).
+        init: a name of :data:`lorakit.inits.INIT_NAMES`: ``standard`` (peft's default:
+            Kaiming-uniform A, B = 0), ``gaussian`` (peft's gaussian: A ~ N(0, 1/r²), B = 0), or one
+            whose A is computed (``osrm``, ``random_orthonormal``, ``osrm_task_mean``,
+            ``osrm_frozen``: ``init_A`` gives A per module, B = 0). The name is part of the cache key.
+        init_A: ``{module: A (r × d_in)}`` for an init with a computed A
+            (:func:`lorakit.inits.prepare_init_A`); ignored otherwise.
+        freeze_A: keep ``lora_A`` fixed during training (LoRA-FA style); always on for an init
+            that freezes A (``osrm_frozen``).
         seed: seeds the head's init, A's init and the batch order (mixed with the task name when
             the profile's ``task_seeds`` is ``per_task``: :func:`task_seed`).
         lr: learning rate (default: the profile's, the same for every ``init``). OSRM's ``A`` has
@@ -166,23 +142,23 @@ def train_adapter(
         progress: show a tqdm bar.
     """
     quiet()
-    if init not in INITS:
-        raise LorakitError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if init == "osrm" and not init_A:
-        raise LorakitError("init='osrm' needs init_A (compute it with lorakit.osrm.osrm_init)")
+    get_init(init)  # an unknown init: a one-line error naming the choices
+    if init_uses_A(init) and not init_A:
+        raise LorakitError(f"init={init!r} needs init_A (compute it with lorakit.inits.prepare_init_A)")
+    freeze_A = freeze_A or init_freezes_A(init)
     p = get_profile(profile, **overrides)
     apply_threads(p)
     data = task if isinstance(task, TaskData) else load_task(task, profile=p)
     run_seed = task_seed(seed, data.name, p.task_seeds)
-    config = train_config(data.name, p, init, freeze_A, seed, init_A if init == "osrm" else None, lr)
+    config = train_config(data.name, p, init, freeze_A, seed, init_A if init_uses_A(init) else None, lr)
     key = cache_key(config)
     folder = cache_dir() / "adapters" / f"{data.name}-{init}-s{seed}-{key}"
     if cache and (folder / "lorakit.json").is_file():
         return load_trained(folder)
 
     t0 = time.perf_counter()
-    model = _make_peft_model(p, data.num_labels, init, run_seed)
-    if init == "osrm":
+    model = make_peft_model(p, data.num_labels, init, run_seed)
+    if init_uses_A(init):
         init_lora_A(model, init_A, freeze_A=freeze_A)
     elif freeze_A:
         for name, param in model.named_parameters():
@@ -245,7 +221,7 @@ def train_all(
     """:func:`train_adapter` for each task (cached)."""
     out = {}
     for task in tasks:
-        init_A = (init_A_by_task or {}).get(task) if init == "osrm" else None
+        init_A = (init_A_by_task or {}).get(task) if init_uses_A(init) else None
         out[task] = train_adapter(task, profile, init=init, init_A=init_A, freeze_A=freeze_A, seed=seed,
                                   progress=progress, **overrides)
     return out

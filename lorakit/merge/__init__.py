@@ -11,7 +11,8 @@ Layout (a file per method, one registry):
   :func:`merge_layer` / :func:`merge_adapters`;
 * :mod:`.blocks` — TIES' trim / elect / disjoint mean and DARE's drop, on stacked dense tensors;
 * :mod:`.task_arithmetic`, :mod:`.ties`, :mod:`.dare`, :mod:`.knots`, :mod:`.do` (+ :mod:`.ortho`,
-  DO-Merging's factor orthogonalisation) — one method each, registered on import;
+  DO-Merging's factor orthogonalisation), :mod:`.normeq` (norm-equalised task arithmetic, a control
+  for DO-Merging) — one method each, registered on import;
 * :mod:`.folders` (+ :mod:`.sources`, :mod:`.refactor`) — PEFT adapter folders in and out
   (``lorakit merge``); no method names in them.
 
@@ -66,6 +67,7 @@ from .do import (
     orthogonalize_updates,
     recompose,
 )
+from .normeq import ZERO_RTOL, factored_frobenius_sq, normeq_coefficients, ta_normeq_merge
 from .folders import merge_adapter_folders
 
 __all__ = [
@@ -76,5 +78,6 @@ __all__ = [
     "dare_dense", "dare_merge", "KnotsBasis", "knots_basis", "knots_merge", "ORTHO_GAMMA", "ORTHO_GTOL",
     "ORTHO_LR", "ORTHO_MIN_STEP", "ORTHO_OPTIONS", "ORTHO_STEPS", "OrthoReport", "factor_cross_terms", "orthogonalize_factors",
     "EPS", "DOReport", "decouple", "decouple_update", "do_merge", "do_merge_with_report",
-    "orthogonalize_adapters", "orthogonalize_updates", "recompose", "merge_adapter_folders",
+    "orthogonalize_adapters", "orthogonalize_updates", "recompose", "ZERO_RTOL", "factored_frobenius_sq",
+    "normeq_coefficients", "ta_normeq_merge", "merge_adapter_folders",
 ]

@@ -45,7 +45,8 @@ first two steps.
 Modules: :mod:`~lorakit.osrm.modules` (finding the target Linear layers),
 :mod:`~lorakit.osrm.features` (``H`` by forward pre-hooks), :mod:`~lorakit.osrm.subspace`
 (Ky Fan: eq. 4.2–4.4), :mod:`~lorakit.osrm.init_lora` (``lora_A ← A_t``, OSRM-INIT),
-:mod:`~lorakit.osrm.interference` (eq. 4.5 and the parameter-space counterexample). Every
+:mod:`~lorakit.osrm.interference` (eq. 4.5 and the parameter-space counterexample),
+:mod:`~lorakit.osrm.geometry` (subspace overlap and own-task energy of any ``A`` init). Every
 public name is importable from ``lorakit.osrm`` itself.
 """
 
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 from ..lora import PEFT_PREFIX  # noqa: F401  (the old lorakit.osrm.PEFT_PREFIX; peft naming lives in lora)
 from .features import FEATURE_MODES, collect_features
+from .geometry import init_geometry, own_energy_fraction
 from .init_lora import OSRM_DEFAULTS, init_lora_A, osrm_init, osrm_init_for_tasks
 from .interference import (
     Counterexample,
@@ -66,7 +68,7 @@ from .subspace import TIE_RTOL, leave_one_out_subspaces, subspace, subspace_from
 
 __all__ = [
     "FEATURE_MODES", "OSRM_DEFAULTS", "PEFT_PREFIX", "TIE_RTOL", "Counterexample", "collect_features",
-    "counterexample", "find_linear_modules", "init_lora_A", "interference_matrix", "interference_ratio",
-    "leave_one_out_subspaces", "mean_interference_ratio", "osrm_init", "osrm_init_for_tasks", "subspace",
-    "subspace_from_gram",
+    "counterexample", "find_linear_modules", "init_geometry", "init_lora_A", "interference_matrix",
+    "interference_ratio", "leave_one_out_subspaces", "mean_interference_ratio", "osrm_init", "osrm_init_for_tasks",
+    "own_energy_fraction", "subspace", "subspace_from_gram",
 ]

@@ -126,8 +126,9 @@ OSRM_DEFAULTS = {"osrm_samples": 100, "osrm_mode": "tokens", "osrm_max_rows": 20
 
 
 def osrm_init_for_tasks(
-    tasks: Sequence[str], profile=None, progress: bool = True
-) -> dict[str, dict[str, torch.Tensor]]:
+    tasks: Sequence[str], profile=None, progress: bool = True, mode: str | None = None,
+    return_features: bool = False,
+):
     """:func:`osrm_init` for registry tasks in a run profile (what ``lorakit run`` uses for ``init=osrm``).
 
     Features come from the first ``osrm_samples`` training texts of each task (100, as in the
@@ -137,11 +138,18 @@ def osrm_init_for_tasks(
     profile's ``extra`` may override :data:`OSRM_DEFAULTS` (``osrm_samples``, ``osrm_mode``,
     ``osrm_max_rows`` rows kept per module and task, ``osrm_seed``).
 
+    Args:
+        mode: the feature mode, overriding the profile's ``osrm_mode``: ``"task_mean"`` is the
+            official code's variant (one masked mean vector per task and module, docs/methods.md §2.4).
+        return_features: also return the features ``{task: {module: H_j}}`` the subspaces were built from.
+
     Returns:
-        ``{task: {module: A_t (rank × d_in, float64)}}``.
+        ``{task: {module: A_t (rank × d_in, float64)}}``, or ``(that, features)`` with ``return_features``.
     """
     p = get_profile(profile)
     opts = {**OSRM_DEFAULTS, **{k: v for k, v in (p.extra or {}).items() if k in OSRM_DEFAULTS}}
+    if mode is not None:
+        opts["osrm_mode"] = mode
     tokenizer = load_tokenizer(p.model)
     model = load_base(p.model, num_labels=2, device=p.device)
     modules = find_linear_modules(model, p.target_modules)
@@ -158,4 +166,5 @@ def osrm_init_for_tasks(
     return osrm_init(
         model, task_batches, modules, p.rank, mode=opts["osrm_mode"],
         max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"], progress=progress,
+        return_features=return_features,
     )

@@ -103,39 +103,36 @@ def run_study(profile: str | Profile | None, tasks: Sequence[str] | None = None,
               *, task_seeds: str = "per_task", lr_factors: Sequence[float] = FT_LR_FACTORS,
               margin: float = MAJORITY_MARGIN, methods: Sequence[str] = CLAIM_A_METHODS,
               c_lams: Sequence[float] = CLAIM_C_LAMS, group_sizes: Sequence[int] = (2, 3),
-              max_groups: int | None = None, n_resamples: int = 10_000,
+              max_groups: int | None = None, c_seeds: Sequence[int] | None = None, n_resamples: int = 10_000,
               log: Callable[[str], None] = lambda msg: None) -> dict:
     """The whole study; returns every number, the decisions and the verdicts (see the module docstring).
 
     ``lr_factors`` multiply full FT's default weight lr (profile ``lr / 20``); ``max_groups`` caps the
-    claim (c) groups (a seeded subset); ``n_resamples`` sizes every bootstrap.
+    claim (c) groups (a seeded subset) and ``c_seeds`` its seeds (default: all; claim (c) is most of the
+    evaluation: every group is merged and scored); ``n_resamples`` sizes every bootstrap.
     """
-    t0 = time.perf_counter()
+    clock = _Clock()
     p = get_profile(profile, task_seeds=task_seeds)
     apply_threads(p)
     tasks = list(tasks or p.tasks)
     seeds = [int(s) for s in (seeds if seeds is not None else p.seeds)]
     if len(tasks) < 2 or len(set(tasks)) != len(tasks) or not seeds:
         raise LorakitError(f"the study needs at least 2 distinct tasks and 1 seed, got tasks {tasks}, seeds {seeds}")
+    c_seeds = [int(s) for s in c_seeds] if c_seeds is not None else seeds
+    if not c_seeds or not set(c_seeds) <= set(seeds):
+        raise LorakitError(f"c_seeds {c_seeds} must be a non-empty subset of the seeds {seeds}")
     lora = {s: train_all(tasks, p, seed=s, progress=False) for s in seeds}
     log(f"LoRA adapters ready ({len(tasks)} tasks × {len(seeds)} seeds)")
+    clock.lap("train_lora")
     lrs = [p.lr / 20 * f for f in lr_factors]
     choices = _full_ft(tasks, p, seeds, lrs, margin, log)
+    clock.lap("train_full_ft")
     kept = [t for t in tasks if choices[t].kept]
-    t_train = time.perf_counter() - t0
     ev = Evaluator(tasks, p)
     family_ads = {"lora": lora, "full_ft": {s: {t: choices[t].adapters[s] for t in tasks} for s in seeds}}
     indiv = {fam: {s: _individual(ev, family_ads[fam][s]) for s in seeds} for fam in FAMILIES}
-    record: dict = {
-        "profile": p.name, "tasks": tasks, "seeds": seeds, "task_seeds": p.task_seeds,
-        "kept_tasks": kept, "excluded_tasks": {t: choices[t].record() for t in tasks if not choices[t].kept},
-        "full_ft": {t: choices[t].record() for t in tasks},
-        "full_ft_rule": f"lr from {[f'{lr:.3g}' for lr in lrs]} (lr/20 × {list(lr_factors)}) by mean val accuracy; "
-                        f"kept iff that beats the val majority rate by ≥ {margin}",
-        "individual": {fam: {str(s): {"val": indiv[fam][s]["val"], "test": indiv[fam][s]["test"]} for s in seeds}
-                       for fam in FAMILIES},
-        "majority_test": ev.majority("test"),
-    }
+    clock.lap("individual")
+    record = _header(p, tasks, seeds, choices, lrs, lr_factors, margin, indiv) | {"majority_test": ev.majority("test")}
     if len(kept) >= 2:
         record["claim_a"] = _claim_a(ev, p, kept, family_ads, indiv, methods, seeds, n_resamples, log)
         pair = {fam: {s: pair_mv_matrix({t: family_ads[fam][s][t].updates for t in kept}, kept) for s in seeds}
@@ -144,15 +141,47 @@ def run_study(profile: str | Profile | None, tasks: Sequence[str] | None = None,
     else:
         record["claim_a"] = record["claim_b"] = {"verdict": "inconclusive",
                                                  "skipped": f"only {len(kept)} task(s) kept for full FT; need 2"}
+    clock.lap("claims_a_b")
     groups = task_groups(tasks, group_sizes, max_groups)
-    record["claim_c"] = _claim_c(ev, tasks, lora, indiv, seeds, groups, c_lams, n_resamples, log)
-    record["claim_c"]["tasks_note"] = (None if len(tasks) >= 8 else
-                                       f"only {len(tasks)} tasks: the issue asks for ≥ 8 for claim (c)")
-    record["verdicts"] = {c: record[f"claim_{c}"].get("verdict", "inconclusive") for c in "abc"} | {
-        f"a_{m}": record["claim_a"][m]["verdict"] for m in methods if m in record["claim_a"]}
-    record["verdicts"]["a"] = _combined_a(record["claim_a"], methods)
-    record["seconds"] = {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)}
+    record["claim_c"] = _claim_c(ev, tasks, lora, indiv, c_seeds, groups, c_lams, n_resamples, log)
+    record["claim_c"] |= {"seeds": c_seeds, "tasks_note": None if len(tasks) >= 8 else
+                          f"only {len(tasks)} tasks: the issue asks for ≥ 8 for claim (c)"}
+    clock.lap("claim_c")
+    record["verdicts"] = {"a": _combined_a(record["claim_a"], methods), "b": record["claim_b"]["verdict"],
+                          "c": record["claim_c"]["verdict"]}
+    record["verdicts"] |= {f"a_{m}": record["claim_a"][m]["verdict"] for m in methods if m in record["claim_a"]}
+    record["seconds"] = clock.laps | {"total": round(clock.total(), 1)}
     return record
+
+
+class _Clock:
+    """Seconds per phase of the study (``laps``), for sizing the next run."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self.last = round(now - self.last, 1), now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _header(p, tasks, seeds, choices, lrs, lr_factors, margin, indiv) -> dict:
+    """The study's settings, the full-FT sweep and exclusions, and each family's own accuracies."""
+    return {
+        "profile": p.name, "tasks": tasks, "seeds": seeds, "task_seeds": p.task_seeds,
+        "kept_tasks": [t for t in tasks if choices[t].kept],
+        "excluded_tasks": {t: choices[t].record() for t in tasks if not choices[t].kept},
+        "full_ft": {t: choices[t].record() for t in tasks},
+        "full_ft_rule": f"lr from {[f'{lr:.3g}' for lr in lrs]} (lr/20 × {list(lr_factors)}) by val accuracy of "
+                        f"seed {seeds[0]}, then every seed at that lr; kept iff the mean val accuracy over seeds "
+                        f"beats the val majority rate by ≥ {margin}",
+        "individual": {fam: {str(s): {"val": indiv[fam][s]["val"], "test": indiv[fam][s]["test"]} for s in seeds}
+                       for fam in FAMILIES},
+    }
 
 
 def _combined_a(claim_a: Mapping, methods: Sequence[str]) -> str:

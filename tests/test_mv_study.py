@@ -159,7 +159,14 @@ def test_tune_full_ft_keeps_and_excludes_with_per_task_seeds():
     p = get_profile("ci", task_seeds="per_task")
     good = tune_full_ft("rt_subjectivity", p, [1e-4, 1e-3], seeds=(0, 1), train_fn=fake)
     assert good.kept and good.chosen_lr == 1e-3 and good.at_edge and set(good.adapters) == {0, 1}
-    assert {s for t, s, _ in calls} == {task_seed(0, "rt_subjectivity", "per_task"), task_seed(1, "rt_subjectivity", "per_task")}
+    s0, s1 = task_seed(0, "rt_subjectivity", "per_task"), task_seed(1, "rt_subjectivity", "per_task")
+    assert calls == [("rt_subjectivity", s0, 1e-4), ("rt_subjectivity", s0, 1e-3), ("rt_subjectivity", s1, 1e-3)]
+    assert [r["seed"] for r in good.runs[1e-3]] == [0, 1] and len(good.runs[1e-4]) == 1
+    calls.clear()
+    both = tune_full_ft("rt_subjectivity", p, [1e-4, 1e-3], seeds=(0, 1), train_fn=fake, tune_seeds=(0, 1))
+    assert len(calls) == 4 and both.chosen_lr == 1e-3
+    with pytest.raises(LorakitError, match="tune_seeds"):
+        tune_full_ft("rt_subjectivity", p, [1e-4], seeds=(0,), train_fn=fake, tune_seeds=(5,))
     bad = tune_full_ft("election_tweets", p, [1e-4, 1e-3], seeds=(0,), train_fn=fake)
     assert not bad.kept and bad.chosen_lr == 1e-4 and "majority" in bad.reason
     rec = json.loads(json.dumps(bad.record()))
@@ -229,17 +236,46 @@ def test_study_end_to_end_tiny(tmp_path, monkeypatch):
 
     p = get_profile("ci", train_examples=32, val_examples=16, test_examples=24, steps=2, lam_grid=(1.0,))
     lines = []  # margin −1 keeps every (barely trained) full FT, so claims (a) and (b) run
-    rec = run_study(p, seeds=[0, 1], lr_factors=(1.0,), margin=-1.0, methods=("task_arithmetic", "dare"),
+    rec = run_study(p, seeds=[0, 1], lr_factors=(1.0,), margin=-1.0, methods=("dare",),
                     c_lams=(1.0,), n_resamples=200, log=lines.append)
     rec = json.loads(json.dumps(rec))
     assert rec["tasks"] == list(p.tasks) and rec["kept_tasks"] == rec["tasks"] and rec["task_seeds"] == "per_task"
-    assert set(rec["verdicts"]) == {"a", "b", "c", "a_task_arithmetic", "a_dare"}
+    assert set(rec["verdicts"]) == {"a", "b", "c", "a_dare"} and rec["verdicts"]["a"] == rec["verdicts"]["a_dare"]
     assert set(rec["verdicts"].values()) <= VERDICTS
-    for m in ("task_arithmetic", "dare"):
+    for m in ("dare",):
         assert rec["claim_a"][m]["ci"][0] <= rec["claim_a"][m]["effect"] <= rec["claim_a"][m]["ci"][1]
         assert set(rec["claim_a"][m]["runs"]["full_ft"]) == {"0", "1"}
     assert len(rec["claim_b"]["mv_per_seed"]["lora"]) == 2 and rec["claim_b"]["verdict"] in VERDICTS
     assert len(rec["claim_c"]["points"]) == 3 + 1 and rec["claim_c"]["by_size"]["2"]["n"] == 3
     assert rec["claim_c"]["tasks_note"] and any(line.startswith("(c)") for line in lines)
+    assert set(rec["seconds"]) == {"train_lora", "train_full_ft", "individual", "claims_a_b", "claim_c", "total"}
     for t, ft in rec["full_ft"].items():
         assert ft["chosen_lr"] == pytest.approx(p.lr / 20) and len(ft["runs"]["0.0005"]) == 2
+
+
+def test_tool_passes_its_options_and_writes_the_json(tmp_path, monkeypatch):
+    """tools/mv_study.py: --tasks/--seeds/--profile and the other options reach run_study; one JSON comes out."""
+    import importlib.util
+    from pathlib import Path
+
+    import lorakit.mv_run
+
+    spec = importlib.util.spec_from_file_location("mv_tool", Path(__file__).resolve().parents[1] / "tools" / "mv_study.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    seen = {}
+
+    def fake_run(profile, tasks, seeds, **kw):
+        seen.update(profile=profile, tasks=tasks, seeds=seeds, **kw)
+        return {"profile": profile, "verdicts": {"a": "held", "b": "inconclusive", "c": "contradicted"}}
+
+    monkeypatch.setattr(lorakit.mv_run, "run_study", fake_run)
+    out = tmp_path / "r.json"
+    assert tool.main(["--profile", "ci", "--tasks", "a", "b", "--seeds", "0", "3", "--lr-factors", "0.5,2",
+                      "--c-lams", "0.3,1", "--max-groups", "5", "--c-seeds", "3", "--out", str(out)]) == 0
+    assert seen["profile"] == "ci" and seen["tasks"] == ["a", "b"] and seen["seeds"] == [0, 3]
+    assert seen["lr_factors"] == [0.5, 2.0] and seen["c_lams"] == [0.3, 1.0] and seen["max_groups"] == 5
+    assert seen["c_seeds"] == [3]
+    rec = json.loads(out.read_text())
+    assert set(rec["verdicts"].values()) <= VERDICTS and "command" in rec and "machine" in rec
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # nothing half-written left beside it

@@ -91,10 +91,10 @@ def _claim_c(ev, tasks, lora, indiv, seeds, groups, lams, n_resamples, log) -> d
         "points": points, "lam_grid": list(lams), "pair_mv": {str(s): pair[s].tolist() for s in seeds}}
 
 
-def _full_ft(tasks, p, seeds, lrs, margin, log) -> dict:
+def _full_ft(tasks, p, seeds, lrs, margin, tune_seeds, log) -> dict:
     choices = {}
     for t in tasks:
-        choices[t] = tune_full_ft(t, p, lrs, seeds, margin)
+        choices[t] = tune_full_ft(t, p, lrs, seeds, margin, tune_seeds=tune_seeds)
         log(f"full FT {t}: {choices[t].reason} → {'kept' if choices[t].kept else 'excluded'}")
     return choices
 
@@ -103,11 +103,13 @@ def run_study(profile: str | Profile | None, tasks: Sequence[str] | None = None,
               *, task_seeds: str = "per_task", lr_factors: Sequence[float] = FT_LR_FACTORS,
               margin: float = MAJORITY_MARGIN, methods: Sequence[str] = CLAIM_A_METHODS,
               c_lams: Sequence[float] = CLAIM_C_LAMS, group_sizes: Sequence[int] = (2, 3),
-              max_groups: int | None = None, c_seeds: Sequence[int] | None = None, n_resamples: int = 10_000,
+              max_groups: int | None = None, c_seeds: Sequence[int] | None = None,
+              ft_tune_seeds: Sequence[int] | None = None, n_resamples: int = 10_000,
               log: Callable[[str], None] = lambda msg: None) -> dict:
     """The whole study; returns every number, the decisions and the verdicts (see the module docstring).
 
-    ``lr_factors`` multiply full FT's default weight lr (profile ``lr / 20``); ``max_groups`` caps the
+    ``lr_factors`` multiply full FT's default weight lr (profile ``lr / 20``), swept on ``ft_tune_seeds``
+    (default: the first seed; :func:`lorakit.mv_study.tune_full_ft`); ``max_groups`` caps the
     claim (c) groups (a seeded subset) and ``c_seeds`` its seeds (default: all; claim (c) is most of the
     evaluation: every group is merged and scored); ``n_resamples`` sizes every bootstrap.
     """
@@ -125,14 +127,15 @@ def run_study(profile: str | Profile | None, tasks: Sequence[str] | None = None,
     log(f"LoRA adapters ready ({len(tasks)} tasks × {len(seeds)} seeds)")
     clock.lap("train_lora")
     lrs = [p.lr / 20 * f for f in lr_factors]
-    choices = _full_ft(tasks, p, seeds, lrs, margin, log)
+    choices = _full_ft(tasks, p, seeds, lrs, margin, ft_tune_seeds, log)
     clock.lap("train_full_ft")
     kept = [t for t in tasks if choices[t].kept]
     ev = Evaluator(tasks, p)
     family_ads = {"lora": lora, "full_ft": {s: {t: choices[t].adapters[s] for t in tasks} for s in seeds}}
     indiv = {fam: {s: _individual(ev, family_ads[fam][s]) for s in seeds} for fam in FAMILIES}
     clock.lap("individual")
-    record = _header(p, tasks, seeds, choices, lrs, lr_factors, margin, indiv) | {"majority_test": ev.majority("test")}
+    record = _header(p, tasks, seeds, choices, lrs, lr_factors, margin, indiv, ft_tune_seeds)
+    record["majority_test"] = ev.majority("test")
     if len(kept) >= 2:
         record["claim_a"] = _claim_a(ev, p, kept, family_ads, indiv, methods, seeds, n_resamples, log)
         pair = {fam: {s: pair_mv_matrix({t: family_ads[fam][s][t].updates for t in kept}, kept) for s in seeds}
@@ -169,7 +172,7 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
-def _header(p, tasks, seeds, choices, lrs, lr_factors, margin, indiv) -> dict:
+def _header(p, tasks, seeds, choices, lrs, lr_factors, margin, indiv, ft_tune_seeds) -> dict:
     """The study's settings, the full-FT sweep and exclusions, and each family's own accuracies."""
     return {
         "profile": p.name, "tasks": tasks, "seeds": seeds, "task_seeds": p.task_seeds,
@@ -177,8 +180,8 @@ def _header(p, tasks, seeds, choices, lrs, lr_factors, margin, indiv) -> dict:
         "excluded_tasks": {t: choices[t].record() for t in tasks if not choices[t].kept},
         "full_ft": {t: choices[t].record() for t in tasks},
         "full_ft_rule": f"lr from {[f'{lr:.3g}' for lr in lrs]} (lr/20 × {list(lr_factors)}) by val accuracy of "
-                        f"seed {seeds[0]}, then every seed at that lr; kept iff the mean val accuracy over seeds "
-                        f"beats the val majority rate by ≥ {margin}",
+                        f"seed(s) {list(ft_tune_seeds or seeds[:1])}, then every seed at that lr; kept iff the mean "
+                        f"val accuracy over seeds beats the val majority rate by ≥ {margin}",
         "individual": {fam: {str(s): {"val": indiv[fam][s]["val"], "test": indiv[fam][s]["test"]} for s in seeds}
                        for fam in FAMILIES},
     }

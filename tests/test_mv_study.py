@@ -272,10 +272,10 @@ def test_tool_passes_its_options_and_writes_the_json(tmp_path, monkeypatch):
     monkeypatch.setattr(lorakit.mv_run, "run_study", fake_run)
     out = tmp_path / "r.json"
     assert tool.main(["--profile", "ci", "--tasks", "a", "b", "--seeds", "0", "3", "--lr-factors", "0.5,2",
-                      "--c-lams", "0.3,1", "--max-groups", "5", "--c-seeds", "3", "--out", str(out)]) == 0
+                      "--c-lams", "0.3,1", "--max-groups", "5", "--c-seeds", "3", "--ft-tune-seeds", "0", "3", "--out", str(out)]) == 0
     assert seen["profile"] == "ci" and seen["tasks"] == ["a", "b"] and seen["seeds"] == [0, 3]
     assert seen["lr_factors"] == [0.5, 2.0] and seen["c_lams"] == [0.3, 1.0] and seen["max_groups"] == 5
-    assert seen["c_seeds"] == [3]
+    assert seen["c_seeds"] == [3] and seen["ft_tune_seeds"] == [0, 3]
     rec = json.loads(out.read_text())
     assert set(rec["verdicts"].values()) <= VERDICTS and "command" in rec and "machine" in rec
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # nothing half-written left beside it

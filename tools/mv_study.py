@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: the profile's)")
     ap.add_argument("--task-seeds", default="per_task", choices=("per_task", "shared"), help="how seeds mix with tasks")
     ap.add_argument("--lr-factors", type=floats, default=None, help="full-FT lr multiples of lr/20 (default 0.333,1,3,10)")
+    ap.add_argument("--ft-tune-seeds", nargs="+", type=int, default=None,
+                    help="seeds the full-FT lr sweep is trained on (default: the first seed)")
     ap.add_argument("--methods", nargs="+", default=None, help="claim (a) merge methods (default: task_arithmetic ties dare)")
     ap.add_argument("--c-lams", type=floats, default=None, help="claim (c) λ grid, e.g. 0.4,0.7,1.0")
     ap.add_argument("--max-groups", type=int, default=None, help="claim (c): at most this many groups (seeded subset)")
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     record = run_study(profile, args.tasks, args.seeds, task_seeds=args.task_seeds,
                        lr_factors=args.lr_factors or FT_LR_FACTORS, methods=args.methods or CLAIM_A_METHODS,
                        c_lams=args.c_lams or CLAIM_C_LAMS, max_groups=args.max_groups, c_seeds=args.c_seeds,
+                       ft_tune_seeds=args.ft_tune_seeds,
                        n_resamples=args.n_resamples, log=log)
     env = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ENV_KEYS if k in os.environ)
     record |= {"machine": machine_description("cpu"),

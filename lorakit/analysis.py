@@ -302,6 +302,19 @@ def _pearson_rows(x, ys):
         return np.where(denom > 0, (yc @ xc) / np.where(denom > 0, denom, 1.0), np.nan)
 
 
+def spearman_rho(xs: Sequence[float], ys: Sequence[float]) -> float:
+    r"""Spearman's :math:`\rho = r(\operatorname{rank} x, \operatorname{rank} y)` (average ranks for ties).
+
+    NaN for fewer than 3 values or a constant side (as :func:`group_correlation`, without its p-value).
+    """
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise LorakitError(f"xs and ys must be two lists of the same length, got shapes {x.shape} and {y.shape}")
+    if len(x) < 3:
+        return float("nan")
+    return float(_pearson_rows(_average_ranks(x), _average_ranks(y)[None, :])[0])
+
+
 def group_correlation(xs: Sequence[float], ys: Sequence[float], permutations: int = 10_000, seed: int = 0) -> dict:
     r"""Pearson and Spearman correlation of paired per-group values, with permutation p-values.
 

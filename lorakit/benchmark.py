@@ -25,6 +25,7 @@ from .evaluate import Evaluator, accuracies, mean, select_and_report
 from .fsutil import atomic_folder
 from .lora import LoRAUpdate
 from .merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
+from .inits import get_init, init_depends_on_seed, init_freezes_A, init_uses_A, prepare_init_A
 from .osrm import osrm_init_for_tasks
 from .profiles import Profile, apply_threads, get_profile
 # Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
@@ -128,8 +129,7 @@ def run_benchmark(
     for m in methods:
         resolve_method(m)
     for i in inits:
-        if i not in ("standard", "gaussian", "osrm"):
-            raise LorakitError(f"unknown init {i!r}; choose from standard, gaussian, osrm")
+        get_init(i)  # an unknown init → clear error before any work
     if len(tasks) < 2:
         raise LorakitError("merging needs at least two tasks; pass more with --tasks")
     task_seed(0, tasks[0], p.task_seeds)  # an unknown task_seeds → clear error before any work
@@ -156,13 +156,16 @@ def _run(p: Profile, tasks: list[str], methods: list[str], inits: list[str], see
     records, adapter_stats = [], []
     for init in inits:
         init_A = None
-        if init == "osrm":
+        if init_uses_A(init) and not init_depends_on_seed(init):  # OSRM's A: once, from the base model's features
             t0 = time.perf_counter()
-            init_A = osrm_inits(tasks, p, progress=progress)
+            init_A = prepare_init_A(init, tasks, p, progress=progress)
             timings["osrm_seconds"] += time.perf_counter() - t0
         for seed in seeds:
+            if init_uses_A(init) and init_depends_on_seed(init):  # random_orthonormal: one A per task and seed
+                init_A = prepare_init_A(init, tasks, p, seed, progress=progress)
             t0 = time.perf_counter()
-            adapters = train_all(tasks, p, init=init, init_A_by_task=init_A, seed=seed, progress=progress)
+            adapters = train_all(tasks, p, init=init, init_A_by_task=init_A, freeze_A=init_freezes_A(init), seed=seed,
+                                 progress=progress)
             timings["train_seconds"] += time.perf_counter() - t0
             ind_val, ind_test = _score_individual(evaluator, adapters, tasks, init, seed, task_info, timings, log)
             mv = magnitude_variance([adapters[t].updates for t in tasks])

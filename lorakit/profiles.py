@@ -100,7 +100,8 @@ class Profile:
 
 
 # every benchmark method: the baselines, then DO-Merging with each base method for the directions
-ALL_METHODS = ("task_arithmetic", "ties", "dare", "knots", "do", "do_ties", "do_dare")
+# and ta_normeq, the control that asks whether DO's gain is only equal task-vector norms
+ALL_METHODS = ("task_arithmetic", "ties", "dare", "knots", "do", "do_ties", "do_dare", "ta_normeq")
 # the second stage of the search on validation (two points per method; see Profile.tune_grid)
 TUNE_GRID = {"density": (0.1, 0.4), "drop_rate": (0.3, 0.7), "gamma": (0.3, 3.0), "lam": (0.8, 1.25)}
 

@@ -64,7 +64,7 @@ def dense(updates):
 
 
 def test_registry_entries_are_complete_and_frozen():
-    assert set(METHODS) == {"task_arithmetic", "ties", "dare", "knots", "do"}
+    assert set(METHODS) == {"task_arithmetic", "ties", "dare", "knots", "do", "ta_normeq"}
     for name, spec in METHODS.items():
         assert isinstance(spec, MergeMethod) and spec.name == name
         assert spec.url.startswith("https://arxiv.org/abs/") and spec.paper and spec.description
@@ -308,6 +308,7 @@ IDENTITY_PARAMS = {
     "ties": {"density": 1.0},  # no trimming; one task always agrees with itself
     "dare": {"drop_rate": 0.0},  # nothing dropped, rescale 1
     "knots": {"density": 1.0},  # U Σ V₁ᵀ = ΔW₁ (float64 SVD, so equal up to rounding)
+    "ta_normeq": {},
     "do": {},  # decouple/recompose is the identity, orthogonalisation skips one task (D3)
 }
 

@@ -164,6 +164,7 @@ IDENTITY = {  # every method, with parameters under which one adapter must come 
     "dare": {"drop_rate": 0.0},
     "knots": {"base": "task_arithmetic"},
     "do": {},
+    "ta_normeq": {},
 }
 
 

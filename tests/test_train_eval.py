@@ -467,7 +467,7 @@ def test_every_method_gets_the_same_validation_budget():
     p = get_profile("cpu")
     chosen = {"task_arithmetic": {"lam": 0.3}, "ties": {"lam": 0.3, "density": 0.2}, "dare": {"lam": 0.3, "drop_rate": 0.5},
               "knots": {"lam": 0.3, "density": 0.2}, "do": {"lam": 0.3}, "do_ties": {"lam": 0.3, "density": 0.2},
-              "do_dare": {"lam": 0.3, "drop_rate": 0.5}}
+              "do_dare": {"lam": 0.3, "drop_rate": 0.5}, "ta_normeq": {"lam": 0.3}}
     sizes, changed = set(), {}
     for m in ALL_METHODS:
         extra = method_refine(m, p)(chosen[m])
@@ -475,5 +475,5 @@ def test_every_method_gets_the_same_validation_budget():
         changed[m] = {k for q in extra for k, v in q.items() if chosen[m].get(k) != v}
     assert sizes == {len(p.lam_grid) + 2}
     assert changed == {"task_arithmetic": {"lam"}, "ties": {"density"}, "dare": {"drop_rate"}, "knots": {"density"},
-                       "do": {"gamma"}, "do_ties": {"density"}, "do_dare": {"drop_rate"}}
+                       "do": {"gamma"}, "do_ties": {"density"}, "do_dare": {"drop_rate"}, "ta_normeq": {"lam"}}
     assert method_refine("ties", get_profile("ci")) is None  # ci: no second stage

@@ -20,13 +20,15 @@
 # it with an `assert`, then runs it for real.
 #
 # **Reference results** committed under `data/reference/`, all made on a 2-core CPU machine:
-# `cpu-cpu-2026-11-23` (the full `cpu`-profile benchmark that notebook 06 shows) and its twin
-# `cpu-cpu-2026-11-23-per-task-seeds` (the same run with each task's adapter trained from its own
-# seed); `magnitude_variance_cpu.json` (notebook 03's task-group analysis at `cpu` size); and the
-# merge-engine timings `bench-cpu-20261123` and `bench-cpu-2026-12-02`, the latter with a measured
-# TIES merge over all 32 layers of Llama-3-8B-shaped synthetic adapters. Each folder's `RUN.md`
-# names the machine, the versions and the exact command. **No GPU run has been made yet**; the
-# README's *Reference results* section says how to make one.
+# `cpu-cpu-2026-12-02` (the `cpu`-profile benchmark that notebook 06 reads: 8 tasks, 5 training
+# seeds, each task from its own seed, every test example's right/wrong recorded, so every claim
+# gets a paired confidence interval); two older one-seed six-task runs that differ only in
+# whether tasks share a seed (`cpu-cpu-2026-11-23`, shared; `…-per-task-seeds`), kept as that
+# ablation; `magnitude_variance_cpu.json` (notebook 03's task-group analysis at `cpu` size); and
+# the merge-engine timings `bench-cpu-20261123` and `bench-cpu-2026-12-02`, the latter with a
+# measured TIES merge over all 32 layers of Llama-3-8B-shaped synthetic adapters. Each folder's
+# `RUN.md` names the machine, the versions and the exact commands. **No GPU run has been made
+# yet**; the README's *Reference results* section says how to make one.
 #
 # Runtime: `ci` well under a minute (it trains two small adapters, cached afterwards) · `cpu` not
 # measured · `gpu` not measured.

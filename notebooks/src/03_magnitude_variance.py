@@ -393,6 +393,16 @@ ax.set_title(f"task groups, profile {P.name} (label = group size)"); ax.legend(f
 # evaluating the merged models. The cell below only reads that file. Its numbers are **not**
 # recomputed here and do not come from the profile this notebook is running in.
 #
+# **A caution before reading it.** That reference is one seed, shared task seeds and untuned full
+# fine-tuning, and the population standard deviation of N values grows with N by itself. The study
+# that decides claims (a)–(c) properly is `tools/mv_study.py` (`lorakit.mv_study`, `lorakit.mv_run`):
+# full fine-tuning with a learning-rate sweep chosen on validation and kept only where it beats the
+# majority class by ≥ 10 points, the pairwise magnitude-variance measure whose expectation does not
+# depend on N, a paired CI and a three-valued verdict per claim, Spearman within each group size
+# with leave-one-task-out, and a slope with task fixed effects. Its `cpu` run (8 tasks, 5 seeds) is
+# estimated at 4.5–6.5 hours on two cores and has not been made yet, so no verdict on (a)–(c) at
+# `cpu` size is given here.
+#
 # Groups of three tasks have a higher magnitude variance than groups of two *and* merge worse, for
 # the plain reason that more tasks interfere more. A correlation over all groups mixes the two, so
 # the cell also gives it within each group size.

@@ -290,7 +290,7 @@ def my_width_ratio(results):
     raise NotImplementedError  # your code here
 
 try:
-    exercises.check_predict_ci_width(prediction, my_width_ratio, ref)
+    exercises.check_predict_seed_width(prediction, my_width_ratio, ref)
 except NotImplementedError:
     print("not attempted yet (the solutions notebook has one answer)")
 

@@ -255,44 +255,77 @@ for init in ref["inits"]:
 # without re-running anything. The exercises below rebuild the CI of DO − task arithmetic from
 # those vectors with numpy alone and compare it with the report's.
 
+# %% [markdown]
+# ### Exercises
+#
+# Both exercises use the committed `cpu` reference run with the most seeds
+# (`nb06.reference_for_exercises()`) and its per-example test predictions of DO-Merging (`do`) and task
+# arithmetic, standard init: `nb06.do_vs_ta(run)` gives `a`, `b` = `{task: (S seeds, n_t examples)}` 0/1
+# arrays, paired by seed and by example (`nb06.per_example(run, method, init)` for any other method).
+# The solutions are in `solutions/06_solutions.ipynb`.
+#
+# 1. **Re-test a difference yourself.** Write `my_paired_bootstrap(a, b, n_resamples, seed)` returning
+#    `(estimate, low, high)`: $\hat\Delta = \frac1T\sum_t(\bar a_t - \bar b_t)$ and its 95 % percentile CI.
+#    One resample draws $S$ seeds with replacement (one draw for every task: a seed is one run), then per
+#    task $n_t$ examples with replacement, one draw used for every drawn seed and for both methods (the
+#    test split is the same in every seed). The checker compares it with `lorakit.stats.paired_bootstrap`
+#    on toy data, then prints your CI beside the claims report's (`claims_report(run, metric="accuracy")`).
+#    Vectorize over the resamples: a plain Python loop over 20 000 resamples works, but slowly.
+# 2. Predict, run, interpret (below).
+
 # %%
 from lorakit import exercises
-from lorakit.exercises.nb06 import per_example
+from lorakit.exercises import nb06
 
-# %% [markdown]
-# **Exercise 6.1.** Write `my_paired_bootstrap(a, b, n_resamples, seed)`: `a`, `b` are
-# `{task: (S seeds, n_t examples) 0/1 array}` of two methods, paired by seed and example. Return
-# `(estimate, low, high)`: the mean over tasks of the accuracy difference and its 95 % percentile
-# CI, where one resample draws S seeds with replacement (the same for every task), then, per task,
-# $n_t$ examples with replacement (one draw, used for every drawn seed), and takes the mean over
-# the drawn seeds and examples.
+ref_ex = nb06.reference_for_exercises()
+do_scores, ta_scores = nb06.do_vs_ta(ref_ex)
+print(f"exercises use profile {ref_ex['profile']}, seeds {ref_ex['seeds']}: "
+      + ", ".join(f"{t} {v.shape}" for t, v in do_scores.items()))
 
-# %%
-def my_paired_bootstrap(a, b, n_resamples=2000, seed=0):
+def my_paired_bootstrap(a, b, n_resamples, seed):
     raise NotImplementedError  # your code here
 
 try:
-    exercises.check_paired_bootstrap(my_paired_bootstrap, ref)
+    exercises.check_paired_bootstrap(my_paired_bootstrap, ref_ex)
 except NotImplementedError:
-    print("not attempted yet (the solutions notebook has one answer)")
+    print("exercise 1 not attempted yet")
 
 # %% [markdown]
-# **Exercise 6.2 (predict, run, interpret).** The reference has several seeds. Predict before you
-# run: compared with the CI of DO − task arithmetic from the *first seed only*, is the CI from all
-# seeds about $\sqrt{S}$ times narrower (`"sqrt"`), about the same (`"same"`), or in between
-# (`"between"`)? Then write `my_width_ratio(results)`: width with one seed ÷ width with all seeds
-# (standard init, accuracy, `lorakit.stats.paired_bootstrap`).
+# **2. Predict, run, interpret: how much do more seeds narrow a CI?** The run has $S$ seeds (printed
+# above). *Before running the next cells*, predict: with all $S$ seeds instead of the first one alone,
+# will the 95 % CI of DO − TA be about $\sqrt S$ times narrower (`"sqrt"`; $\sqrt5 \approx 2.2$ for 5
+# seeds), about the **same** (`"same"`), or in **between** (`"between"`)?
 
 # %%
-prediction = None  # "sqrt", "same" or "between"
+prediction = None  # your prediction: "sqrt", "same" or "between"
 
-def my_width_ratio(results):
+# %% [markdown]
+# Run the measurement (given): the CI of DO − TA from the first seed only and from all seeds.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+first = lambda x: {t: v[:1] for t, v in x.items()}
+one = paired_bootstrap(first(do_scores), first(ta_scores), n_resamples=10_000, seed=0).ci
+full = paired_bootstrap(do_scores, ta_scores, n_resamples=10_000, seed=0).ci
+for label, ci in (("first seed only", one), (f"all {len(ref_ex['seeds'])} seeds", full)):
+    print(f"{label:>16}: DO − TA {ci.estimate:+.4f}, 95 % CI [{ci.low:+.4f}, {ci.high:+.4f}], "
+          f"width {ci.high - ci.low:.4f}")
+
+# %% [markdown]
+# Interpret: write `my_width_ratio(run)` = width(first seed only) / width(all seeds) for any run (use
+# `nb06.do_vs_ta(run)` and `paired_bootstrap(..., n_resamples=10_000, seed=0)` as above). The checker
+# tests it on three toy runs and on the reference, then compares your prediction with the measurement and
+# explains it from the numbers: which part of the variance is the test examples' (the same examples in
+# every seed) and which the seeds' (any prediction is accepted).
+
+# %%
+def my_width_ratio(run):
     raise NotImplementedError  # your code here
 
 try:
-    exercises.check_predict_seed_width(prediction, my_width_ratio, ref)
+    exercises.check_predict_seed_width(prediction, my_width_ratio, ref_ex)
 except NotImplementedError:
-    print("not attempted yet (the solutions notebook has one answer)")
+    print("exercise 2 not attempted yet")
 
 # %% [markdown]
 # ## Does one shared seed across tasks matter?

@@ -50,7 +50,7 @@ result = exercises.check_paired_bootstrap(my_paired_bootstrap, ref_ex)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-prediction = "between"
+prediction = "same"  # measured on the committed reference: the test examples are the same in every seed
 
 def my_width_ratio(results):
     a, b = nb06.do_vs_ta(results)

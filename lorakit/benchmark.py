@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import torch
-
 from . import __version__
 from .analysis import magnitude_variance
 from .errors import LorakitError
@@ -26,7 +24,6 @@ from .fsutil import atomic_folder
 from .lora import LoRAUpdate
 from .merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from .inits import get_init, init_depends_on_seed, init_freezes_A, init_uses_A, prepare_init_A
-from .osrm import osrm_init_for_tasks
 from .profiles import Profile, apply_threads, get_profile
 # Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
 from .results import (  # noqa: F401
@@ -96,11 +93,6 @@ def resolve_method(method: str) -> tuple[str, dict]:
     The names are the merge registry's (:func:`lorakit.merge.resolve_variant`).
     """
     return resolve_variant(method)
-
-
-def osrm_inits(tasks: Sequence[str], profile: Profile, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
-    """Each task's OSRM ``lora_A`` per module, from the other tasks' features (leave-one-out)."""
-    return osrm_init_for_tasks(tasks, profile, progress=progress)
 
 
 def run_benchmark(
@@ -257,10 +249,10 @@ def _score_orthogonalized(evaluator: Evaluator, adapters: Mapping[str, TrainedAd
     correct = evaluator.correct_tasks(lambda t: {m: u.delta() for m, u in sources[tasks.index(t)].items()},
                                       adapters, "test")
     timings["eval_seconds"] += time.perf_counter() - t0
+    test = accuracies(correct)
     for t in tasks:
         task_info[t].setdefault("individual_orthogonalized", []).append(
-            {"init": init, "seed": seed, "test": float(correct[t].float().mean()),
-             "test_correct": encode_correct(correct[t])})
+            {"init": init, "seed": seed, "test": test[t], "test_correct": encode_correct(correct[t])})
 
 
 def _merge_methods(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str],

@@ -71,12 +71,9 @@ def combine_results(runs: Sequence[Mapping]) -> dict:
     for t, info in first["tasks"].items():
         merged = {k: v for k, v in info.items() if k not in PER_RUN_LISTS}
         for key in PER_RUN_LISTS:
-            entries: dict[tuple, dict] = {}
-            for r in runs:
-                for e in r["tasks"][t].get(key, []):
-                    entries.setdefault((e["init"], e["seed"]), e)
+            entries = _first_per_key([e for r in runs for e in r["tasks"][t].get(key, [])])
             if entries or key in info:
-                merged[key] = list(entries.values())
+                merged[key] = entries
         ind = merged.get("individual", [])
         merged["individual_accuracy"] = sum(e["test"] for e in ind) / len(ind) if ind else None
         tasks[t] = merged

@@ -202,6 +202,73 @@ def magnitude_variance_pairwise(
     return sum(result.values()) / len(result)
 
 
+def magnitude_shares(mags: torch.Tensor) -> torch.Tensor:
+    r"""Each task's share of every merged column's magnitude, (3.3): :math:`w_i[j] = \alpha_i[j] / \sum_k \alpha_k[j]`.
+
+    ``mags``: an ``(N, d)`` matrix of task magnitudes (row i = :func:`column_magnitudes` of task i).
+    Returns ``(N, d)`` float64 shares; each column sums to 1, and equal magnitudes give the fair share
+    1/N. A column zero in every task gets NaN (it has no share to divide). The identity that links
+    them to (3.2): per column, :math:`\operatorname{std}_i \alpha_i[j] / \operatorname{mean}_i \alpha_i[j]
+    = N \operatorname{std}_i w_i[j]` (population std), so the magnitude variance is N times the
+    spread of the shares around 1/N.
+    """
+    mags = mags.to(torch.float64)
+    if mags.ndim != 2:
+        raise LorakitError(f"magnitudes must be an (N tasks, d) matrix, got shape {tuple(mags.shape)}")
+    total = mags.sum(dim=0, keepdim=True)
+    return torch.where(total > 0, mags / torch.where(total > 0, total, 1.0), float("nan"))
+
+
+def interference_from_magnitudes(mags: torch.Tensor) -> torch.Tensor:
+    r"""Per task, the interference-to-signal ratio of a task-arithmetic merge if directions were orthogonal, (3.5).
+
+    In column j of the merged update :math:`\sum_i \alpha_i[j]\,\tilde w_i[:, j]`, task k's own part
+    has energy :math:`\alpha_k[j]^2` and the other tasks' parts, when their unit directions
+    :math:`\tilde w_i[:, j]` are mutually orthogonal, :math:`\sum_{i \ne k} \alpha_i[j]^2`:
+
+    .. math::
+
+        R_k[j] = \frac{\sum_{i \ne k} \alpha_i[j]^2}{\alpha_k[j]^2} = \frac{S_j}{\alpha_k[j]^2} - 1,
+        \qquad S_j = \sum_i \alpha_i[j]^2.
+
+    ``mags``: ``(N, d)`` task magnitudes. Returns ``(N,)`` float64: task k's mean of
+    :math:`R_k[j]` over the columns where every task is nonzero (a column where task k is zero has
+    no signal to compare with). Its mean over tasks is at least N − 1 (Cauchy–Schwarz), with
+    equality exactly when all tasks have equal magnitudes in every column.
+    """
+    mags = mags.to(torch.float64)
+    if mags.ndim != 2 or mags.shape[0] < 2:
+        raise LorakitError(f"magnitudes must be an (N ≥ 2 tasks, d) matrix, got shape {tuple(mags.shape)}")
+    keep = (mags > 0).all(dim=0)
+    if not keep.any():
+        raise LorakitError("no column is nonzero in every task; the interference ratio is undefined")
+    sq = mags[:, keep] ** 2
+    return (sq.sum(dim=0, keepdim=True) / sq - 1.0).mean(dim=1)
+
+
+def interference_exact(deltas: Sequence[Delta], axis: str = "in") -> torch.Tensor:
+    r"""Per task, the measured interference-to-signal ratio of the columns of a task-arithmetic sum.
+
+    :math:`R_k[j] = \lVert \sum_{i \ne k} \Delta W_i[:, j] \rVert^2 / \lVert \Delta W_k[:, j] \rVert^2`
+    with the real directions (their cross terms included), averaged over the columns where every task
+    is nonzero. :func:`interference_from_magnitudes` is the same with the cross terms dropped; the two
+    agree when the tasks' column directions are orthogonal. ``deltas``: N ≥ 2 updates of one layer
+    (``(d_out, d_in)`` tensors or :class:`LoRAUpdate`); ``axis="out"`` compares output rows instead.
+    Returns ``(N,)`` float64.
+    """
+    dim = norm_dim(axis)
+    dense = [as_delta(d) for d in deltas]
+    if len(dense) < 2 or any(d.shape != dense[0].shape for d in dense):
+        raise LorakitError("interference_exact needs N ≥ 2 updates of one layer with the same shape")
+    own = torch.stack([torch.linalg.vector_norm(d, dim=dim) ** 2 for d in dense])  # (N, d)
+    keep = (own > 0).all(dim=0)
+    if not keep.any():
+        raise LorakitError("no column is nonzero in every task; the interference ratio is undefined")
+    total = torch.stack(dense).sum(dim=0)
+    others = torch.stack([torch.linalg.vector_norm(total - d, dim=dim) ** 2 for d in dense])
+    return (others[:, keep] / own[:, keep]).mean(dim=1)
+
+
 def row_space_projector(update: LoRAUpdate) -> tuple[torch.Tensor, int]:
     r"""The orthogonal projector :math:`P = A^+ A` on the row space of ``A`` (d_in × d_in, float64) and ``rank(A)``."""
     if not isinstance(update, LoRAUpdate):

@@ -126,8 +126,11 @@ def format_table(results: Mapping) -> str:
     header = "| task | n_test | majority |" + (" floor (head only) |" if floor else "") + " individual |"
     sep = "|---|---:|---:|" + ("---:|" if floor else "") + "---:|"
     merged_cols = []
+    held = {(r["method"], r["init"]) for r in results["records"]}
     for init in results["inits"]:
         for method in results["methods"]:
+            if (method, init) not in held:  # e.g. a control run with one init only: no column of nan
+                continue
             merged_cols.append((method, init))
             header += f" {method} ({init}) |"
             sep += "---:|"

@@ -12,6 +12,10 @@ from lorakit.analysis import (
     column_magnitudes,
     cosine_matrix,
     direction_share,
+    interference_exact,
+    interference_from_magnitudes,
+    layer_magnitude_variance,
+    magnitude_shares,
     magnitude_variance,
     spectrum,
 )
@@ -228,3 +232,71 @@ def test_subspace_overlap_identical_orthogonal_random():
     per = subspace_overlap(adapters, per_layer=True)
     assert per["q"][0, 1].item() == pytest.approx(1.0) and per["v"][0, 1].item() == pytest.approx(0.0, abs=1e-12)
     assert subspace_overlap(adapters)[0, 1].item() == pytest.approx(0.5)
+
+
+# --- (3.3)-(3.5): shares of a merged column and the interference they predict ------------------------
+
+def _orthogonal_columns(mags: np.ndarray, d_out: int, seed: int) -> list[torch.Tensor]:
+    """N updates whose column j is α_i[j] q_i with q_1..q_N orthonormal (fresh ones per column)."""
+    rng = np.random.default_rng(seed)
+    n, d = mags.shape
+    out = np.zeros((n, d_out, d))
+    for j in range(d):
+        q, _ = np.linalg.qr(rng.standard_normal((d_out, n)))
+        for i in range(n):
+            out[i, :, j] = mags[i, j] * q[:, i]
+    return [torch.from_numpy(x) for x in out]
+
+
+def test_magnitude_shares_sum_to_one_and_give_mv_as_n_times_their_spread():
+    rng = np.random.default_rng(0)
+    mags = rng.uniform(0.1, 2.0, (5, 7))
+    w = magnitude_shares(torch.from_numpy(mags)).numpy()
+    assert np.allclose(w, mags / mags.sum(0))
+    assert np.allclose(w.sum(0), 1.0)
+    cv = mags.std(0) / mags.mean(0)                      # numpy, ddof = 0
+    assert np.allclose(cv, 5 * w.std(0))                 # CV = N · std(w)
+    assert abs(layer_magnitude_variance(torch.from_numpy(mags)) - float((5 * w.std(0)).mean())) < 1e-12
+    z = torch.zeros(3, 2, dtype=torch.float64)
+    assert torch.isnan(magnitude_shares(z)).all()
+
+
+def test_interference_from_magnitudes_equals_the_exact_ratio_for_orthogonal_directions():
+    rng = np.random.default_rng(1)
+    mags = rng.uniform(0.2, 3.0, (4, 6))
+    deltas = _orthogonal_columns(mags, d_out=9, seed=2)
+    exact = interference_exact(deltas).numpy()
+    brute = np.array([np.mean([np.sum(sum(deltas[i][:, j].numpy() for i in range(4) if i != k) ** 2)
+                               / np.sum(deltas[k][:, j].numpy() ** 2) for j in range(6)]) for k in range(4)])
+    assert np.allclose(exact, brute)
+    assert np.allclose(interference_from_magnitudes(torch.from_numpy(mags)).numpy(), brute)
+
+
+def test_interference_floor_is_n_minus_one_at_equal_magnitudes_and_grows_like_4n_cv2():
+    n, d = 4, 50
+    equal = torch.full((n, d), 0.7, dtype=torch.float64)
+    assert torch.allclose(interference_from_magnitudes(equal), torch.full((n,), n - 1.0, dtype=torch.float64))
+    rng = np.random.default_rng(3)
+    for spread in (0.3, 0.1, 0.02):
+        eps = rng.uniform(-1, 1, (n, d))
+        eps -= eps.mean(0)
+        mags = 1.0 + spread * eps
+        mean_r = float(interference_from_magnitudes(torch.from_numpy(mags)).mean())
+        assert mean_r > n - 1                                           # Cauchy–Schwarz
+        c2 = (mags.std(0) / mags.mean(0)) ** 2
+        second_order = n - 1 + 4 * n * c2.mean()
+        assert abs(mean_r - second_order) <= 12 * n * (c2 ** 1.5).mean() + 1e-12   # next term is O(c³)
+
+
+def test_interference_exact_counts_cross_terms_and_checks_input():
+    same = torch.ones(5, 3, dtype=torch.float64)
+    r = interference_exact([same, same])            # identical directions: ‖ΔW_2‖² / ‖ΔW_1‖² = 1, like orthogonal
+    assert torch.allclose(r, torch.ones(2, dtype=torch.float64))
+    r3 = interference_exact([same, same, same])     # aligned: ‖2ΔW‖²/‖ΔW‖² = 4, orthogonal would say 2
+    assert torch.allclose(r3, torch.full((3,), 4.0, dtype=torch.float64))
+    opposite = interference_exact([same, -same, same])  # the others cancel: 0
+    assert torch.allclose(opposite[0], torch.tensor(0.0, dtype=torch.float64))
+    with pytest.raises(LorakitError, match="N ≥ 2"):
+        interference_exact([same])
+    with pytest.raises(LorakitError, match="nonzero in every task"):
+        interference_from_magnitudes(torch.zeros(2, 3))

@@ -182,3 +182,15 @@ def test_tasks_at_or_below_majority():
     assert tasks_at_or_below_majority(res, "ties", "standard") == ["b", "c"]
     assert tasks_at_or_below_majority(res, "dare", "standard") == []
     assert "- ties (standard): b, c" in format_table(res)
+
+
+def test_per_task_table_has_a_column_only_for_what_the_run_holds():
+    rng = np.random.default_rng(4)
+    ind = bernoulli(rng, 0.8, 2)
+    res = make_run({("ties", "standard"): lose(rng, ind, 0.2), ("do", "standard"): lose(rng, ind, 0.1),
+                    ("ties", "osrm"): lose(rng, ind, 0.2)}, {"standard": ind, "osrm": ind})
+    text = format_table(res)
+    header = next(line for line in text.splitlines() if line.startswith("| task |"))
+    assert "ties (osrm)" in header and "do (standard)" in header
+    assert "do (osrm)" not in header  # no record of it: no column (it used to print nan)
+    assert "nan" not in text.split("## Per task")[1].split("##")[0]

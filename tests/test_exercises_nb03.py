@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lorakit import exercises
-from lorakit.analysis import column_magnitudes, magnitude_variance
+from lorakit.analysis import column_magnitudes, interference_from_magnitudes, magnitude_variance
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__03_solutions.py"
 
@@ -213,3 +213,78 @@ def test_checker_measures_are_what_they_claim():
     for name, (measure, scale_free) in _measures().items():
         same = math.isclose(measure([3.0 * d for d in deltas]), measure(deltas), rel_tol=1e-9)
         assert same == scale_free, name
+
+
+# ---- exercise 3.4: predict → run → interpret, one task made louder ----------------------------
+
+def _pair(first_scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {f"l{k}": torch.stack([first_scale * (1 + 0.3 * torch.rand(12, generator=g, dtype=torch.float64)),
+                                  1 + 0.3 * torch.rand(12, generator=g, dtype=torch.float64)]) for k in range(3)}
+
+
+def _numpy_mean_interference(m):
+    a = m.numpy()
+    a = a[:, (a > 0).all(0)] ** 2
+    return float(np.mean([[(a[:, j].sum() - a[k, j]) / a[k, j] for j in range(a.shape[1])] for k in range(a.shape[0])]))
+
+
+RIGHT_INTERFERENCE = {
+    "numpy loops": _numpy_mean_interference,
+    "package": lambda m: float(interference_from_magnitudes(m).mean()),
+    "others summed explicitly": lambda m: float(torch.stack([
+        ((m[:, (m > 0).all(0)] ** 2).sum(0) - m[k, (m > 0).all(0)] ** 2) / m[k, (m > 0).all(0)] ** 2
+        for k in range(m.shape[0])]).mean()),
+}
+
+WRONG_INTERFERENCE = {
+    "own term counted": (lambda m: float(((m[:, (m > 0).all(0)] ** 2).sum(0) / m[:, (m > 0).all(0)] ** 2).mean()),
+                         "own column as interference"),
+    "magnitudes not energies": (lambda m: float((m[:, (m > 0).all(0)].sum(0) / m[:, (m > 0).all(0)] - 1).mean()),
+                                "magnitudes, not energies"),
+    "ratio of means": (lambda m: float((m[:, (m > 0).all(0)] ** 2).sum(0).mean() / (m[:, (m > 0).all(0)] ** 2).mean() - 1),
+                       "ratio of means"),  # always N − 1
+    "worst task": (lambda m: float(interference_from_magnitudes(m).max()), "worst task"),
+    "zero columns kept": (lambda m: float(((m ** 2).sum(0) / m ** 2 - 1).mean()), "every task is nonzero"),
+    "in place": (lambda m: float(interference_from_magnitudes(m.mul_(2.0)).mean()), "in place"),  # right value
+    "the floor N − 1": (lambda m: float(m.shape[0] - 1), "floor at equal magnitudes"),
+    "a constant": (lambda m: 1.5, "expected"),
+}
+
+
+@pytest.mark.parametrize("answer", RIGHT_INTERFERENCE.values(), ids=RIGHT_INTERFERENCE)
+def test_predict_louder_task_accepts_right_answers_and_any_prediction(answer):
+    for prediction in exercises.nb03.LOUDER_CHOICES:
+        msg = exercises.check_predict_louder_task(prediction, answer, _pair(0.5))
+        assert msg.startswith(f"✓ prediction {prediction!r}, measured 'dips then rises'")
+
+
+@pytest.mark.parametrize("wrong, hint", WRONG_INTERFERENCE.values(), ids=WRONG_INTERFERENCE)
+def test_predict_louder_task_rejects_wrong_answers(wrong, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_predict_louder_task("rises", wrong, _pair(0.5))
+
+
+def test_predict_louder_task_measures_the_shape_of_the_curve():
+    right = RIGHT_INTERFERENCE["package"]
+    assert "measured 'rises'" in exercises.check_predict_louder_task("falls", right, _pair(8.0))   # already loud
+    assert "measured 'falls'" in exercises.check_predict_louder_task("rises", right, _pair(1 / 8))  # still quiet at ×4
+    assert "matches the measurement" in exercises.check_predict_louder_task("dips then rises", right, _pair(0.5))
+
+
+@pytest.mark.parametrize("prediction, hint", [(None, "write your prediction first"), ("up", "must be one of"),
+                                              (3, "must be one of")])
+def test_predict_louder_task_needs_a_valid_prediction(prediction, hint):
+    with pytest.raises(AssertionError, match=hint):
+        exercises.check_predict_louder_task(prediction, RIGHT_INTERFERENCE["package"], _pair(0.5))
+
+
+def test_predict_louder_task_solution_and_stub(solutions):
+    msg = exercises.check_predict_louder_task(solutions["prediction"], solutions["my_mean_interference"], _pair(0.5))
+    assert "matches the measurement" in msg
+
+    def stub(m):
+        raise NotImplementedError
+
+    with pytest.raises(NotImplementedError):
+        exercises.check_predict_louder_task(None, stub, _pair(0.5))

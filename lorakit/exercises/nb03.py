@@ -7,9 +7,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..analysis import column_magnitudes, magnitude_variance
+from ..analysis import column_magnitudes, interference_from_magnitudes, layer_magnitude_variance, magnitude_variance
 from ._common import as_number as _as_number, as_tensor as _as_tensor, assert_unmodified as _assert_unmodified
-from ._common import ok as _ok, random_lora as _random_lora
+from ._common import check_choice as _check_choice, ok as _ok, random_lora as _random_lora
+from ._common import report_prediction as _report_prediction
 
 
 def _task_deltas(seed: int, n_tasks: int, d_out: int, d_in: int, r: int = 3) -> list[torch.Tensor]:
@@ -150,3 +151,91 @@ def check_scale_free_test(fn: Callable[[Callable[[Sequence[torch.Tensor]], float
                 f"'{name}' changes with a common scale but your test says it does not: did you use c = 1 or "
                 "c = −1 (norms ignore the sign), or compare the measure of the same updates twice?")
     return _ok("a common rescaling leaves a scale-free measure unchanged")
+
+
+LOUDER_CHOICES = ("rises", "falls", "dips then rises")
+LOUDER_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _interference_cases() -> list[torch.Tensor]:
+    """``(N, d)`` magnitude matrices: random, with a column zero in one task, and equal magnitudes."""
+    g = torch.Generator().manual_seed(31)
+    spread = torch.rand(3, 9, generator=g, dtype=torch.float64) * 2 + 0.1
+    holed = torch.rand(4, 7, generator=g, dtype=torch.float64) + 0.05
+    holed[2, 3] = 0.0  # task 2 is silent in column 3: that column has no ratio for task 2, leave it out
+    equal = torch.full((5, 4), 0.8, dtype=torch.float64)
+    return [spread, holed, equal]
+
+
+def _interference_mutations(mags: torch.Tensor) -> dict[str, float]:
+    """Plausible wrong answers of exercise 3.4 on one ``(N, d)`` matrix, with their hints."""
+    keep = (mags > 0).all(0)
+    m = mags[:, keep]
+    sq, total = m ** 2, (m ** 2).sum(0, keepdim=True)
+    lin = m.sum(0, keepdim=True)
+    return {
+        "that counts task k's own column as interference (S_j / α_k² without the − 1): the other tasks are "
+        "i ≠ k": float((total / sq).mean()),
+        "those are magnitudes, not energies: (3.4) divides squared norms, Σ_{i≠k} α_i² / α_k²":
+            float((lin / m - 1).mean()),
+        "that is N − 1, (3.5)'s floor at equal magnitudes, whatever the magnitudes (a ratio of means, "
+        "mean S / mean α² − 1, always gives it): average the ratio R_k[j] itself over tasks and columns":
+            float(total.mean() / sq.mean() - 1),
+        "that is the worst task's ratio; the exercise asks for the mean over tasks": float((total / sq - 1).mean(1).max()),
+    }
+
+
+def check_predict_louder_task(prediction: str | None, fn: Callable[[torch.Tensor], float],
+                              layer_mags: dict[str, torch.Tensor], scales: Sequence[float] = LOUDER_SCALES) -> str:
+    r"""Exercise 3.4 (predict → run → interpret): one task of a group made louder by a factor c.
+
+    ``fn(mags)`` must return (3.5)'s mean interference-to-signal ratio for an ``(N, d)`` magnitude
+    matrix: the mean over tasks k and over the columns where every task is nonzero of
+    :math:`R_k[j] = \sum_{i \ne k} \alpha_i[j]^2 / \alpha_k[j]^2`. It is checked against
+    :func:`lorakit.analysis.interference_from_magnitudes` on random matrices, then run on
+    ``layer_mags`` (``{layer: (N, d)}``, the notebook's real group) with the first task's row multiplied by
+    each of ``scales``; the curve's shape is compared with ``prediction`` (any of :data:`LOUDER_CHOICES`).
+    """
+    cases = _interference_cases()
+    gots = []
+    for mags in cases:
+        passed = mags.clone()
+        gots.append(_as_number(fn(passed), "the mean interference ratio"))
+        _assert_unmodified({"mags": mags}, {"mags": passed})
+    choice = _check_choice(prediction, LOUDER_CHOICES,
+                           "as the first task goes from ×1/4 to ×4, does the mean interference rise, fall, or dip then rise?")
+    for mags, got in zip(cases, gots):
+        want = float(interference_from_magnitudes(mags).mean())
+        where = f"(N = {mags.shape[0]} tasks, d = {mags.shape[1]} columns)"
+        if math.isfinite(got) and abs(got - want) <= 1e-9 * max(1.0, abs(want)):
+            continue
+        if not math.isfinite(got):
+            raise AssertionError(f"{where}: got {got}; a column where some task is zero has no ratio for that task "
+                                 "(division by 0): average over the columns where every task is nonzero")
+        for hint, value in _interference_mutations(mags).items():
+            if abs(got - value) <= 1e-9 * max(1.0, abs(value)):
+                raise AssertionError(f"{where}: {hint}")
+        raise AssertionError(f"{where}: expected {want:.6f}, got {got:.6f}: mean over tasks and columns of "
+                             "(S_j − α_k[j]²) / α_k[j]², S_j = Σ_i α_i[j]²")
+    curve, mv = [], []
+    for c in scales:
+        scaled = {name: torch.cat([c * m[:1], m[1:]]).to(torch.float64) for name, m in layer_mags.items()}
+        curve.append(sum(_as_number(fn(m.clone()), "the mean interference ratio") for m in scaled.values()) / len(scaled))
+        mv.append(sum(layer_magnitude_variance(m) for m in scaled.values()) / len(scaled))
+    low = min(range(len(curve)), key=curve.__getitem__)
+    measured = "dips then rises" if 0 < low < len(curve) - 1 else ("rises" if low == 0 else "falls")
+    n = next(iter(layer_mags.values())).shape[0]
+    mv_low = min(range(len(mv)), key=mv.__getitem__)
+    mv_text = ", ".join(f"{v:.3f}" for v in mv)
+    mv_note = (f"The magnitude variance (3.2) has its minimum at the same scale (MV: {mv_text}): both measure how "
+               "unequal the tasks' say in each merged column is, which is what DO-Merging (notebook 05) equalises"
+               if mv_low == low else
+               f"The magnitude variance (3.2) has its minimum at ×{scales[mv_low]:g} instead (MV: {mv_text}): it "
+               "averages the per-column CV c, while (3.6) says the interference grows with c², which weighs the "
+               "most unequal columns more")
+    why = (f"by (3.5), R̄ = S·mean_k(1/α_k²) − 1 ≥ N − 1 = {n - 1}, with equality only at equal magnitudes, and "
+           "for a pair it is ½(ρ + 1/ρ) per column with ρ = α_1²/α_2²: a number plus its reciprocal, smallest "
+           "where the two are equal. Scaling the first task up first evens the group out if it was the quieter one, "
+           "then lets it drown the others; scaling it down drowns the first task itself. " + mv_note)
+    evidence = ", ".join(f"×{c:g}: R̄ = {v:.2f}" for c, v in zip(scales, curve))
+    return _report_prediction(choice, measured, evidence, why)

@@ -144,11 +144,99 @@ print(f"task 1 alone ×7: MV = {magnitude_variance(one_scaled):.6f}")
 print(f"Frobenius variant: {magnitude_variance(toys, kind='frobenius'):.6f} | axis 'out': {magnitude_variance(toys, axis='out'):.6f}")
 
 # %% [markdown]
+# ## 2b. Why a magnitude variance should predict merge error
+#
+# (3.2) is a definition. Here is why it should matter for merging, derived from the decoupling (3.1)
+# (the same one DO-Merging uses in notebook 05). Task arithmetic merges column $j$ of one layer as
+#
+# $$ \Delta W^*[:, j] = \lambda \sum_{i=1}^{N} \Delta W_i[:, j] = \lambda \sum_{i=1}^{N} \alpha_i[j]\, \tilde W_i[:, j]. $$
+#
+# **Shares.** Task $i$'s share of that column's magnitude is
+#
+# $$ w_i[j] = \frac{\alpha_i[j]}{\sum_k \alpha_k[j]}, \qquad \sum_i w_i[j] = 1 . \tag{3.3}$$
+#
+# Equal magnitudes give every task the fair share $1/N$. Since $\alpha_i[j] = \big(\sum_k \alpha_k[j]\big)\, w_i[j]$,
+# the standard deviation over tasks is $\operatorname{std}_i \alpha_i[j] = \big(\sum_k \alpha_k[j]\big) \operatorname{std}_i w_i[j]$
+# and the mean is $\operatorname{mean}_i \alpha_i[j] = \big(\sum_k \alpha_k[j]\big) / N$. Their ratio is
+#
+# $$ \frac{\operatorname{std}_i \alpha_i[j]}{\operatorname{mean}_i \alpha_i[j]} = N \operatorname{std}_i w_i[j] . \tag{3.3'}$$
+#
+# So the magnitude variance (3.2) is $N$ times the spread of the tasks' shares around the fair share,
+# averaged over columns and layers. It measures how unequal the tasks' say in each merged column is.
+#
+# **Interference.** Task $k$ needs its own part $\alpha_k[j]\,\tilde W_k[:, j]$ of the column. It also
+# receives everyone else's, $\sum_{i \ne k} \alpha_i[j]\, \tilde W_i[:, j]$. Assume the unit directions
+# $\tilde W_i[:, j]$ of different tasks are orthogonal. (Independent random directions in $d_\text{out} = 384$
+# dimensions have cosines of about $\pm 1/\sqrt{384} \approx 0.05$; the cell after section 3 measures the real
+# ones.) Then the energies add, and the **interference-to-signal ratio** of task $k$ in column $j$ is
+#
+# $$ R_k[j] = \frac{\lVert \sum_{i \ne k} \alpha_i[j]\,\tilde W_i[:, j] \rVert^2}{\lVert \alpha_k[j]\,\tilde W_k[:, j] \rVert^2}
+#    = \frac{\sum_{i \ne k} \alpha_i[j]^2}{\alpha_k[j]^2} = \frac{S_j}{\alpha_k[j]^2} - 1, \qquad S_j = \sum_i \alpha_i[j]^2 . \tag{3.4}$$
+#
+# A quiet task, one with a small share, is drowned: its $R_k$ is large. Now average over the tasks. Write
+# $\overline{x}$ for the mean over $k$, so that $S_j = N\,\overline{\alpha^2}$:
+#
+# $$ \bar R[j] = \frac1N \sum_k R_k[j] = N\, \overline{\alpha^2}\;\overline{\alpha^{-2}} - 1 \;\ge\; N - 1 . \tag{3.5}$$
+#
+# The bound is Cauchy–Schwarz, $1 = \big(\overline{\alpha \cdot \alpha^{-1}}\big)^2 \le \overline{\alpha^2}\;\overline{\alpha^{-2}}$,
+# with equality exactly when all $\alpha_k[j]$ are equal. So $N - 1$ is the interference that any $N$ tasks
+# with orthogonal directions pay, and everything above it comes from unequal magnitudes. How much above?
+# Write $\alpha_k = m(1 + \varepsilon_k)$ with $\overline{\varepsilon} = 0$ and $\overline{\varepsilon^2} = c_j^2$,
+# where $c_j$ is the column's coefficient of variation, the term inside (3.2). Then
+# $\overline{\alpha^2} = m^2(1 + c_j^2)$ and $\overline{\alpha^{-2}} = m^{-2}\big(1 + 3c_j^2 + O(\varepsilon^3)\big)$
+# (the Taylor series $(1+\varepsilon)^{-2} = 1 - 2\varepsilon + 3\varepsilon^2 - \dots$). Multiplying,
+#
+# $$ \bar R[j] = N - 1 + 4N\,c_j^2 + O(c_j^3) . \tag{3.6}$$
+#
+# What this says, and what it does not:
+#
+# * The excess interference grows with the **square** of each column's coefficient of variation. (3.2)
+#   averages $c_j$, not $c_j^2$, so it is a monotone summary, not the exact quantity.
+# * Both the floor $N - 1$ and the factor $4N$ grow with $N$. Groups of different sizes are therefore
+#   not comparable, and section 4 compares groups of equal size only.
+# * It is a statement about the weights, under orthogonal directions. It predicts that unequal
+#   magnitudes drown the quiet tasks, not by how much accuracy falls. Section 4 measures that.
+#
+# The cell checks (3.3') and (3.4)–(3.6) with `lorakit.analysis` (`magnitude_shares`,
+# `interference_from_magnitudes`, `interference_exact`) on updates built with exactly orthogonal column
+# directions.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from lorakit.analysis import interference_exact, interference_from_magnitudes, layer_magnitude_variance, magnitude_shares
+
+g = torch.Generator().manual_seed(3)
+N, d_out_t, d_t = 4, 16, 5
+mags_t = 0.5 + torch.rand(N, d_t, generator=g, dtype=torch.float64)
+cols = torch.zeros(N, d_out_t, d_t, dtype=torch.float64)
+for j in range(d_t):                                          # fresh orthonormal directions per column
+    Q, _ = torch.linalg.qr(torch.randn(d_out_t, N, generator=g, dtype=torch.float64))
+    cols[:, :, j] = (mags_t[:, j, None] * Q.T)
+w = magnitude_shares(mags_t)
+assert torch.allclose(w.sum(0), torch.ones(d_t, dtype=torch.float64))                  # (3.3)
+cv = mags_t.std(0, correction=0) / mags_t.mean(0)
+assert torch.allclose(cv, N * w.std(0, correction=0))                                    # (3.3')
+R_exact = interference_exact(list(cols))                                                 # from the vectors
+R_mags = interference_from_magnitudes(mags_t)                                            # (3.4) from α alone
+assert torch.allclose(R_exact, R_mags)
+assert R_mags.mean() >= N - 1                                                            # (3.5)
+eq = interference_from_magnitudes(torch.ones(N, d_t, dtype=torch.float64))
+assert torch.allclose(eq, torch.full((N,), N - 1.0, dtype=torch.float64))                # equality at equal α
+eps = 0.02 * (torch.rand(N, d_t, generator=g, dtype=torch.float64) - 0.5)
+near = 1 + eps - eps.mean(0)
+c2 = ((near.std(0, correction=0) / near.mean(0)) ** 2).mean()
+assert abs(interference_from_magnitudes(near).mean() - (N - 1 + 4 * N * c2)) < 1e-5    # (3.6)
+print("shares of column 0:", [round(v, 3) for v in w[:, 0].tolist()], "| fair share 1/N =", 1 / N)
+print("R_k from the vectors:", [round(v, 3) for v in R_exact.tolist()])
+print("R_k from (3.4):      ", [round(v, 3) for v in R_mags.tolist()])
+print(f"mean R = {R_mags.mean():.3f} ≥ N − 1 = {N - 1}; equal magnitudes: {eq.mean():.3f}")
+
+# %% [markdown]
 # ## 3. LoRA versus full fine-tuning: same model, same tasks, same layers
 #
 # Now the real thing. For each of the profile's tasks we train two models from the same packaged
-# MiniLM encoder, with the same training examples, batch order (seed 0), number of steps and
-# target modules (`query` and `value` of all 6 layers):
+# MiniLM encoder, with the same training examples, batch order (seed 0 mixed with the task
+# name), number of steps and target modules (`query` and `value` of all 6 layers):
 #
 # * **LoRA** (`train_adapter`): trains $A$ and $B$ ($r = 8$, $\alpha = 16$), $\Delta W = s\,BA$ of rank ≤ 8;
 # * **full fine-tuning** (`train_full`): trains every entry of those same weight matrices,
@@ -162,6 +250,7 @@ print(f"Frobenius variant: {magnitude_variance(toys, kind='frobenius'):.6f} | ax
 # actually learn each task: each must beat the majority baseline by 10 points.
 
 # %%
+import math
 import time
 from lorakit.train import train_adapter, train_full
 
@@ -266,19 +355,20 @@ fig.tight_layout();
 #   row space of $A_i$, the inputs task $i$'s LoRA reads. It is 1 for the same subspace and about
 #   $r / d_\text{in}$ for random ones.
 #
-# The profiles train every task from one seed (`task_seeds="shared"`), so two tasks with the same
-# number of labels start from the identical $A$. Training moves $A$, so their overlap falls below
-# 1, but it stays far above that of the other pairs. The entry-by-entry cosine of the two $A$
-# matrices shows the shared start more sharply: about $\pm 1/\sqrt{r\,d_\text{in}}$ for two
-# independent random starts, far more for one shared start. `diagnose_adapters` warns about such
-# pairs (A cosine ≥ 0.3 or overlap ≥ 0.5).
+# The profiles give every task its own seed (`task_seeds="per_task"`), so every task's $A$ starts
+# from its own random draw. With `task_seeds="shared"`, the ablation that one `set_seed` before every
+# fine-tune gives, two tasks with the same number of labels would start from the identical $A$.
+# Training moves $A$, so their overlap would fall below 1, but it would stay far above that of the
+# other pairs. The entry-by-entry cosine of the two $A$ matrices shows a shared start more sharply:
+# about $\pm 1/\sqrt{r\,d_\text{in}}$ for two independent random starts, far more for one shared
+# start. `diagnose_adapters` warns about such pairs (A cosine ≥ 0.3 or overlap ≥ 0.5).
 #
 # The cell checks that `diagnose_adapters` reports exactly the magnitude variances computed above
 # with `lorakit.analysis`, and the $A$ overlap that `lorakit.analysis.subspace_overlap` computes
 # from dense projectors.
 
 # %%
-from lorakit.analysis import magnitude_variance_pairwise, subspace_overlap
+from lorakit.analysis import magnitude_variance_pairwise, spearman_rho, subspace_overlap
 from lorakit.diagnose import diagnose_adapters
 
 lora_updates = [lora[t].updates for t in tasks]
@@ -299,12 +389,52 @@ for i, t in enumerate(tasks):
 print("\n" + diagnosis.verdict.text())
 
 # %% [markdown]
+# ### The derivation on the real adapters
+#
+# Does the orthogonality assumption behind (3.4) hold for the trained LoRA updates? For every adapted
+# layer and every pair of tasks, the cell takes the cosines between the two tasks' unit column
+# directions $\tilde W_i[:, j]$ and $\tilde W_k[:, j]$, and reports their mean absolute value. Then it
+# compares, per task, $R_k$ predicted from the magnitudes alone by (3.4) with $R_k$ measured on the real
+# columns, cross terms included (`interference_exact`). Both are averaged over columns and layers.
+
+# %%
+from lorakit.merge import decouple
+
+dirs = {n: torch.stack([decouple(lora[t].updates[n].delta(torch.float64), axis="in")[1] for t in tasks])
+        for n in layer_names}                                                  # (N, d_out, d_in) unit columns
+iu = torch.triu_indices(len(tasks), len(tasks), offset=1)
+abs_cos = float(torch.stack([torch.einsum("iaj,kaj->ikj", D, D)[iu[0], iu[1]].abs().mean() for D in dirs.values()]).mean())
+layer_mags = {n: torch.stack([column_magnitudes(lora[t].updates[n]) for t in tasks]) for n in layer_names}
+R_pred = torch.stack([interference_from_magnitudes(m) for m in layer_mags.values()]).mean(0)
+R_meas = torch.stack([interference_exact([lora[t].updates[n] for t in tasks]) for n in layer_names]).mean(0)
+share = torch.stack([magnitude_shares(m).mean(1) for m in layer_mags.values()]).mean(0)
+d_out_real = next(iter(dirs.values())).shape[1]
+print(f"mean |cos| between two tasks' column directions: {abs_cos:.3f} (independent random: ≈ {(2 / math.pi / d_out_real) ** 0.5:.3f})")
+print(f"{'task':>16} | mean share (fair {1 / len(tasks):.3f}) | R_k from (3.4) | R_k measured")
+for k, t in enumerate(tasks):
+    print(f"{t:>16} |        {share[k]:.3f}            |    {R_pred[k]:7.2f}     |   {R_meas[k]:7.2f}")
+rho_share = spearman_rho(share.tolist(), R_meas.tolist())
+print(f"mean over tasks: predicted {R_pred.mean():.2f}, measured {R_meas.mean():.2f} (floor N − 1 = {len(tasks) - 1}); "
+      f"Spearman ρ(share, measured R_k) = {rho_share:+.2f}")
+assert R_pred.mean() >= len(tasks) - 1 - 1e-9                                  # (3.5) holds for any magnitudes
+assert rho_share < 0, "the prose below says: the smaller a task's share, the larger its measured interference"
+
+# %% [markdown]
+# Read the table with (3.4) in mind. The smaller a task's mean share, the larger its measured
+# interference ratio: the printed Spearman ρ is negative, and the cell asserts it. How close the measured
+# ratios come to the predicted ones depends on the printed mean |cos|. Near the random level, the cross
+# terms that (3.4) drops are small. Above it, the directions are partly aligned, and the cross terms add
+# (same sign) or cancel (opposite signs). Section 4 asks whether groups with more unequal magnitudes
+# also *merge* worse.
+
+# %% [markdown]
 # ## 4. Magnitude variance against merged accuracy, over many task groups
 #
 # Claim (c) relates the magnitude variance of a **set of tasks** to how well that set merges. One
-# set gives one point, so we use every group of two and of three of the profile's tasks. The `ci`
-# profile's 3 tasks give 3 pairs and 1 triple. The `cpu` profile's 6 tasks give 15 pairs and 20
-# triples. For each group $G$ of LoRA adapters:
+# set gives one point, so we use every **pair** of the profile's tasks. (3.5) and (3.6) say why pairs
+# only: the interference floor $N - 1$ grows with the group size $N$, so groups of different sizes
+# differ for that reason alone, whatever their magnitudes. The `ci` profile's 3 tasks give 3 pairs; the
+# `cpu` profile's 8 tasks give 28. For each pair $G$ of LoRA adapters:
 #
 # * $x_G$ = the magnitude variance (3.2) of the group's updates;
 # * $y_G$ = the merged **normalized accuracy**: task arithmetic
@@ -318,8 +448,8 @@ print("\n" + diagnosis.verdict.text())
 # so those p-values are optimistic.
 #
 # Every group costs a few merged-model evaluations, and evaluation dominates the run time. That is
-# why the live run uses the LoRA groups only. The reference run below adds the same analysis for the
-# full fine-tuning groups.
+# why the live run uses the LoRA pairs only. The reference run below adds triples and the full
+# fine-tuning groups.
 
 # %%
 from itertools import combinations
@@ -330,7 +460,7 @@ from lorakit.merge import merge_adapters
 
 t0 = time.perf_counter()
 ev = Evaluator(tasks, P)
-groups = [g for k in (2, 3) for g in combinations(tasks, k)]
+groups = list(combinations(tasks, 2))  # pairs: equal N (see (3.5))
 grid = method_grid("task_arithmetic", P)
 ind_val, ind_test = ev.individual(lora, "val"), ev.individual(lora, "test")
 
@@ -343,11 +473,11 @@ def group_point(group, adapters):
             "lam": rec["params"]["lam"]}
 
 points = [group_point(g, lora) for g in groups]
-print(f"{'LoRA group':<54} |     MV | normalized | λ")
+print(f"{'LoRA pair':<54} |     MV | normalized | λ")
 for p in points:
     print(f"{' + '.join(p['group']):<54} | {p['mv']:.4f} |   {p['normalized']:.3f}    | {p['lam']}")
     assert np.isfinite(p["mv"]) and 0 < p["normalized"] < 1.5
-print(f"({len(groups)} groups, λ grid {[g['lam'] for g in grid]}, {time.perf_counter() - t0:.0f} s)")
+print(f"({len(groups)} pairs, λ grid {[g['lam'] for g in grid]}, {time.perf_counter() - t0:.0f} s)")
 
 # %%
 import math
@@ -374,12 +504,10 @@ print(f"claim (c), profile {P.name}: {verdict_c}")
 
 # %%
 fig, ax = plt.subplots(figsize=(5.2, 3.6))
-ax.scatter([p["mv"] for p in points], [p["normalized"] for p in points],
-           label=f"LoRA groups (ρ = {corr['spearman']:+.2f}, n = {corr['n']})")
-for p in points:
-    ax.annotate(str(len(p["group"])), (p["mv"], p["normalized"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
-ax.set_xlabel("magnitude variance of the group (3.2)"); ax.set_ylabel("merged normalized accuracy (TA)")
-ax.set_title(f"task groups, profile {P.name} (label = group size)"); ax.legend(fontsize=7);
+ax.scatter([p["mv"] for p in points], [p["normalized"] for p in points], color="C0",
+           label=f"LoRA pairs (ρ = {corr['spearman']:+.2f}, n = {corr['n']})")
+ax.set_xlabel("magnitude variance of the pair (3.2)"); ax.set_ylabel("merged normalized accuracy (TA)")
+ax.set_title(f"task pairs, profile {P.name}"); ax.legend(fontsize=7);
 
 # %% [markdown]
 # ### The same analysis at `cpu` size (a stored reference run)
@@ -403,9 +531,13 @@ ax.set_title(f"task groups, profile {P.name} (label = group size)"); ax.legend(f
 # estimated at 4.5–6.5 hours on two cores and has not been made yet, so no verdict on (a)–(c) at
 # `cpu` size is given here.
 #
-# Groups of three tasks have a higher magnitude variance than groups of two *and* merge worse, for
-# the plain reason that more tasks interfere more. A correlation over all groups mixes the two, so
-# the cell also gives it within each group size.
+# That reference mixes pairs and triples. Triples merge worse because three tasks interfere more:
+# by (3.5), the floor rises from 1 to 2. Their magnitude variance is also higher, for a statistical
+# reason: the population standard deviation of $N$ values grows with $N$ even when nothing else
+# changes. A correlation over both sizes therefore mixes these effects, so the cell also computes it
+# within each group size. It then removes one task at a time: it drops every group that contains that
+# task and recomputes Spearman's ρ over the rest. A ρ that one task carries is not evidence about
+# magnitudes.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -436,6 +568,16 @@ else:
         show_correlation(f"{k} tasks", within[k])
     # the prose below says: negative within every group size too
     assert all(c["spearman"] < 0 and c["pearson"] < 0 for c in within.values())
+    lora_groups = [q for q in ref["groups"] if q["family"] == "LoRA"]
+    loto = {}
+    for t in ref["tasks"]:                                   # leave one task out: drop the groups containing t
+        rest = [q for q in lora_groups if t not in q["group"]]
+        loto[t] = spearman_rho([q["mv"] for q in rest], [q["normalized"] for q in rest])
+    print("Spearman ρ without the groups that contain one task: "
+          + ", ".join(f"{t} {v:+.2f}" for t, v in loto.items()))
+    carrier = max(loto, key=loto.get)
+    print(f"without {carrier}: ρ = {loto[carrier]:+.2f} over {sum(carrier not in q['group'] for q in lora_groups)} groups "
+          f"(all groups: {ref['correlation']['LoRA']['spearman']:+.2f})")
     print(f"reference claim (b): {claim_b(mv_ref['LoRA']['column_in'], mv_ref['full FT']['column_in'])}")
     print(f"reference claim (c): {claim_c(ref['correlation']['LoRA'])}")
 
@@ -443,11 +585,13 @@ else:
 if ref is not None:
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for fam, marker in (("LoRA", "o"), ("full FT", "s")):
-        pts = [p for p in ref["groups"] if p["family"] == fam]
-        if not pts:  # a --lora-only reference merges no full fine-tuning groups
-            continue
-        ax.scatter([p["mv"] for p in pts], [p["normalized"] for p in pts], marker=marker, alpha=0.8,
-                   label=f"{fam} (ρ = {ref['correlation'][fam]['spearman']:+.2f}, n = {len(pts)})")
+        for k in sorted({len(q["group"]) for q in ref["groups"]}):      # colour = group size
+            pts = [p for p in ref["groups"] if p["family"] == fam and len(p["group"]) == k]
+            if not pts:  # a --lora-only reference merges no full fine-tuning groups
+                continue
+            c = group_correlation([p["mv"] for p in pts], [p["normalized"] for p in pts])
+            ax.scatter([p["mv"] for p in pts], [p["normalized"] for p in pts], marker=marker, alpha=0.8,
+                       color=f"C{k - 2}", label=f"{fam}, {k} tasks (ρ = {c['spearman']:+.2f}, n = {len(pts)})")
     ax.set_xlabel("magnitude variance of the group (3.2)"); ax.set_ylabel("merged normalized accuracy (TA)")
     ax.set_title(f"REFERENCE run, profile {ref['profile']}"); ax.legend(fontsize=7);
 
@@ -458,13 +602,15 @@ if ref is not None:
 # magnitude variance is not the only thing that changes from group to group. Which tasks are in the
 # group, how many there are, and how well each task's own model does all change too. A correlation
 # over groups cannot separate these effects. In the `cpu` reference above, the correlation is
-# negative within each group size as well, so the number of tasks alone does not explain it; which
-# tasks are in a group still could. Notebook 05 changes the magnitudes directly (DO-Merging's
-# decoupling) and measures what that does.
+# negative within each group size as well, so the number of tasks alone does not explain it. Which
+# tasks are in a group still could, and the leave-one-task-out line shows how much of ρ one task
+# carries. Notebook 05 changes the magnitudes directly (DO-Merging's decoupling) and measures what
+# that does. Exercise 4 below does the same on a smaller scale: it makes one task louder and follows
+# (3.5).
 
 # %%
 print(f"this run (profile {P.name}, {len(tasks)} tasks): claim (b): {verdict_b}")
-print(f"this run (profile {P.name}, {len(groups)} LoRA groups): claim (c): {verdict_c}")
+print(f"this run (profile {P.name}, {len(groups)} LoRA pairs): claim (c): {verdict_c}")
 
 # %% [markdown]
 # ## Exercises
@@ -485,6 +631,7 @@ print(f"this run (profile {P.name}, {len(groups)} LoRA groups): claim (c): {verd
 #    measures (raw std, variance, CV, …). Afterwards, run your test on section 2's `raw_spread`,
 #    `my_is_scale_free(lambda ds: raw_spread([{"layer": d} for d in ds]))`, and say why that measure
 #    could not compare LoRA with full fine-tuning.
+# 4. Predict, run, interpret (below the three cells).
 
 # %%
 from lorakit import exercises
@@ -514,3 +661,51 @@ try:
     exercises.check_scale_free_test(my_is_scale_free)
 except NotImplementedError:
     print("exercise 3 not attempted yet")
+
+
+# %% [markdown]
+# **4. Predict, run, interpret: one task made louder.** Take the first two tasks of section 3, a pair of
+# real LoRA adapters, and multiply the first task's update by $c$ before merging, leaving the second
+# alone. This changes nothing in the first task's directions, only its magnitudes ($\alpha_1 \to c\,\alpha_1$).
+# *Before running the next cell*, predict how the pair's mean interference ratio $\bar R$ of (3.5)
+# changes as $c$ goes from 1/4 to 4: set `prediction` to `"rises"`, `"falls"` or `"dips then rises"`.
+
+# %%
+prediction = None  # your prediction: "rises", "falls" or "dips then rises"
+
+# %% [markdown]
+# Run the measurement (given). For each $c$, it reports the pair's magnitude variance (3.2) and
+# $\bar R$ from (3.4), both averaged over the adapted layers, and the merged pair's test accuracy per
+# task. The merge is task arithmetic with the pair's λ from section 4, kept fixed for every $c$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pair = tasks[:2]
+pair_mags = {n: torch.stack([column_magnitudes(lora[t].updates[n]) for t in pair]) for n in layer_names}
+lam_pair = next(p["lam"] for p in points if p["group"] == list(pair))
+print(f"pair: {pair[0]} (scaled by c) + {pair[1]}, λ = {lam_pair}")
+print(f"{'c':>5} |     MV | mean R (3.5) | " + " | ".join(f"{t} acc" for t in pair))
+for c in (0.25, 1.0, 4.0):
+    scaled = [{n: LoRAUpdate(u.A, c * u.B, u.scaling) for n, u in lora[pair[0]].updates.items()}, lora[pair[1]].updates]
+    mv_c = magnitude_variance(scaled)
+    r_c = float(torch.stack([interference_from_magnitudes(torch.cat([c * m[:1], m[1:]])).mean()
+                             for m in pair_mags.values()]).mean())
+    acc = ev.score_tasks(merge_adapters(scaled, "task_arithmetic", lam=lam_pair), {t: lora[t] for t in pair}, "test")
+    print(f"{c:5.2f} | {mv_c:.4f} |    {r_c:6.3f}    | " + " | ".join(f"{acc[t]:.3f}" for t in pair))
+
+# %% [markdown]
+# Interpret: write `my_mean_interference(mags)` for an `(N, d)` matrix of magnitudes (row $i$ = task $i$'s
+# $\alpha_i$ for one layer). It returns $\bar R$ of (3.5) as a number: the mean over tasks $k$ and over
+# the columns $j$ where every task is nonzero of $R_k[j] = \sum_{i \ne k} \alpha_i[j]^2 / \alpha_k[j]^2$.
+# The checker tests it on random magnitudes. It then runs it on this pair at five values of $c$,
+# compares your prediction with the measured curve and explains the curve (any prediction is
+# accepted). Then look back at the accuracies above: which task pays when the pair is unequal?
+
+# %%
+def my_mean_interference(mags):
+    raise NotImplementedError  # your code here
+
+try:
+    exercises.check_predict_louder_task(prediction, my_mean_interference, pair_mags)
+except NotImplementedError:
+    print("exercise 4 not attempted yet")

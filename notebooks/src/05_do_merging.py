@@ -126,20 +126,23 @@ facs = [torch.tensor([[1.0, 0.2]], dtype=torch.float64), torch.tensor([[0.8, 0.6
 moved, ortho_rep = orthogonalize_factors(facs, "A")
 assert abs(cos(moved[0], moved[1])) < abs(cos(facs[0], facs[1]))
 
-fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.8))
 arrow = lambda a, v, **kw: a.annotate("", xy=tuple(v.tolist()), xytext=(0, 0), arrowprops=dict(arrowstyle="->", lw=2, **kw))
 for i, (c, u) in enumerate(zip(cols, units)):
     arrow(ax, c[:, 0], color=f"C{i}"); arrow(ax, u, color=f"C{i}", ls=":")
     ax.plot([], [], color=f"C{i}", label=f"task {i + 1}: α w (solid), w (dotted)")
 arrow(ax, ta_col, color="k"); arrow(ax, do_col, color="C3")
 ax.plot([], [], color="k", label="task arithmetic Σ α_i w_i"); ax.plot([], [], color="C3", label="DO: ᾱ · Σ w_i")
-ax.set_xlim(-1.2, 1.3); ax.set_ylim(-0.8, 1.2); ax.set_aspect("equal"); ax.legend(fontsize=7, loc="lower left")
+ax.set_xlim(-1.2, 1.3); ax.set_ylim(-0.8, 1.2); ax.set_aspect("equal")
+ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)  # below the axes: no arrow hidden
 ax.set_title("decouple: merge the directions, then put back the mean magnitude", fontsize=9)
 for k, (before, after) in enumerate(zip(facs, moved)):
     arrow(ax2, before[0], color=f"C{k}", ls=":"); arrow(ax2, after[0], color=f"C{k}")
     ax2.plot([], [], color=f"C{k}", label=f"a_{k + 1}: before (dotted), after (solid)")
-ax2.set_xlim(-0.2, 1.2); ax2.set_ylim(-0.3, 0.9); ax2.set_aspect("equal"); ax2.legend(fontsize=7, loc="upper right")
-ax2.set_title(f"orthogonalize: cos(a_1, a_2) {cos(facs[0], facs[1]):.2f} → {cos(moved[0], moved[1]):.2f}", fontsize=9);
+ax2.set_xlim(-0.2, 1.2); ax2.set_ylim(-0.3, 0.9); ax2.set_aspect("equal")
+ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+ax2.set_title(f"orthogonalize: cos(a_1, a_2) {cos(facs[0], facs[1]):.2f} → {cos(moved[0], moved[1]):.2f}", fontsize=9)
+fig.tight_layout();
 
 # %% [markdown]
 # ## 2. Decoupling: magnitude and direction of one update

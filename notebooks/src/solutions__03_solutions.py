@@ -54,3 +54,26 @@ def raw_spread(adapters):
 
 print("raw spread scale-free?", my_is_scale_free(lambda ds: raw_spread([{"layer": d} for d in ds])))
 print("magnitude variance (3.2) scale-free?", my_is_scale_free(lambda ds: magnitude_variance(ds)))
+
+# %% [markdown]
+# **4.** By (3.4), $R_k[j] = S_j / \alpha_k[j]^2 - 1$ with $S_j = \sum_i \alpha_i[j]^2$. Keep the columns where every
+# task is nonzero, then average over tasks and columns. For a pair, $\bar R[j] = \tfrac12(\rho + 1/\rho)$ with
+# $\rho = \alpha_1[j]^2 / \alpha_2[j]^2$: a number plus its reciprocal, smallest (= 1) where the two magnitudes are
+# equal. Scaling task 1 by $c$ multiplies $\rho$ by $c^2$. If task 1 starts as the quieter task, $\bar R$ first falls
+# as $c$ evens the pair out, then rises once task 1 dominates: "dips then rises". It would only rise (or only
+# fall) if the pair were already even at $c = 1/4$ (or still uneven at $c = 4$). The notebook's real pair needs
+# its adapters; here two layers of synthetic magnitudes stand in, the first task half as loud as the second.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+prediction = "dips then rises"
+
+def my_mean_interference(mags):
+    keep = (mags > 0).all(dim=0)                     # a zero column has no signal to compare with
+    sq = mags[:, keep].double() ** 2                 # energies α_i[j]²
+    return float((sq.sum(dim=0, keepdim=True) / sq - 1).mean())
+
+g = torch.Generator().manual_seed(0)
+pair_mags = {f"layer{k}": torch.stack([0.5 * (1 + 0.2 * torch.rand(16, generator=g, dtype=torch.float64)),
+                                       1 + 0.2 * torch.rand(16, generator=g, dtype=torch.float64)]) for k in range(2)}
+_ = exercises.check_predict_louder_task(prediction, my_mean_interference, pair_mags)

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .analysis import spearman_rho
+from .correlation import spearman_rho
 from .errors import LorakitError
 from .stats import Interval, t_cdf, t_ppf
 

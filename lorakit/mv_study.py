@@ -27,7 +27,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .analysis import group_correlation, magnitude_variance_pairwise
+from .analysis import magnitude_variance_pairwise
+from .correlation import group_correlation
 from .errors import LorakitError
 from .lora import LoRAUpdate, check_compatible
 from .merge import METHODS, layer_params, resolve_params
@@ -253,7 +254,7 @@ def claim_c_record(points: Sequence[Mapping], *, n_resamples: int = 5000, seed: 
     r"""Claim (c): across task groups, higher magnitude variance ↔ lower merged normalized accuracy.
 
     ``points``: per group ``{"group": [tasks], "mv": x_g, "normalized": y_g}``. Within each group
-    size: Spearman's ρ with its permutation p-value (:func:`lorakit.analysis.group_correlation`), a
+    size: Spearman's ρ with its permutation p-value (:func:`lorakit.correlation.group_correlation`), a
     bootstrap CI over groups and its verdict (paper: ρ < 0), and ρ without each task
     (:func:`lorakit.mv_stats.leave_one_task_out`). Over all sizes: the fixed-effects slope
     (:func:`lorakit.mv_stats.fixed_effects_slope`), whose t CI gives the claim's verdict (paper: β < 0).

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.analysis import magnitude_variance_pairwise, spearman_rho
+from lorakit.analysis import magnitude_variance_pairwise
+from lorakit.correlation import spearman_rho
 from lorakit.errors import LorakitError
 from lorakit.lora import LoRAUpdate
 from lorakit.merge import merge_adapters

@@ -53,7 +53,8 @@ def main() -> int:
 
     import torch
 
-    from lorakit.analysis import group_correlation, magnitude_variance
+    from lorakit.analysis import magnitude_variance
+    from lorakit.correlation import group_correlation
     from lorakit.benchmark import machine_description, method_grid
     from lorakit.evaluate import Evaluator, select_and_report
     from lorakit.merge import merge_adapters

@@ -368,7 +368,8 @@ fig.tight_layout();
 # from dense projectors.
 
 # %%
-from lorakit.analysis import magnitude_variance_pairwise, spearman_rho, subspace_overlap
+from lorakit.analysis import magnitude_variance_pairwise, subspace_overlap
+from lorakit.correlation import spearman_rho
 from lorakit.diagnose import diagnose_adapters
 
 lora_updates = [lora[t].updates for t in tasks]
@@ -443,7 +444,7 @@ assert rho_share < 0, "the prose below says: the smaller a task's share, the lar
 #   $\text{acc}_i(\text{merged}) / \text{acc}_i(\text{task } i\text{'s own adapter})$.
 #
 # Across the groups we compute the Pearson $r$ and the Spearman $\rho$ (Pearson of the ranks) with
-# `lorakit.analysis.group_correlation`. Its p-values count how many re-pairings of the $y$ values
+# `lorakit.correlation.group_correlation`. Its p-values count how many re-pairings of the $y$ values
 # with the $x$ values correlate at least as strongly. Groups that share tasks are not independent,
 # so those p-values are optimistic.
 #
@@ -453,7 +454,7 @@ assert rho_share < 0, "the prose below says: the smaller a task's share, the lar
 
 # %%
 from itertools import combinations
-from lorakit.analysis import group_correlation
+from lorakit.correlation import group_correlation
 from lorakit.benchmark import method_grid
 from lorakit.evaluate import Evaluator, select_and_report
 from lorakit.merge import merge_adapters

@@ -225,11 +225,13 @@ ax.set_xlabel("index"); ax.set_ylabel("singular value of ΔW"); ax.set_title(f"{
 
 # %% [markdown]
 # Evaluating the adapter as `W_0 + ΔW` with its head (lorakit's `Evaluator`, used for every merged
-# model later) gives exactly the accuracy measured through peft during training:
+# model later) gives exactly the accuracy measured through peft during training, in float32. (The `cpu`
+# profile evaluates in bfloat16 where the CPU multiplies it natively, `eval_dtype="auto"`; the exact check
+# uses float32.)
 
 # %%
 from lorakit.evaluate import Evaluator
-ev = Evaluator([task], P)
+ev = Evaluator([task], P, eval_dtype="float32")
 same_acc = ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "test")
 assert abs(same_acc - acc) < 1e-9
 print("W0 + ΔW with the task's head reproduces the peft model's accuracy:", abs(same_acc - acc) < 1e-9)

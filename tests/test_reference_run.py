@@ -90,3 +90,22 @@ def test_an_independent_bootstrap_of_do_minus_ta_agrees_with_the_report(ref):
     point, low, high = _independent_do_minus_ta(ref, n_resamples=3000, seed=11)
     assert row.effect == pytest.approx(point, abs=1e-9)
     assert abs(row.ci_low - low) < 0.01 and abs(row.ci_high - high) < 0.01
+
+
+def test_init_geometry_of_every_init_is_committed(ref):
+    """``init_geometry.json`` (tools/init_geometry.py) covers each init; OSRM's subspaces crowd together."""
+    import json
+
+    folder = next(p for p in reference_runs().values() if load_results(p)["date"] == ref["date"])
+    geom = json.loads((folder / "init_geometry.json").read_text())
+    assert set(geom["inits"]) == set(ref["inits"]) and geom["tasks"] == list(ref["tasks"])
+    rank, d_in = ref["profile_config"]["rank"], 384
+    assert geom["random"] == pytest.approx(rank / d_in)
+    for init, g in geom["inits"].items():
+        assert 0 <= g["overlap"] <= 1 and set(g["energy"]) == set(ref["tasks"])
+        assert g["energy_mean"] == pytest.approx(np.mean(list(g["energy"].values())))
+        assert len(g["overlap_per_seed"]) == len(g["seeds"])
+    ro = geom["inits"].get("random_orthonormal")
+    if ro:  # a random subspace pair overlaps r/d_in on average
+        assert ro["overlap"] == pytest.approx(geom["random"], rel=0.3)
+    assert geom["inits"]["osrm"]["overlap"] > 10 * geom["random"]

@@ -58,7 +58,8 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = 
     * (ii) ``do`` beats ``ta_normeq`` (norm-equalized task arithmetic) when the run has it: is DO's
       gain more than equalizing the task vectors' magnitudes?
     * (iii) per method, each init in ``osrm_inits`` beats ``standard``;
-    * (iv) … and beats the scale-matched ``random_orthonormal`` init when the run has it;
+    * (iv) … and beats the scale-matched ``random_orthonormal`` init, and the official OSRM code's
+      baseline LoRA init ``gaussian`` (peft's ``N(0, 1/r²)``), when the run has them;
     * (v) it keeps single-task accuracy: equivalence within ±``tolerance_pp`` points (TOST);
     * (vi) it flattens the task-arithmetic λ curve (CI over seeds; one seed → inconclusive).
 
@@ -86,7 +87,8 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = 
     for init in (i for i in osrm_inits if i in inits):
         label = "OSRM" if init == "osrm" else f"OSRM ({init})"
         for base, claim in (("standard", "raises merged accuracy"),
-                            ("random_orthonormal", "beats the scale-matched random_orthonormal init")):
+                            ("random_orthonormal", "beats the scale-matched random_orthonormal init"),
+                            ("gaussian", "beats the official code's gaussian LoRA init")):
             if base in inits:
                 rows += [difference_row(results, f"{label} {claim} ({m})", OSRM_PAPER, (m, init), (m, base), opts)
                          for m in methods]

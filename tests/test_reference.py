@@ -113,7 +113,7 @@ def test_holm_is_applied_across_the_report(do_run):
 
 @pytest.fixture(scope="module")
 def osrm_run():
-    """3 seeds; OSRM raises TA, loses on TIES, beats random_orthonormal; a ta_normeq control; floors."""
+    """3 seeds; OSRM raises TA, loses on TIES, beats random_orthonormal and (on TA) gaussian; a ta_normeq control; floors."""
     rng = np.random.default_rng(5)
     ind = {i: bernoulli(rng, 0.85, 3) for i in ("standard", "osrm", "random_orthonormal")}
     ind["osrm"] = flip(rng, ind["standard"], 1, 1)  # single-task accuracy unchanged, example by example
@@ -132,6 +132,9 @@ def osrm_run():
     steep = [[(0.1, 0.5), (0.5, 0.8), (1.0, 0.6)], [(0.1, 0.55), (0.5, 0.82), (1.0, 0.6)],
              [(0.05, 0.2), (0.1, 0.5), (0.5, 0.85), (1.0, 0.62)]]  # λ = 0.05 tried by standard only
     curves = {("task_arithmetic", "osrm"): flat, ("task_arithmetic", "standard"): steep}
+    ind["gaussian"], floor["gaussian"] = bernoulli(rng, 0.85, 3), bernoulli(rng, 0.35, 3)  # drawn last: the rest unchanged
+    merged[("task_arithmetic", "gaussian")] = lose(rng, ind["gaussian"], 0.3)
+    merged[("ties", "gaussian")] = lose(rng, ind["gaussian"], 0.05)
     return make_run(merged, ind, floor=floor, curves=curves), merged, ind, floor
 
 
@@ -142,6 +145,9 @@ def test_osrm_claims_controls_equivalence_and_flatness(osrm_run):
     assert row_of(rep, "OSRM raises merged accuracy (task_arithmetic)").verdict == "held"
     assert row_of(rep, "OSRM raises merged accuracy (ties)").verdict == "contradicted"
     assert row_of(rep, "OSRM beats the scale-matched random_orthonormal init (task_arithmetic)").verdict == "held"
+    assert row_of(rep, "OSRM beats the official code's gaussian LoRA init (task_arithmetic)").verdict == "held"
+    assert row_of(rep, "OSRM beats the official code's gaussian LoRA init (ties)").verdict == "contradicted"
+    assert not any("gaussian" in r.claim and r.claim.endswith("(do)") for r in rep.rows)  # no do × gaussian merge
     keep = row_of(rep, "OSRM keeps single-task accuracy")
     assert keep.verdict == "held" and abs(keep.effect) < 0.01 and keep.metric == "single-task accuracy"
     assert "TOST" in keep.rule

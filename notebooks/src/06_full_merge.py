@@ -39,7 +39,7 @@
 # `lorakit run` does all of this (`make run`); this notebook calls the same function.
 
 # %%
-from lorakit.nb import setup
+from lorakit.nb import setup, show_progress
 P = setup()
 
 # %%
@@ -69,7 +69,8 @@ import tempfile
 from lorakit.benchmark import format_table, run_benchmark
 
 live_dir = tempfile.mkdtemp(prefix="lorakit-06-")
-live = run_benchmark(P, out=f"{live_dir}/run", progress=False, log=lambda *a: None,
+live = run_benchmark(P, out=f"{live_dir}/run", progress=show_progress(P),
+                     log=print if show_progress(P) else (lambda *a: None),
                      command="notebook 06 live run")
 print(f"live run: profile {live['profile']}, {len(live['tasks'])} tasks, {len(live['records'])} records, "
       f"{live['timings']['total_seconds']:.0f} s")
@@ -220,6 +221,38 @@ for row in report.rows:
         other = {r.claim: r for r in by_metric[m].rows}.get(row.claim)
         cells.append(other.verdict if other else "—")
     print(f"{row.claim[:62]:<62} " + " ".join(f"{c:>13}" for c in cells))
+
+# %% [markdown]
+# ## What each init's $A$ reads before training
+#
+# An init decides which inputs an adapter reads. For each init of the reference, before any training:
+# the mean cross-task **subspace overlap** $O_{ij} = \lVert P_i P_j \rVert_F^2 / r$ of the row-space
+# projectors $P_i = A_i^+ A_i$ (1: the same subspace; a random subspace pair gets $r/d_{in}$), and each task's
+# **own feature energy** $E_t = \operatorname{tr}(P_t H_t^\top H_t) / \operatorname{tr}(H_t^\top H_t)$, the
+# share of its own pre-trained features inside the subspace its $A$ reads (notebook 04's $H_t$;
+# `lorakit.osrm.init_geometry`). `tools/init_geometry.py` computed them from the run's settings into
+# the reference's `init_geometry.json` (seed-dependent inits: mean over its seeds).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import json
+geom = json.loads((reference_runs()[ref_name] / "init_geometry.json").read_text())
+assert set(geom["inits"]) == set(ref["inits"])
+print(f"{'init':>20} {'overlap O':>10} {'own energy E':>13}   (random subspace: {geom['random']:.3f} for both)")
+for init, g in geom["inits"].items():
+    print(f"{init:>20} {g['overlap']:>10.3f} {g['energy_mean']:>13.3f}")
+osrm_g = geom["inits"]["osrm"]
+assert osrm_g["overlap"] > 10 * geom["random"] and osrm_g["energy_mean"] < geom["random"]
+if "random_orthonormal" in geom["inits"]:
+    assert abs(geom["inits"]["random_orthonormal"]["overlap"] - geom["random"]) < 0.5 * geom["random"]
+
+# %% [markdown]
+# OSRM's leave-one-out subspaces avoid the *other* tasks' features; on these tasks the features of
+# all tasks share their dominant directions, so every task's subspace lands in the same leftover
+# directions: the overlap across tasks is far above a random pair's, and each task's own energy is
+# below what a random subspace would read. `random_orthonormal` has OSRM's norm and orthonormality
+# but a random subspace (its overlap is the random value). Comparing merges of the two (the claims
+# table above) separates OSRM's choice of *subspace* from its *scale*.
 
 # %% [markdown]
 # ## Does DO's orthogonalisation cost a task its own accuracy?

@@ -31,6 +31,9 @@ class Profile:
         name: profile name.
         model: base model alias or hub id (``minilm`` is packaged and offline).
         tasks: default task names for ``lorakit run``.
+        course_tasks: the tasks notebooks 02–05 train and merge live (empty: ``tasks``). ``cpu``
+            uses five of its eight, all packaged, so 00–05 fit an hour of one CPU core; the
+            reference runs and notebook 06 use ``tasks``. Read it with :func:`lorakit.nb.course_tasks`.
         train_examples / val_examples / test_examples: per-task split sizes (``None`` = all).
         steps: optimisation steps per adapter.
         batch_size: training batch size.
@@ -71,6 +74,7 @@ class Profile:
     name: str
     model: str = "minilm"
     tasks: tuple[str, ...] = ()
+    course_tasks: tuple[str, ...] = ()
     train_examples: int | None = 512
     val_examples: int | None = 200
     test_examples: int | None = 500
@@ -126,6 +130,8 @@ PROFILES: dict[str, Profile] = {
         # eight tasks: the six packaged ones and two from BIG-bench (`lorakit data fetch intent multiemo`)
         tasks=("rt_sentiment", "rt_subjectivity", "reuters_r8", "election_tweets", "fine_foods", "newsgroups20",
                "intent", "multiemo"),
+        # the notebooks' live sections: five packaged tasks (10 pairs in notebook 03), under an hour for 00-05
+        course_tasks=("rt_sentiment", "rt_subjectivity", "reuters_r8", "election_tweets", "newsgroups20"),
         train_examples=512,
         val_examples=128,
         test_examples=400,

@@ -166,3 +166,17 @@ def test_gpu_profile_tasks_have_cards():
 
     missing = sorted(set(PROFILES["gpu"].tasks) - set(list_tasks()))
     assert not missing, f"gpu profile names tasks without a card in data/tasks: {missing}"
+
+
+def test_course_tasks_are_the_profiles_own_and_default_to_all():
+    from lorakit.nb import course_tasks
+    from lorakit.profiles import PROFILES
+
+    for p in PROFILES.values():
+        assert set(course_tasks(p)) <= set(p.tasks) and course_tasks(p)
+    assert course_tasks(get_profile("ci")) == list(get_profile("ci").tasks)  # empty course_tasks: every task
+    cpu = get_profile("cpu")
+    assert len(course_tasks(cpu)) == 5 < len(cpu.tasks)
+    assert len(course_tasks(cpu)) * (len(course_tasks(cpu)) - 1) // 2 >= 10  # notebook 03 needs ≥ 10 pairs
+    with pytest.raises(LorakitError, match="not among profile cpu's tasks"):
+        course_tasks(get_profile("cpu", course_tasks=("rt_sentiment", "glue_rte")))

@@ -41,7 +41,7 @@
 # scale; the default with CUDA). Every size can also be overridden by argument.
 
 # %%
-from lorakit.nb import setup
+from lorakit.nb import setup, show_progress
 from lorakit.profiles import PROFILES
 P = setup()
 
@@ -63,7 +63,7 @@ from lorakit.tasks import load_task
 from lorakit.train import train_adapter
 
 tasks = ["rt_subjectivity", "election_tweets"]
-adapters = {t: train_adapter(t, P, progress=False) for t in tasks}
+adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
 for t, a in adapters.items():
     print(f"{t:>16}: test accuracy {a.metrics['test_acc']:.3f} (majority {a.metrics['majority_test']:.3f})")
     assert a.metrics["test_acc"] > a.metrics["majority_test"], "each adapter should beat its majority baseline"
@@ -127,3 +127,34 @@ for t, j in [(tasks[0], tasks[1]), (tasks[1], tasks[0])]:
 # A ratio near 1 means the foreign update moves task $j$'s features about as much as task $j$'s own
 # update does. The rest of the course derives why (magnitudes, directions, subspaces) and how to
 # shrink this term *before* (OSRM) or *during* (DO-Merging) the merge.
+
+# %% [markdown]
+# ## Exercise: predict, run, interpret
+#
+# **1. The merge at half strength.** Task arithmetic has one knob, $\lambda$: $W = W_0 + \lambda(\Delta W_1 + \Delta W_2)$.
+# Above, $\lambda = 1$. *Before you run anything*, predict: with $\lambda = 0.5$, is the average normalized
+# accuracy of the two tasks **higher**, **lower** or **about the same** (within 0.01) as at $\lambda = 1$?
+# Think about both terms on task $j$'s input: $\lambda \Delta W_j h_j$ (its own update) and $\lambda \Delta W_i h_j$
+# (the interference). Set `prediction`, then write `my_task_arithmetic(deltas, lam)` for one layer:
+# `deltas` is a list of $d_\text{out} \times d_\text{in}$ tensors, the result $\lambda \sum_i \Delta W_i$. The
+# checker tests it on random updates, runs it on every layer of the two adapters at both values of
+# $\lambda$, measures, and explains what it saw (any prediction is accepted).
+
+# %%
+from lorakit import exercises
+
+prediction = None  # your prediction: "higher", "lower" or "about the same"
+
+def my_task_arithmetic(deltas, lam):
+    raise NotImplementedError  # your code here
+
+def avg_normalized(merged_dW):
+    """Average normalized test accuracy of the two tasks with the merged updates {module: ΔW}."""
+    norm = normalized_accuracy(ev.score_tasks(merged_dW, adapters, "test"), individual)
+    return sum(norm.values()) / len(norm)
+
+try:
+    exercises.check_predict_half_merge(prediction, my_task_arithmetic, avg_normalized,
+                                       [adapters[t].updates for t in tasks])
+except NotImplementedError:
+    print("exercise 1 not attempted yet")

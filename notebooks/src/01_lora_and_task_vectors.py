@@ -13,7 +13,7 @@
 # loop twice for a few steps) · `cpu` not measured · `gpu` not measured.
 
 # %%
-from lorakit.nb import setup
+from lorakit.nb import setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -195,7 +195,7 @@ print(f"{steps} steps: my_fit and lorakit.fit.fit give the same losses and the s
 # %%
 from lorakit.train import train_adapter
 
-adapter = train_adapter("rt_subjectivity", P, progress=False)
+adapter = train_adapter("rt_subjectivity", P, progress=show_progress(P))
 acc, majority = adapter.metrics["test_acc"], adapter.metrics["majority_test"]
 print(f"test accuracy {acc:.3f} vs majority baseline {majority:.3f} ({P.steps} steps, {adapter.metrics['seconds']} s)")
 assert acc > majority + 0.1, "the adapter should clearly beat the majority class"

@@ -18,7 +18,7 @@
 # Runtime: `ci` a few minutes · `cpu` not measured · `gpu` not measured.
 
 # %%
-from lorakit.nb import setup
+from lorakit.nb import course_tasks, setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -365,9 +365,10 @@ for name in ("task_arithmetic", "ties", "dare", "knots"):
     print(f"{name:>15}: {spec.url}  params {dict(spec.params)}")
 
 # %% [markdown]
-# ## 6. Real adapters: three tasks, four merges
+# ## 6. Real adapters: the course tasks, four merges
 #
-# The profile's tasks (in `ci` three: subjectivity, 2016 election tweets, Reuters R8 topics), one LoRA
+# The profile's course tasks (`course_tasks(P)`; in `ci` three: subjectivity, 2016 election tweets,
+# Reuters R8 topics; in `cpu` five of its eight benchmark tasks), one LoRA
 # adapter each on the packaged MiniLM (cached on disk and shared with the other notebooks). Each merge's
 # $\lambda$ is chosen on the **validation** split by the mean normalized accuracy (`select_and_report`,
 # over `method_grid`), and the chosen merge is scored once on **test**. Only $\lambda$ is searched:
@@ -379,8 +380,8 @@ for name in ("task_arithmetic", "ties", "dare", "knots"):
 # %%
 from lorakit.train import train_adapter
 
-tasks = list(P.tasks)
-adapters = {t: train_adapter(t, P, progress=False) for t in tasks}
+tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.nb.course_tasks)
+adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
 for t, a in adapters.items():
     print(f"{t:>16}: test accuracy {a.metrics['test_acc']:.3f} (majority {a.metrics['majority_test']:.3f}), "
           f"{len(a.updates)} adapted layers, r = {next(iter(a.updates.values())).rank}")

@@ -16,7 +16,7 @@
 # `cpu` not measured · `gpu` not measured.
 
 # %%
-from lorakit.nb import setup
+from lorakit.nb import course_tasks, setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -233,7 +233,8 @@ assert objective(A_centred, H) > 100 * objective(A_osrm, H)
 # %% [markdown]
 # ## 4. Features and subspaces on the real model
 #
-# Now the packaged MiniLM encoder (6 layers, $d_\text{in} = 384$) and the profile's tasks. For every
+# Now the packaged MiniLM encoder (6 layers, $d_\text{in} = 384$) and the profile's course tasks
+# (`course_tasks(P)`: `ci` three, `cpu` five of its eight). For every
 # adapted layer (`query` and `value` of each block) a forward pre-hook records its **input** on the
 # **pre-trained** model, one row per token, with padding dropped (docs/methods.md §2.4: the official code
 # averages over padded positions). `osrm_init_for_tasks` is what `lorakit run --inits osrm` calls: the
@@ -254,7 +255,7 @@ from lorakit.osrm import collect_features
 from lorakit.tasks import load_task
 
 tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)
-tasks = list(P.tasks)
+tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.nb.course_tasks)
 
 def text_batches(texts, size=P.eval_batch_size):
     return [dict(tok(texts[i:i + size], truncation=True, max_length=P.max_length, padding=True, return_tensors="pt"))
@@ -423,8 +424,8 @@ print("B = 0 → the OSRM-initialised model's logits equal the base model's exac
 # %%
 from lorakit.train import train_all
 
-adapters = {"standard": train_all(tasks, P, progress=False),
-            "osrm": train_all(tasks, P, init="osrm", init_A_by_task=A_by_task, progress=False)}
+adapters = {"standard": train_all(tasks, P, progress=show_progress(P)),
+            "osrm": train_all(tasks, P, init="osrm", init_A_by_task=A_by_task, progress=show_progress(P))}
 print(f"{'task':>16} | majority | standard | OSRM  (test accuracy, {P.steps} steps)")
 for t in tasks:
     m = adapters["standard"][t].metrics
@@ -484,7 +485,7 @@ print(f"training multiplied OSRM's share of the other tasks' features by {drift:
 # freeze $A$ (`freeze_A=True`, train $B$ and the head only) and compare interference and accuracy.
 
 # %%
-frozen = train_all(tasks, P, init="osrm", init_A_by_task=A_by_task, freeze_A=True, progress=False)
+frozen = train_all(tasks, P, init="osrm", init_A_by_task=A_by_task, freeze_A=True, progress=show_progress(P))
 R["osrm, A frozen"] = interference_matrix({t: frozen[t].updates for t in tasks}, held_out)
 show(R["osrm, A frozen"], "osrm, A frozen")
 assert all(torch.equal(frozen[t].updates[m].A, A_by_task[t][m].float()) for t in tasks for m in modules)

@@ -23,7 +23,7 @@
 # measured.
 
 # %%
-from lorakit.nb import setup
+from lorakit.nb import course_tasks, setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -435,15 +435,15 @@ assert result["out"][1] < 1e-12 and result["out"][0] > 1e-3    # "out" keeps the
 #
 # ## 4. The real thing: real adapters, four cells, two base methods
 #
-# The profile's tasks, one LoRA adapter each (`train_adapter(task, P)`, cached and shared with the
+# The profile's course tasks (`course_tasks(P)`: `ci` three, `cpu` five of its eight), one LoRA adapter each (`train_adapter(task, P)`, cached and shared with the
 # other notebooks). In the `ci` profile these are three: subjectivity of movie-review sentences,
 # the author of 2016 election tweets, and Reuters news topics.
 
 # %%
 from lorakit.train import train_adapter
 
-tasks = list(P.tasks)
-adapters = {t: train_adapter(t, P, progress=False) for t in tasks}
+tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.nb.course_tasks)
+adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
 updates = [adapters[t].updates for t in tasks]
 for t, a in adapters.items():
     print(f"{t:>16}: test accuracy {a.metrics['test_acc']:.3f} (majority {a.metrics['majority_test']:.3f})")

@@ -30,8 +30,11 @@
 # `RUN.md` names the machine, the versions and the exact commands. **No GPU run has been made
 # yet**; the README's *Reference results* section says how to make one.
 #
-# Runtime: `ci` well under a minute (it trains two small adapters, cached afterwards) · `cpu` not
-# measured · `gpu` not measured.
+# Runtime, measured from an empty adapter cache with one torch thread on a shared 2-core CPU
+# (`data/reference/notebook-runtime/ci-2026-12-03.json`,
+# `data/reference/notebook-runtime/cpu-2026-12-03-a.json`): `ci` ≈ 2 min · `cpu` ≈ 2 min · `gpu` not
+# measured (no GPU was lent). Most of it trains the two small adapters of the merge demo (cached
+# afterwards).
 
 # %% [markdown]
 # ## Run profiles

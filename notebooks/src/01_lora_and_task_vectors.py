@@ -9,8 +9,11 @@
 # whose printed output the text cites carry `# NBVAL_CHECK_OUTPUT`, so `make test` fails if the
 # numbers change.
 #
-# Runtime: `ci` about a minute (it trains one small adapter, cached afterwards, and runs the training
-# loop twice for a few steps) · `cpu` not measured · `gpu` not measured.
+# Runtime, measured from an empty adapter cache with one torch thread on a shared 2-core CPU
+# (`data/reference/notebook-runtime/ci-2026-12-03.json`,
+# `data/reference/notebook-runtime/cpu-2026-12-03-a.json`): `ci` ≈ 1 min · `cpu` ≈ 1 min · `gpu` not
+# measured (no GPU was lent). It trains one adapter and runs the training loop twice for a few
+# steps.
 
 # %%
 from lorakit.nb import setup, show_progress

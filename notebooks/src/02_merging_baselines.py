@@ -15,7 +15,11 @@
 # each task keeps its own classification head. Cells whose printed output the text cites carry
 # `# NBVAL_CHECK_OUTPUT`.
 #
-# Runtime: `ci` a few minutes · `cpu` not measured · `gpu` not measured.
+# Runtime, measured from an empty adapter cache with one torch thread on a shared 2-core CPU
+# (`data/reference/notebook-runtime/ci-2026-12-03.json`,
+# `data/reference/notebook-runtime/cpu-2026-12-03-a.json`): `ci` ≈ 3 min · `cpu` ≈ 11 min · `gpu`
+# not measured (no GPU was lent). It trains one adapter per course task (cached for notebooks
+# 03–06), then merges and evaluates them.
 
 # %%
 from lorakit.nb import course_tasks, setup, show_progress

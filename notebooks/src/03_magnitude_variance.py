@@ -20,9 +20,11 @@
 # Every equation is followed by a code cell that checks it numerically (an `assert`). Cells
 # whose printed output the text cites carry `# NBVAL_CHECK_OUTPUT`.
 #
-# Runtime: `ci` ≈ 2 min (104 s in a CI run on a 2-core machine) · `cpu`: sections 3–4 took about
-# 46 CPU-minutes in the committed reference run (one thread, LoRA adapters cached, LoRA groups
-# only; section 4's merged-model evaluations are most of it) · `gpu` not measured.
+# Runtime, measured from an empty adapter cache with one torch thread on a shared 2-core CPU
+# (`data/reference/notebook-runtime/ci-2026-12-03.json`,
+# `data/reference/notebook-runtime/cpu-2026-12-03-a.json`): `ci` ≈ 4 min · `cpu` ≈ 13 min · `gpu`
+# not measured (no GPU was lent). It trains a full fine-tune per task beside the LoRA adapters, then
+# merges every pair of tasks.
 
 # %%
 from lorakit.nb import course_tasks, setup, show_progress

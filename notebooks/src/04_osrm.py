@@ -12,8 +12,11 @@
 # ACL 2025), code `illidanlab/OSRM`. Every equation below is followed by a code cell that checks it.
 # Cells whose printed output the text cites carry `# NBVAL_CHECK_OUTPUT`.
 #
-# Runtime: `ci` a few minutes (it trains three sets of adapters: standard, OSRM, OSRM with $A$ frozen) ·
-# `cpu` not measured · `gpu` not measured.
+# Runtime, measured from an empty adapter cache with one torch thread on a shared 2-core CPU
+# (`data/reference/notebook-runtime/ci-2026-12-03.json`,
+# `data/reference/notebook-runtime/cpu-2026-12-03-b.json`): `ci` ≈ 6 min · `cpu` ≈ 19 min · `gpu`
+# not measured (no GPU was lent). It trains three sets of adapters: standard, OSRM, and OSRM with
+# $A$ frozen.
 
 # %%
 from lorakit.nb import course_tasks, setup, show_progress

@@ -19,8 +19,10 @@
 # printed output the text cites carry `# NBVAL_CHECK_OUTPUT`. The real run in section 4 prints
 # its verdict from its own numbers.
 #
-# Runtime: `ci` ≈ 1.5 min (90 s in a CI run on a 2-core machine) · `cpu` not measured · `gpu` not
-# measured.
+# Runtime, measured from an empty adapter cache with one torch thread on a shared 2-core CPU
+# (`data/reference/notebook-runtime/ci-2026-12-03.json`,
+# `data/reference/notebook-runtime/cpu-2026-12-03-b.json`): `ci` ≈ 3 min · `cpu` ≈ 5 min · `gpu` not
+# measured (no GPU was lent). It reuses 02's adapters when they are cached.
 
 # %%
 from lorakit.nb import course_tasks, setup, show_progress

@@ -8,9 +8,10 @@
 # two papers that is one of **held**, **contradicted** or **inconclusive**, decided by a rule
 # written down before the numbers were looked at.
 #
-# Runtime: `ci` ≈ 2 min on a 2-core machine (the live run; the reference is only read) · `cpu`:
-# the live run is one seed of the reference's grid, whose `RUN.md` gives the time per seed ·
-# `gpu` not measured.
+# Runtime, measured from an empty adapter cache with one torch thread on a shared 2-core CPU
+# (`data/reference/notebook-runtime/ci-2026-12-03.json`): `ci` ≈ 2 min · `cpu` not measured · `gpu`
+# not measured (no GPU was lent). The live run is the whole benchmark at one seed; in `cpu` that is
+# one seed of the reference's grid, whose `RUN.md` gives the time per seed.
 #
 # ## The benchmark's design
 #

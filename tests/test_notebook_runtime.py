@@ -9,6 +9,7 @@ finish in under an hour in ``cpu``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -21,28 +22,30 @@ RECORDS = ROOT / "data" / "reference" / "notebook-runtime"
 COURSE = [s.stem for s in sorted(SRC.glob("0*.py"))]
 
 
+def _tool():
+    spec = importlib.util.spec_from_file_location("runtime_headers", ROOT / "tools" / "runtime_headers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TOOL = _tool()
+
+
 def measured_seconds(profile: str) -> dict[str, float]:
     """``{notebook: wall seconds}`` from the newest record of ``profile`` that times it."""
-    out: dict[str, tuple[str, float]] = {}
-    for path in sorted(RECORDS.glob("*.json")):
-        rec = json.loads(path.read_text())
-        if rec["profile"] != profile:
-            continue
-        for name, t in rec["notebooks"].items():
-            if name not in out or rec["date"] > out[name][0]:
-                out[name] = (rec["date"], t["wall_s"])
-    return {k: v for k, (_, v) in out.items()}
+    return {k: v["wall_s"] for k, v in TOOL.newest(profile).items()}
 
 
 def measured_minutes(profile: str) -> dict[str, int]:
     """Wall time rounded to whole minutes, at least 1: what a header states."""
-    return {k: max(1, round(v / 60)) for k, v in measured_seconds(profile).items()}
+    return {k: v["minutes"] for k, v in TOOL.newest(profile).items()}
 
 
 def stated_minutes(stem: str) -> dict[str, int]:
     """``{profile: N}`` from the ``Runtime`` line of the notebook's first markdown cell."""
     text = (SRC / f"{stem}.py").read_text().split("# %%\n")[0]
-    line = re.search(r"# Runtime.*?(?=\n\s*\n|\n#\s*\n|\Z)", text, re.S)
+    line = TOOL.RUNTIME_PARAGRAPH.search(text)
     assert line, f"{stem}: the first cell has no 'Runtime' line"
     return {p: int(n) for p, n in re.findall(r"`(ci|cpu|gpu)` ≈ (\d+) min", line.group(0))}
 

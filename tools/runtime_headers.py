@@ -32,8 +32,15 @@ NOTES = {
 }
 
 
+#: the ``# Runtime …`` paragraph of a notebook source's first cell (up to a blank or empty-comment line)
+RUNTIME_PARAGRAPH = re.compile(r"# Runtime.*?(?=\n\s*\n|\n#\s*\n|\Z)", re.S)
+
+
 def newest(profile: str) -> dict[str, dict]:
-    """``{notebook: {"minutes", "file"}}``, the newest record of ``profile`` for each notebook."""
+    """``{notebook: {"wall_s", "minutes", "file"}}``, the newest record of ``profile`` for each notebook.
+
+    ``minutes`` is what a header states: the wall time rounded to whole minutes, at least 1.
+    """
     out: dict[str, tuple[str, dict]] = {}
     for path in sorted(RECORDS.glob("*.json")):
         rec = json.loads(path.read_text())
@@ -41,7 +48,8 @@ def newest(profile: str) -> dict[str, dict]:
             continue
         for name, t in rec["notebooks"].items():
             if name not in out or rec["date"] > out[name][0]:
-                out[name] = (rec["date"], {"minutes": max(1, round(t["wall_s"] / 60)), "file": path.name})
+                out[name] = (rec["date"], {"wall_s": t["wall_s"], "minutes": max(1, round(t["wall_s"] / 60)),
+                                           "file": path.name})
     return {k: v for k, (_, v) in out.items()}
 
 
@@ -66,8 +74,7 @@ def main() -> int:
     ci, cpu = newest("ci"), newest("cpu")
     for src in sorted(SRC.glob("0*.py")):
         text = src.read_text()
-        new, n = re.subn(r"# Runtime.*?(?=\n\s*\n|\n#\s*\n|\Z)", lambda _: paragraph(src.stem, ci, cpu), text,
-                         count=1, flags=re.S)
+        new, n = RUNTIME_PARAGRAPH.subn(lambda _: paragraph(src.stem, ci, cpu), text, count=1)
         if n != 1:
             print(f"{src.name}: no '# Runtime' paragraph in the first cell", file=sys.stderr)
             return 1

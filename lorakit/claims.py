@@ -13,8 +13,8 @@ whose Holm-adjusted p is ≥ α = 1 − level becomes inconclusive (family-wise 
 The claims: (i) each DO-Merging variant beats its base (standard init); (ii) DO beats the
 norm-equalized control ``ta_normeq``; (iii) OSRM raises merged accuracy per method; (iv) OSRM beats
 the scale-matched ``random_orthonormal`` init and the official code's ``gaussian`` LoRA init; (v)
-OSRM keeps single-task accuracy (equivalence within ±δ); (vi) OSRM flattens the task-arithmetic λ curve (CI over seeds). Claims whose methods or
-inits the run lacks are skipped.
+OSRM keeps single-task accuracy (equivalence within ±δ); (vi) OSRM flattens the task-arithmetic λ
+curve (CI over seeds). Claims whose methods or inits the run lacks are skipped.
 """
 
 from __future__ import annotations

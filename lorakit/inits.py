@@ -213,21 +213,20 @@ def peft_A(init: str, tasks: Sequence[str], profile=None, seed: int = 0) -> dict
 
 
 def init_geometry_for_tasks(init: str, tasks: Sequence[str], profile=None, seed: int = 0,
-                            progress: bool = False, features_and_osrm_A: tuple | None = None) -> dict:
+                            progress: bool = False, osrm_A_and_features: tuple | None = None) -> dict:
     """:func:`lorakit.osrm.init_geometry` of ``init`` on registry tasks: overlap and own-task energy.
 
     Features are those :func:`lorakit.osrm.osrm_init_for_tasks` collects with the profile's settings
     (per-token by default, the first ``osrm_samples`` training texts); ``A`` is
-    :func:`prepare_init_A`'s, or :func:`peft_A` for peft's inits. Pass ``features_and_osrm_A``
-    (``(features, osrm_A)``, from ``osrm_init_for_tasks(..., return_features=True)`` reversed) to
-    reuse one collection for several inits and seeds. Returns that dict plus ``init`` and ``seed``.
+    :func:`prepare_init_A`'s, or :func:`peft_A` for peft's inits. Pass ``osrm_A_and_features``
+    (what ``osrm_init_for_tasks(..., return_features=True)`` returns) to reuse one collection for
+    several inits and seeds. Returns that dict plus ``init`` and ``seed``.
     """
     spec = get_init(init)
     p = get_profile(profile)
-    if features_and_osrm_A is None:
-        osrm_A, features = osrm_init_for_tasks(list(tasks), p, progress=progress, return_features=True)
-    else:
-        features, osrm_A = features_and_osrm_A
+    if osrm_A_and_features is None:
+        osrm_A_and_features = osrm_init_for_tasks(list(tasks), p, progress=progress, return_features=True)
+    osrm_A, features = osrm_A_and_features
     if spec.source == "osrm" and spec.osrm_mode is None:
         A = osrm_A
     elif spec.source is None:

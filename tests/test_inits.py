@@ -261,14 +261,13 @@ def test_train_adapter_takes_the_new_inits(ci, init):
 
 @pytest.fixture(scope="module")
 def ci_features(ci):
-    """``(features, osrm_A)`` of the ci tasks, collected once for the geometry tests."""
-    osrm_A, features = osrm_init_for_tasks(list(ci.tasks), ci, progress=False, return_features=True)
-    return features, osrm_A
+    """``(osrm_A, features)`` of the ci tasks, collected once for the geometry tests."""
+    return osrm_init_for_tasks(list(ci.tasks), ci, progress=False, return_features=True)
 
 
 @pytest.mark.slow
 def test_geometry_with_given_features_equals_collecting_them(ci, ci_features):
-    given = init_geometry_for_tasks("random_orthonormal", list(ci.tasks), ci, seed=1, features_and_osrm_A=ci_features)
+    given = init_geometry_for_tasks("random_orthonormal", list(ci.tasks), ci, seed=1, osrm_A_and_features=ci_features)
     collected = init_geometry_for_tasks("random_orthonormal", list(ci.tasks), ci, seed=1)
     assert given == collected
 
@@ -276,7 +275,7 @@ def test_geometry_with_given_features_equals_collecting_them(ci, ci_features):
 @pytest.mark.slow
 @pytest.mark.parametrize("init", ["standard", "osrm", "random_orthonormal"])
 def test_geometry_for_tasks_on_ci(ci, ci_features, init):
-    g = init_geometry_for_tasks(init, list(ci.tasks), ci, seed=0, features_and_osrm_A=ci_features)
+    g = init_geometry_for_tasks(init, list(ci.tasks), ci, seed=0, osrm_A_and_features=ci_features)
     assert g["init"] == init and g["modules"] == 12 and g["random"] == pytest.approx(ci.rank / 384)
     assert set(g["energy"]) == set(ci.tasks) and all(0 <= e <= 1 for e in g["energy"].values())
     if init == "random_orthonormal":

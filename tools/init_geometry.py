@@ -38,7 +38,7 @@ def geometry_of_run(folder: Path, progress: bool = True) -> dict:
             raise LorakitError(f"the run's {key} is {cfg[key]!r}, profile {cfg['name']} now has {have!r}; "
                                "compute its geometry with the code that made it")
     tasks = list(res["tasks"])
-    osrm_A, features = osrm_init_for_tasks(tasks, p, progress=progress, return_features=True)
+    collected = osrm_init_for_tasks(tasks, p, progress=progress, return_features=True)
     out: dict = {"tasks": tasks, "inits": {}}
     for init in res["inits"]:
         seeds = list(res["seeds"]) if init_depends_on_seed(init) else [res["seeds"][0]]
@@ -46,7 +46,7 @@ def geometry_of_run(folder: Path, progress: bool = True) -> dict:
         for s in seeds:
             if progress:
                 print(f"  {init} seed {s}", flush=True)
-            per_seed.append(init_geometry_for_tasks(init, tasks, p, seed=s, features_and_osrm_A=(features, osrm_A)))
+            per_seed.append(init_geometry_for_tasks(init, tasks, p, seed=s, osrm_A_and_features=collected))
         out["random"] = per_seed[0]["random"]
         energy = {t: statistics.fmean(g["energy"][t] for g in per_seed) for t in tasks}
         out["inits"][init] = {

@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
             **geom}
+    from lorakit.fsutil import atomic_file
+
     for name, text in (("init_geometry.json", json.dumps(geom, indent=1) + "\n"), ("init_geometry.md", markdown(geom))):
-        tmp = folder / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(folder / name)
+        with atomic_file(folder / name) as tmp:
+            tmp.write_text(text)
     print(markdown(geom))
     return 0
 

@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LORAKIT_CACHE"] = str(fresh.resolve())
     import torch
 
+    from lorakit.fsutil import atomic_file
+
     record = {
         "what": "wall and kernel CPU time of each course notebook executed top to bottom in a fresh kernel",
         "profile": os.environ.get("LORAKIT_PROFILE", "default"),
@@ -119,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         nbs = record["notebooks"]
         record["total_wall_s"] = round(sum(v["wall_s"] for v in nbs.values()), 1)
         record["total_cpu_s"] = round(sum(v["cpu_s"] for v in nbs.values()), 1)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(out)  # written after every notebook, so a stopped run keeps what it timed
+        with atomic_file(out) as tmp:  # written after every notebook, so a stopped run keeps what it timed
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
         print(f"  {src.stem}: wall {nbs[src.stem]['wall_s']:.0f} s, CPU {nbs[src.stem]['cpu_s']:.0f} s", flush=True)
     print(f"total: wall {record['total_wall_s'] / 60:.1f} min, CPU {record['total_cpu_s'] / 60:.1f} min → {out}")
     return 0

@@ -59,7 +59,11 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = 
       gain more than equalizing the task vectors' magnitudes?
     * (iii) per method, each init in ``osrm_inits`` beats ``standard``;
     * (iv) … and beats the scale-matched ``random_orthonormal`` init, and the official OSRM code's
-      baseline LoRA init ``gaussian`` (peft's ``N(0, 1/r²)``), when the run has them;
+      baseline LoRA init ``gaussian`` (peft's ``N(0, 1/r²)``), when the run has them; a variant of
+      OSRM in ``osrm_inits`` (``osrm_task_mean``: the official code's one mean feature per task;
+      ``osrm_frozen``: ``A`` not trained) is also compared with the default ``osrm``. Pass the
+      variants in their own report (``osrm_inits=("osrm_task_mean", "osrm_frozen")``): Holm's
+      family is then the controls, not the papers' claims;
     * (v) it keeps single-task accuracy: equivalence within ±``tolerance_pp`` points (TOST);
     * (vi) it flattens the task-arithmetic λ curve (CI over seeds; one seed → inconclusive).
 
@@ -86,9 +90,12 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = 
                                        ("ta_normeq", "standard"), opts))
     for init in (i for i in osrm_inits if i in inits):
         label = "OSRM" if init == "osrm" else f"OSRM ({init})"
-        for base, claim in (("standard", "raises merged accuracy"),
-                            ("random_orthonormal", "beats the scale-matched random_orthonormal init"),
-                            ("gaussian", "beats the official code's gaussian LoRA init")):
+        bases = [("standard", "raises merged accuracy"),
+                 ("random_orthonormal", "beats the scale-matched random_orthonormal init"),
+                 ("gaussian", "beats the official code's gaussian LoRA init")]
+        if init != "osrm":
+            bases.append(("osrm", "beats the default OSRM (per-token features, A trained)"))
+        for base, claim in bases:
             if base in inits:
                 rows += [difference_row(results, f"{label} {claim} ({m})", OSRM_PAPER, (m, init), (m, base), opts)
                          for m in methods]

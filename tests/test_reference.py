@@ -160,6 +160,30 @@ def test_osrm_claims_controls_equivalence_and_flatness(osrm_run):
     assert row_of(floor, "OSRM raises merged accuracy (task_arithmetic)").metric == "floor_adjusted"
 
 
+def test_osrm_variants_are_their_own_family_and_meet_the_default_osrm():
+    """osrm_frozen ≫ osrm on TA, = osrm on TIES; a variants report compares each with osrm and standard."""
+    rng = np.random.default_rng(21)
+    ind = {i: bernoulli(rng, 0.85, 3) for i in ("standard", "osrm")}
+    ind["osrm_frozen"] = {t: v.copy() for t, v in ind["osrm"].items()}   # same normalizer as osrm
+    merged = {("task_arithmetic", "standard"): lose(rng, ind["standard"], 0.3),
+              ("task_arithmetic", "osrm"): lose(rng, ind["osrm"], 0.3),
+              ("task_arithmetic", "osrm_frozen"): lose(rng, ind["osrm_frozen"], 0.05)}
+    merged[("ties", "standard")] = lose(rng, ind["standard"], 0.2)
+    merged[("ties", "osrm")] = lose(rng, ind["osrm"], 0.2)
+    merged[("ties", "osrm_frozen")] = {t: v.copy() for t, v in merged[("ties", "osrm")].items()}
+    res = make_run(merged, ind)
+    default = claims_report(res, **FAST)
+    assert not any("osrm_frozen" in r.claim for r in default.rows)      # the papers' family: osrm only
+    assert not any("beats the default OSRM" in r.claim for r in default.rows)
+    variants = claims_report(res, osrm_inits=("osrm_frozen", "osrm_task_mean"), **FAST)
+    assert all("OSRM (osrm_frozen)" in r.claim for r in variants.rows)   # osrm_task_mean is absent: skipped
+    ta = row_of(variants, "OSRM (osrm_frozen) beats the default OSRM (per-token features, A trained) (task_arithmetic)")
+    assert ta.verdict == "held" and ta.effect > 0.15 and ta.a > ta.b  # a = osrm_frozen, b = osrm
+    same = row_of(variants, "OSRM (osrm_frozen) beats the default OSRM (per-token features, A trained) (ties)")
+    assert same.effect == pytest.approx(0.0, abs=1e-12) and same.verdict == "inconclusive"
+    assert row_of(variants, "OSRM (osrm_frozen) raises merged accuracy (task_arithmetic)").verdict == "held"
+
+
 def test_single_task_loss_contradicts_and_small_samples_are_inconclusive(osrm_run):
     res, merged, ind, _ = osrm_run
     rng = np.random.default_rng(9)

@@ -57,26 +57,60 @@ def _check_scores(scores: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[list[
     return tasks, out
 
 
+#: the last stream of draws :func:`resampled_accuracies` made, ``{key: [(seed_idx, counts), ...]}``: every
+#: claim of a report bootstraps with the same seed and shapes, so they share one stream
+_DRAWS: dict[tuple, list] = {}
+#: the most memory that stream may keep (counts as uint16); a larger stream is drawn afresh each time
+DRAWS_CACHE_BYTES = 160 * 2**20
+
+
+def _draw_blocks(seed: int, n_resamples: int, block: int, s: int,
+                 ns: tuple[int, ...]) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """The documented random stream, block by block: ``(seed_idx (B, S) int32, [counts (B, n_t)])``.
+
+    Per block: ``integers(0, S, (B, S), int32)``, then per task ``integers(0, n_t, (B, n_t), int32)``
+    turned into example multiplicities. The same ``(seed, n_resamples, block, S, n)`` gives the same
+    arrays, so the last stream is kept (read-only) when it fits in :data:`DRAWS_CACHE_BYTES`.
+    """
+    key = (int(seed), int(n_resamples), int(block), int(s), tuple(int(n) for n in ns))
+    if key in _DRAWS:
+        yield from _DRAWS[key]
+        return
+    keep = [] if n_resamples * (2 * sum(ns) + 4 * s) <= DRAWS_CACHE_BYTES else None
+    rng = np.random.Generator(np.random.PCG64(seed))
+    for start in range(0, n_resamples, block):
+        size = min(block, n_resamples - start)
+        seed_idx = rng.integers(0, s, size=(size, s), dtype=np.int32)
+        counts = [_counts(rng.integers(0, n, size=(size, n), dtype=np.int32), n).astype(np.uint16) for n in ns]
+        for a in (seed_idx, *counts):
+            a.flags.writeable = False
+        if keep is not None:
+            keep.append((seed_idx, counts))
+        yield seed_idx, counts
+    if keep is not None:
+        _DRAWS.clear()
+        _DRAWS[key] = keep
+
+
 def resampled_accuracies(scores: Mapping[str, Mapping[str, np.ndarray]], *, n_resamples: int = 10_000,
                          seed: int = 0, block: int = 1000) -> Iterator[dict[str, np.ndarray]]:
     r"""The resamples of :func:`bootstrap_scores`, block by block: ``{name: (B, S, T) per-seed task accuracies}``.
 
-    For several statistics of one bootstrap (the same draws), e.g. a run's three metrics.
+    For several statistics of one bootstrap (the same draws), e.g. a run's three metrics. The draws
+    depend only on ``seed``, ``n_resamples``, ``block``, S and the :math:`n_t` (:func:`_draw_blocks`),
+    so every claim of a report reuses one stream.
     """
     if n_resamples < 1 or block < 1:
         raise LorakitError(f"need n_resamples ≥ 1 and block ≥ 1, got {n_resamples} and {block}")
     tasks, arrays = _check_scores(scores)
     names, s = list(arrays), arrays[next(iter(arrays))][0].shape[0]
-    rng = np.random.Generator(np.random.PCG64(seed))
     stacked = [np.concatenate([arrays[k][t] for k in names]) for t in range(len(tasks))]  # (K·S, n_t)
-    for start in range(0, n_resamples, block):
-        size = min(block, n_resamples - start)
-        seed_idx = rng.integers(0, s, size=(size, s), dtype=np.int32)
+    ns = tuple(x.shape[1] for x in stacked)
+    for seed_idx, counts in _draw_blocks(seed, n_resamples, block, s, ns):
+        size = seed_idx.shape[0]
         acc = {k: np.empty((size, s, len(tasks))) for k in names}
-        for t, x in enumerate(stacked):
-            n = x.shape[1]
-            w = _counts(rng.integers(0, n, size=(size, n), dtype=np.int32), n)
-            sums = (w @ x.T) / n  # (B, K·S): every set's every seed on the drawn examples
+        for t, (x, w) in enumerate(zip(stacked, counts)):
+            sums = (w.astype(np.float64) @ x.T) / x.shape[1]  # (B, K·S): every set's every seed on the drawn examples
             for k, name in enumerate(names):
                 acc[name][:, :, t] = np.take_along_axis(sums, seed_idx + k * s, axis=1)
         yield acc

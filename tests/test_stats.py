@@ -445,6 +445,32 @@ def test_bootstrap_scores_draws_exactly_what_paired_bootstrap_draws():
     assert got.n_seeds == 3 and got.tasks == ("t0", "t1", "t2") and got.n_undefined == 0
 
 
+def test_reused_draws_are_the_stream_itself(monkeypatch):
+    """The second claim of a report reuses the first one's draws: same resamples as a fresh stream, and
+    as paired_bootstrap; a stream over DRAWS_CACHE_BYTES is not kept; the kept draws are read-only."""
+    from lorakit import resample
+
+    rng = gen(8)
+    shape = {f"t{t}": (4, 30 + 11 * t) for t in range(3)}
+    sets = [{k: (rng.random(v) < q).astype(float) for k, v in shape.items()} for q in (0.8, 0.5, 0.65)]
+    diff = lambda x: (x["a"] - x["b"]).mean(axis=(1, 2))  # noqa: E731
+    resample._DRAWS.clear()
+    first = resample.bootstrap_scores({"a": sets[0], "b": sets[1]}, diff, n_resamples=900, seed=3, block=400)
+    assert len(resample._DRAWS) == 1
+    again = resample.bootstrap_scores({"a": sets[2], "b": sets[1]}, diff, n_resamples=900, seed=3, block=400)
+    ref = paired_bootstrap(sets[2], sets[1], n_resamples=900, seed=3, block=400)
+    assert np.allclose(again.resamples, ref.resamples, atol=1e-12, rtol=0)
+    monkeypatch.setattr(resample, "DRAWS_CACHE_BYTES", 0)
+    resample._DRAWS.clear()
+    fresh = resample.bootstrap_scores({"a": sets[0], "b": sets[1]}, diff, n_resamples=900, seed=3, block=400)
+    assert np.array_equal(fresh.resamples, first.resamples) and not resample._DRAWS
+    monkeypatch.undo()
+    list(resample._draw_blocks(3, 900, 400, 4, (30, 41, 52)))
+    seed_idx, counts = next(iter(resample._DRAWS.values()))[0]
+    assert not seed_idx.flags.writeable and not counts[0].flags.writeable
+    assert counts[0].sum(axis=1).tolist() == [30] * 400            # multiplicities of 30 draws
+
+
 def test_bootstrap_scores_per_seed_ratio_and_undefined_resamples():
     """The statistic sees per-seed accuracies (a ratio seed by seed); non-finite resamples are dropped, counted."""
     from lorakit.resample import bootstrap_scores

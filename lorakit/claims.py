@@ -99,6 +99,27 @@ class ClaimsReport:
         return "\n".join(out)
 
 
+VERDICT_WORDS = {
+    "held": "held (the CI excludes zero in the paper's direction)",
+    "contradicted": "went the other way (the CI excludes zero against the paper)",
+    "inconclusive": "are inconclusive: their CI contains zero, or Holm's correction removed a nominal result",
+}
+
+
+def verdict_sentences(rows: Sequence[ClaimRow]) -> str:
+    """Markdown bullets, one per verdict present (held, contradicted, inconclusive, in that order), each
+    listing its claims as ``claim (effect, CI [low, high])`` in the rows' order: the notebooks' prose
+    about the claims, generated from the rows so it stays true when a reference is re-made."""
+    out = []
+    for v, words in VERDICT_WORDS.items():
+        group = [r for r in rows if r.verdict == v]
+        if group:
+            items = "; ".join(f"{r.claim} ({r.effect:+.3f}, CI [{r.ci_low:+.3f}, {r.ci_high:+.3f}])"
+                              if r.effect is not None and math.isfinite(r.ci_low) else r.claim for r in group)
+            out.append(f"* {len(group)} claim{'s' if len(group) > 1 else ''} {words}: {items}.")
+    return "\n".join(out)
+
+
 @dataclass(frozen=True)
 class Options:
     metric: str = "normalized"

@@ -26,7 +26,7 @@ from .claims import (  # noqa: F401  (ClaimRow, variant_pairs: public here too)
 )
 from .errors import LorakitError
 from .metrics import can_bootstrap, check_metric
-from .results import mean, summary_rows
+from .results import load_results, mean, summary_rows
 
 
 def reference_dir() -> Path:
@@ -41,6 +41,22 @@ def reference_runs(folder: str | Path | None = None) -> dict[str, Path]:
     if not runs:
         raise LorakitError(f"no reference runs under {folder}; make one with `lorakit run --out {folder}/NAME`")
     return runs
+
+
+def replicated_reference(folder: str | Path | None = None) -> tuple[str, dict]:
+    """(name, results) of the committed run the notebooks quote: a ``gpu`` run if any, else ``cpu``;
+    then per-task seeds, then the most seeds, then the newest folder name.
+
+    A one-line LorakitError when no cpu or gpu run is committed.
+    """
+    runs = {name: load_results(path) for name, path in reference_runs(folder).items()}
+    full = {n: r for n, r in runs.items() if r.get("profile") in ("gpu", "cpu")}
+    if not full:
+        raise LorakitError("no cpu or gpu reference run under data/reference; make one with `make run` and "
+                           "commit its folder")
+    name = max(full, key=lambda n: (full[n]["profile"] == "gpu", run_setting(full[n], "task_seeds", "shared") == "per_task",
+                                    len(full[n]["seeds"]), n))
+    return name, full[name]
 
 
 def mean_individual(results: Mapping, init: str) -> float | None:

@@ -323,3 +323,42 @@ def test_malformed_per_example_correctness_is_a_one_line_error():
         decode_correct({"bits": "AA=="})
     with pytest.raises(LorakitError, match="no per-example predictions"):
         record_correct({"accuracy": {}}, "t")
+
+
+def test_replicated_reference_prefers_gpu_then_per_task_then_more_seeds(tmp_path):
+    from lorakit.reference import replicated_reference
+
+    def put(name, profile, seeds, task_seeds=None):
+        (tmp_path / name).mkdir()
+        cfg = {"task_seeds": task_seeds} if task_seeds else {}
+        (tmp_path / name / "results.json").write_text(json.dumps({"profile": profile, "seeds": seeds,
+                                                                   "profile_config": cfg}))
+
+    put("ci-a", "ci", [0, 1, 2, 3, 4, 5, 6], "per_task")
+    with pytest.raises(LorakitError, match="no cpu or gpu reference run"):
+        replicated_reference(tmp_path)
+    put("cpu-shared", "cpu", [0, 1, 2, 3, 4, 5, 6], "shared")
+    put("cpu-old", "cpu", [0])                                   # made before task_seeds existed: shared
+    assert replicated_reference(tmp_path)[0] == "cpu-shared"
+    put("cpu-per-task-3", "cpu", [0, 1, 2], "per_task")
+    put("cpu-per-task-5", "cpu", [0, 1, 2, 3, 4], "per_task")
+    name, res = replicated_reference(tmp_path)
+    assert name == "cpu-per-task-5" and res["seeds"] == [0, 1, 2, 3, 4]
+    put("gpu-1", "gpu", [0], "shared")
+    assert replicated_reference(tmp_path)[0] == "gpu-1"
+
+
+def test_verdict_sentences_group_rows_in_verdict_order_with_their_cis():
+    from lorakit.claims import verdict_sentences
+
+    def row(claim, v, eff=0.1, lo=0.05, hi=0.15):
+        r = ClaimRow(claim, "", 1, "normalized", None, None, eff, lo, hi, 0.95, 0.01, 5, v, "rule")
+        r.verdict = v
+        return r
+
+    rows = [row("B", "inconclusive", 0.01, -0.02, 0.04), row("A", "held"), row("C", "held", 0.2, 0.1, 0.3),
+            row("S", "inconclusive", -0.05, math.nan, math.nan)]
+    text = verdict_sentences(rows).splitlines()
+    assert len(text) == 2 and text[0].startswith("* 2 claims held") and "A (+0.100, CI [+0.050, +0.150]); C (" in text[0]
+    assert text[1].startswith("* 2 claims are inconclusive") and text[1].endswith("B (+0.010, CI [-0.020, +0.040]); S.")
+    assert verdict_sentences([]) == "" and "went the other way" in verdict_sentences([row("D", "contradicted")])

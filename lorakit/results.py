@@ -121,29 +121,31 @@ def format_table(results: Mapping) -> str:
              f"Machine: {results['machine'].get('gpu') or results['machine'].get('processor')} "
              f"({results['machine'].get('device')}), torch {results['machine'].get('torch')}; "
              f"date {results['date']}; seeds {results['seeds']}.", "",
-             "## Per task (test accuracy)", ""]
+             "## Per task (test accuracy)", "",
+             "One table per init: its adapters alone (individual), its heads on the base model (floor, λ = 0) "
+             "and its merges, each a mean over seeds.", ""]
     floor = has_floor(results)
-    header = "| task | n_test | majority |" + (" floor (head only) |" if floor else "") + " individual |"
-    sep = "|---|---:|---:|" + ("---:|" if floor else "") + "---:|"
-    merged_cols = []
     held = {(r["method"], r["init"]) for r in results["records"]}
     for init in results["inits"]:
-        for method in results["methods"]:
-            if (method, init) not in held:  # e.g. a control run with one init only: no column of nan
-                continue
-            merged_cols.append((method, init))
-            header += f" {method} ({init}) |"
-            sep += "---:|"
-    lines += [header, sep]
-    for t in tasks:
-        info = results["tasks"][t]
-        row = (f"| {t} | {info['n_test']} | {info['majority']:.3f} |"
-               + (f" {mean(e['test'] for e in info['floor']):.3f} |" if floor else "")
-               + f" {info['individual_accuracy']:.3f} |")
-        for method, init in merged_cols:
-            recs = [r for r in results["records"] if r["method"] == method and r["init"] == init]
-            row += f" {mean(r['accuracy'][t] for r in recs):.3f} |"
-        lines.append(row)
+        methods = [m for m in results["methods"] if (m, init) in held]  # no column of nan for a merge not run
+        if not methods:
+            continue
+        lines += [f"### init `{init}`", "",
+                  "| task | n_test | majority |" + (" floor |" if floor else "") + " individual |"
+                  + "".join(f" {m} |" for m in methods),
+                  "|---|---:|---:|" + ("---:|" if floor else "") + "---:|" + "---:|" * len(methods)]
+        for t in tasks:
+            info = results["tasks"][t]
+            own = [e["test"] for e in info["individual"] if e["init"] == init]
+            floors = [e["test"] for e in info.get("floor", []) if e["init"] == init]
+            row = (f"| {t} | {info['n_test']} | {info['majority']:.3f} |"
+                   + (f" {mean(floors):.3f} |" if floor and floors else " — |" if floor else "")
+                   + (f" {mean(own):.3f} |" if own else " — |"))
+            for method in methods:
+                recs = [r for r in results["records"] if r["method"] == method and r["init"] == init]
+                row += f" {mean(r['accuracy'][t] for r in recs):.3f} |"
+            lines.append(row)
+        lines.append("")
     lines += _summary_section(results) + _majority_section(results)
     tm = results["timings"]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in tm.items()), "",
@@ -157,7 +159,8 @@ def _summary_section(results: Mapping) -> list[str]:
     lines = ["", "## Merged accuracy per method: mean over seeds [95 % CI]", "",
              "Normalized = merged ÷ individual per task (the DO-Merging paper's metric, inferred: "
              "docs/methods.md §3.6); accuracy = raw test accuracy (the kind the OSRM paper reports); "
-             "floor-adjusted = (merged − floor) ÷ (individual − floor), floor = the task's head on the base model (λ = 0). Each a mean over tasks and seeds. "
+             "floor-adjusted = (merged − floor) ÷ (individual − floor) of each task's seed means, floor = the task's head on "
+             "the base model (λ = 0). Each a mean over tasks (and seeds). "
              "CI: percentile bootstrap over seeds × test examples (" + ("; ".join(notes) or "no per-task scores")
              + ").", "",
              "| method | init | normalized | accuracy | floor-adjusted | n seeds |", "|---|---|---:|---:|---:|---:|"]

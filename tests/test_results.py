@@ -111,8 +111,8 @@ def test_metric_cis_match_a_brute_force_bootstrap(run3):
     sets = {"m": m, "i": {t: v.astype(float) for t, v in ind.items()}, "f": {t: v.astype(float) for t, v in floor.items()}}
     stats = {"accuracy": lambda a: a["m"].mean(),
              "normalized": lambda a: (a["m"] / a["i"]).mean(),
-             "floor_adjusted": lambda a: np.nanmean(np.where(a["i"] > a["f"], (a["m"] - a["f"])
-                                                             / np.where(a["i"] > a["f"], a["i"] - a["f"], 1), np.nan))}
+             "floor_adjusted": lambda a: np.nanmean([(m - f) / (i - f) if i > f else np.nan for m, i, f in
+                                                     zip(a["m"].mean(0), a["i"].mean(0), a["f"].mean(0))])}
     row = metric_row(res, "task_arithmetic", "standard", n_resamples=20_000)
     brutes = brute_bootstrap(sets, stats, 20_000)
     for metric, stat in stats.items():
@@ -188,9 +188,16 @@ def test_per_task_table_has_a_column_only_for_what_the_run_holds():
     rng = np.random.default_rng(4)
     ind = bernoulli(rng, 0.8, 2)
     res = make_run({("ties", "standard"): lose(rng, ind, 0.2), ("do", "standard"): lose(rng, ind, 0.1),
-                    ("ties", "osrm"): lose(rng, ind, 0.2)}, {"standard": ind, "osrm": ind})
+                    ("ties", "osrm"): lose(rng, ind, 0.2)}, {"standard": ind, "osrm": lose(rng, ind, 0.3)})
     text = format_table(res)
-    header = next(line for line in text.splitlines() if line.startswith("| task |"))
-    assert "ties (osrm)" in header and "do (standard)" in header
-    assert "do (osrm)" not in header  # no record of it: no column (it used to print nan)
-    assert "nan" not in text.split("## Per task")[1].split("##")[0]
+    per_task = text.split("## Per task")[1].split("\n## ")[0]
+    tables = {init: per_task.split(f"### init `{init}`")[1].split("###")[0] for init in ("standard", "osrm")}
+    header = {i: next(line for line in tab.splitlines() if line.startswith("| task |")) for i, tab in tables.items()}
+    assert header["standard"].endswith("| individual | ties | do |") and header["osrm"].endswith("| individual | ties |")
+    assert "nan" not in per_task  # no record of do × osrm: no column (it used to print nan)
+    # each init's own individual accuracy, not one column averaged over the inits
+    for init, tab in tables.items():
+        for t in TASKS:
+            row = next(line for line in tab.splitlines() if line.startswith(f"| {t} |"))
+            own = np.mean([e["test"] for e in res["tasks"][t]["individual"] if e["init"] == init])
+            assert row.split("|")[4].strip() == f"{own:.3f}"

@@ -375,11 +375,25 @@ for name in ("task_arithmetic", "ties", "dare", "knots"):
 # Reuters R8 topics; in `cpu` five of its eight benchmark tasks), one LoRA
 # adapter each on the packaged MiniLM (cached on disk and shared with the other notebooks). Each merge's
 # $\lambda$ is chosen on the **validation** split by the mean normalized accuracy (`select_and_report`,
-# over `method_grid`), and the chosen merge is scored once on **test**. Only $\lambda$ is searched:
+# over `method_grid`), and the chosen merge is scored once on **test**. Here only $\lambda$ is searched:
 # `lorakit.benchmark.method_grid` fixes TIES' and KnOTS' density at 0.2 and DARE's drop rate at 0.5
-# (the `chosen` column of the table below shows them), the same for every profile and in `lorakit run`.
+# (the `chosen` column of the table below shows them). `lorakit run` (notebook 06) adds a second stage
+# in the `cpu` and `gpu` profiles: at the chosen $\lambda$, two more validation points of each method's
+# second hyperparameter (density 0.1 / 0.4, drop rate 0.3 / 0.7, DO's γ 0.3 / 3.0, or λ × 0.8 / 1.25
+# for task arithmetic; `Profile.tune_grid`, `lorakit.benchmark.method_refine`), the same budget for
+# every method.
 #
 # $$ \text{normalized}_t = \frac{\text{acc}_t(W_0 + \Delta W^*,\ \text{head}_t)}{\text{acc}_t(W_0 + \Delta W_t,\ \text{head}_t)}. $$
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from lorakit.benchmark import method_grid as _grid
+from lorakit.profiles import TUNE_GRID
+
+print("this notebook: TIES", _grid("ties", P)[0], "| DARE", _grid("dare", P)[0], "(λ varies)")
+print("lorakit run's second stage (cpu, gpu):", TUNE_GRID)
+assert _grid("ties", P)[0]["density"] == _grid("knots", P)[0]["density"] == 0.2 and _grid("dare", P)[0]["drop_rate"] == 0.5
+assert TUNE_GRID == {"density": (0.1, 0.4), "drop_rate": (0.3, 0.7), "gamma": (0.3, 3.0), "lam": (0.8, 1.25)}
 
 # %%
 from lorakit.train import train_adapter

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .errors import LorakitError
+from .inits import INIT_NAMES
+from .profiles import ALL_METHODS
 from .results import load_results
 
 #: profile settings that must agree for two runs' numbers to be one experiment (seeds, inits and methods may differ)
@@ -33,8 +35,11 @@ def _check_compatible(first: Mapping, other: Mapping, label: str) -> None:
         raise LorakitError(f"run {label} differs from the first in {differ}; combine only runs of one profile")
 
 
-def _union(lists: Sequence[Sequence]) -> list:
-    return list(dict.fromkeys(x for xs in lists for x in xs))
+def _union(lists: Sequence[Sequence], order: Sequence = ()) -> list:
+    """The names of every list once: those in ``order`` (a registry) in its order, then the rest first-seen."""
+    seen = list(dict.fromkeys(x for xs in lists for x in xs))
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(seen, key=lambda x: (rank.get(x, len(rank)), seen.index(x)))
 
 
 def _first_per_key(entries: Sequence[Mapping]) -> list:
@@ -50,7 +55,8 @@ def combine_results(runs: Sequence[Mapping]) -> dict:
     Records are keyed by (init, method, seed) and per-task entries (``individual``, ``floor``,
     ``individual_orthogonalized``) by (init, seed); a key present in several runs is kept from the
     first (the same cached adapters give the same numbers) after checking that its test accuracy
-    agrees. Seeds, inits and methods are the unions (in first-seen order, seeds sorted); timings add
+    agrees. Seeds, inits and methods are the unions (seeds sorted; inits and methods in the registries'
+    order, :data:`lorakit.inits.INIT_NAMES` and :data:`lorakit.profiles.ALL_METHODS`, unknown names after); timings add
     up; ``commands`` lists each run's command.
     """
     if not runs:
@@ -84,7 +90,8 @@ def combine_results(runs: Sequence[Mapping]) -> dict:
     out.update({
         "tasks": tasks, "records": list(records.values()), "timings": timings,
         "seeds": sorted(_union([r["seeds"] for r in runs])),
-        "inits": _union([r["inits"] for r in runs]), "methods": _union([r["methods"] for r in runs]),
+        "inits": _union([r["inits"] for r in runs], INIT_NAMES),
+        "methods": _union([r["methods"] for r in runs], ALL_METHODS),
         "adapter_stats": _first_per_key([a for r in runs for a in r.get("adapter_stats", [])]),
         "commands": [r.get("command", "") for r in runs],
         "command": " && ".join(r.get("command", "") for r in runs),

@@ -52,6 +52,11 @@ def test_a_control_added_later_keeps_shared_entries_once():
     assert len(keys) == len(both["records"]) == 2 + 3
     assert both["inits"] == ["standard", "random_orthonormal"] and both["methods"] == ["task_arithmetic", "ta_normeq"]
     assert len(both["tasks"]["a"]["individual"]) == 3  # standard 0, 1 and random_orthonormal 0
+    # a method or init added later takes its place in the registries' order, unknown names last
+    late = _run([0], inits=("gaussian", "zzz_new", "osrm"), methods=("do_dare", "custom", "dare"))
+    order = combine_results([both, late])
+    assert order["inits"] == ["standard", "gaussian", "osrm", "random_orthonormal", "zzz_new"]
+    assert order["methods"] == ["task_arithmetic", "dare", "do_dare", "ta_normeq", "custom"]
 
 
 def test_disagreeing_duplicates_and_other_profiles_are_refused():

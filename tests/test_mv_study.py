@@ -280,3 +280,34 @@ def test_tool_passes_its_options_and_writes_the_json(tmp_path, monkeypatch):
     rec = json.loads(out.read_text())
     assert set(rec["verdicts"].values()) <= VERDICTS and "command" in rec and "machine" in rec
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # nothing half-written left beside it
+
+
+def test_tool_full_ft_only_warms_the_cache_per_task_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """--full-ft-only: tune_full_ft per task with the study's lrs, seeds and margin; no study, no JSON."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import lorakit.mv_run
+    import lorakit.mv_study
+    from lorakit.profiles import get_profile
+
+    spec = importlib.util.spec_from_file_location("mv_tool2", Path(__file__).resolve().parents[1] / "tools" / "mv_study.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    calls = []
+
+    def fake_tune(task, p, lrs, seeds, margin, tune_seeds=None):
+        calls.append((task, p.name, p.task_seeds, list(lrs), list(seeds), margin, tune_seeds))
+        return SimpleNamespace(reason=f"reason {task}", kept=task != "b")
+
+    monkeypatch.setattr(lorakit.mv_study, "tune_full_ft", fake_tune)
+    monkeypatch.setattr(lorakit.mv_run, "run_study", lambda *a, **k: pytest.fail("the study must not run"))
+    monkeypatch.chdir(tmp_path)
+    assert tool.main(["--profile", "ci", "--tasks", "a", "b", "--seeds", "0", "2", "--lr-factors", "1,3",
+                      "--full-ft-only", "--out", str(tmp_path / "x.json")]) == 0
+    lr = get_profile("ci").lr / 20
+    assert calls == [(t, "ci", "per_task", [lr, 3 * lr], [0, 2], lorakit.mv_study.MAJORITY_MARGIN, None) for t in "ab"]
+    out = capsys.readouterr().out
+    assert "full FT a: reason a → kept" in out and "full FT b: reason b → excluded" in out
+    assert list(tmp_path.iterdir()) == []

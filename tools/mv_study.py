@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--c-seeds", nargs="+", type=int, default=None, help="claim (c) seeds (default: all --seeds)")
     ap.add_argument("--n-resamples", type=int, default=10_000, help="bootstrap resamples")
     ap.add_argument("--out", default=None, help="JSON path (default: data/reference/mv_study_<profile>.json)")
+    ap.add_argument("--full-ft-only", action="store_true",
+                    help="only train and cache the full fine-tunes of --tasks × --seeds (the lr sweep included) and "
+                         "print each task's choice; write no JSON. Run one per core on disjoint --tasks, then the "
+                         "study itself finds them in the cache")
     return ap.parse_args(argv)
 
 
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.0f} s] {msg}", flush=True)
 
+    if args.full_ft_only:
+        return warm_full_ft(profile, args, log)
+
     record = run_study(profile, args.tasks, args.seeds, task_seeds=args.task_seeds,
                        lr_factors=args.lr_factors or FT_LR_FACTORS, methods=args.methods or CLAIM_A_METHODS,
                        c_lams=args.c_lams or CLAIM_C_LAMS, max_groups=args.max_groups, c_seeds=args.c_seeds,
@@ -87,6 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_file(out) as tmp:
         tmp.write_text(json.dumps(no_nan(record), indent=1, allow_nan=False))
     log(f"wrote {out}; verdicts {record['verdicts']}")
+    return 0
+
+
+def warm_full_ft(profile: str, args: argparse.Namespace, log) -> int:
+    """``--full-ft-only``: :func:`lorakit.mv_study.tune_full_ft` for each task (it caches every model it trains)."""
+    from lorakit.mv_study import FT_LR_FACTORS, MAJORITY_MARGIN, tune_full_ft
+    from lorakit.profiles import apply_threads, get_profile
+
+    p = get_profile(profile, task_seeds=args.task_seeds)
+    apply_threads(p)
+    seeds = args.seeds if args.seeds is not None else list(p.seeds)
+    lrs = [p.lr / 20 * f for f in (args.lr_factors or FT_LR_FACTORS)]
+    for task in args.tasks or p.tasks:
+        choice = tune_full_ft(task, p, lrs, seeds, MAJORITY_MARGIN, tune_seeds=args.ft_tune_seeds)
+        log(f"full FT {task}: {choice.reason} → {'kept' if choice.kept else 'excluded'}")
     return 0
 
 

@@ -67,7 +67,8 @@ def mean_individual(results: Mapping, init: str) -> float | None:
 
 def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = "normalized",
                   level: float = 0.95, n_resamples: int = 10_000, seed: int = 0,
-                  osrm_inits: tuple[str, ...] = ("osrm",), adjust: bool = True) -> ClaimsReport:
+                  osrm_inits: tuple[str, ...] = ("osrm",), adjust: bool = True,
+                  do_claims: bool = True) -> ClaimsReport:
     """Check the papers' benchmark claims against one run's ``results.json``: one :class:`ClaimRow` each.
 
     * (i) each DO-Merging variant beats its base, standard init (:func:`variant_pairs`);
@@ -85,7 +86,8 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = 
 
     ``metric``: ``normalized`` (default, the DO-Merging paper's), ``accuracy`` (the OSRM paper's kind)
     or ``floor_adjusted`` (runs with a head-only floor). CI and p: paired bootstrap over seeds × test
-    examples with ``n_resamples`` draws from ``seed``; ``adjust``: Holm across all claims of the report
+    examples with ``n_resamples`` draws from ``seed``; ``do_claims=False`` leaves out (i) and (ii) (a
+    report of OSRM's variants alone); ``adjust``: Holm across all claims of the report
     (a held/contradicted verdict with Holm p ≥ 1 − ``level`` becomes inconclusive). Claims whose
     methods or inits are not in the run are skipped; caveats (λ at a grid edge) follow the rows.
     """
@@ -95,7 +97,7 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = 
                            "results.json (lorakit.results.load_results)")
     inits, methods = list(results["inits"]), list(results["methods"])
     rows = []
-    if "standard" in inits:
+    if "standard" in inits and do_claims:
         for do, base in variant_pairs(methods).items():
             if base in methods:
                 rows.append(difference_row(results, f"DO-Merging ({do}) beats {base}", DO_PAPER,

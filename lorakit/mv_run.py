@@ -91,7 +91,13 @@ def _claim_c(ev, tasks, lora, indiv, seeds, groups, lams, n_resamples, log) -> d
         "points": points, "lam_grid": list(lams), "pair_mv": {str(s): pair[s].tolist() for s in seeds}}
 
 
-def _full_ft(tasks, p, seeds, lrs, margin, tune_seeds, log) -> dict:
+def full_ft_lrs(p: Profile, lr_factors: Sequence[float] = FT_LR_FACTORS) -> list[float]:
+    """The full-FT learning rates of the sweep: the profile's LoRA lr / 20 times each factor."""
+    return [p.lr / 20 * f for f in lr_factors]
+
+
+def full_ft_choices(tasks, p, seeds, lrs, margin, tune_seeds, log) -> dict:
+    """``{task: FullFTChoice}`` of :func:`lorakit.mv_study.tune_full_ft` (it caches every model it trains), one log line each."""
     choices = {}
     for t in tasks:
         choices[t] = tune_full_ft(t, p, lrs, seeds, margin, tune_seeds=tune_seeds)
@@ -126,8 +132,8 @@ def run_study(profile: str | Profile | None, tasks: Sequence[str] | None = None,
     lora = {s: train_all(tasks, p, seed=s, progress=False) for s in seeds}
     log(f"LoRA adapters ready ({len(tasks)} tasks × {len(seeds)} seeds)")
     clock.lap("train_lora")
-    lrs = [p.lr / 20 * f for f in lr_factors]
-    choices = _full_ft(tasks, p, seeds, lrs, margin, ft_tune_seeds, log)
+    lrs = full_ft_lrs(p, lr_factors)
+    choices = full_ft_choices(tasks, p, seeds, lrs, margin, ft_tune_seeds, log)
     clock.lap("train_full_ft")
     kept = [t for t in tasks if choices[t].kept]
     ev = Evaluator(tasks, p)

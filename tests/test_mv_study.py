@@ -301,7 +301,7 @@ def test_tool_full_ft_only_warms_the_cache_per_task_and_writes_nothing(tmp_path,
         calls.append((task, p.name, p.task_seeds, list(lrs), list(seeds), margin, tune_seeds))
         return SimpleNamespace(reason=f"reason {task}", kept=task != "b")
 
-    monkeypatch.setattr(lorakit.mv_study, "tune_full_ft", fake_tune)
+    monkeypatch.setattr(lorakit.mv_run, "tune_full_ft", fake_tune)  # the name full_ft_choices calls
     monkeypatch.setattr(lorakit.mv_run, "run_study", lambda *a, **k: pytest.fail("the study must not run"))
     monkeypatch.chdir(tmp_path)
     assert tool.main(["--profile", "ci", "--tasks", "a", "b", "--seeds", "0", "2", "--lr-factors", "1,3",

@@ -98,17 +98,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warm_full_ft(profile: str, args: argparse.Namespace, log) -> int:
-    """``--full-ft-only``: :func:`lorakit.mv_study.tune_full_ft` for each task (it caches every model it trains)."""
-    from lorakit.mv_study import FT_LR_FACTORS, MAJORITY_MARGIN, tune_full_ft
+    """``--full-ft-only``: the study's full-FT step alone (:func:`lorakit.mv_run.full_ft_choices`), which caches every model."""
+    from lorakit.mv_run import full_ft_choices, full_ft_lrs
+    from lorakit.mv_study import FT_LR_FACTORS, MAJORITY_MARGIN
     from lorakit.profiles import apply_threads, get_profile
 
     p = get_profile(profile, task_seeds=args.task_seeds)
     apply_threads(p)
     seeds = args.seeds if args.seeds is not None else list(p.seeds)
-    lrs = [p.lr / 20 * f for f in (args.lr_factors or FT_LR_FACTORS)]
-    for task in args.tasks or p.tasks:
-        choice = tune_full_ft(task, p, lrs, seeds, MAJORITY_MARGIN, tune_seeds=args.ft_tune_seeds)
-        log(f"full FT {task}: {choice.reason} → {'kept' if choice.kept else 'excluded'}")
+    full_ft_choices(list(args.tasks or p.tasks), p, seeds, full_ft_lrs(p, args.lr_factors or FT_LR_FACTORS),
+                    MAJORITY_MARGIN, args.ft_tune_seeds, log)
     return 0
 
 

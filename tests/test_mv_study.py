@@ -235,7 +235,8 @@ def test_study_end_to_end_tiny(tmp_path, monkeypatch):
     from lorakit.mv_run import run_study
     from lorakit.profiles import get_profile
 
-    p = get_profile("ci", train_examples=32, val_examples=16, test_examples=24, steps=2, lam_grid=(1.0,))
+    p = get_profile("ci", train_examples=32, val_examples=16, test_examples=24, steps=2, batch_size=8, max_length=16,
+                    lam_grid=(1.0,))
     lines = []  # margin −1 keeps every (barely trained) full FT, so claims (a) and (b) run
     rec = run_study(p, seeds=[0, 1], lr_factors=(1.0,), margin=-1.0, methods=("dare",),
                     c_lams=(1.0,), n_resamples=200, log=lines.append)

@@ -58,6 +58,16 @@ def accuracy(model, encodings, labels: list[int] | torch.Tensor, batch_size: int
     return float((predict(model, encodings, batch_size, device) == labels).float().mean())
 
 
+def warmup_linear_schedule(optimizer, steps: int):
+    """lorakit's learning-rate schedule: linear warm-up over the first 6 % of ``steps`` (at least one), then
+    linear decay to 0 at ``steps``. Step ``k`` (0-based) multiplies the lr by
+    ``min((k + 1) / w, (steps − k) / (steps − w))``, ``w = max(1, ⌊0.06 · steps⌋)``."""
+    warmup = max(1, int(0.06 * steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup)))
+    )
+
+
 def fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, progress: bool, desc: str) -> list[float]:
     """The training loop shared by LoRA and full fine-tuning: AdamW, 6% warm-up, linear decay."""
     from tqdm.auto import tqdm  # lazy: keeps `import lorakit.train` (and evaluate, benchmark) light
@@ -71,10 +81,7 @@ def fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, 
     if n == 0:
         raise LorakitError(f"task {data.name} has no training examples in profile {p.name}")
     optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
-    warmup = max(1, int(0.06 * p.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (p.steps - step) / max(1, p.steps - warmup)))
-    )
+    schedule = warmup_linear_schedule(optimizer, p.steps)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=gen)
     cursor, losses = 0, []

@@ -55,6 +55,24 @@ def read_task_json(path: Path, strip_prefix: bool = False) -> list[tuple[str, st
     return pool
 
 
+def read_generative_json(path: Path) -> list[tuple[str, str]]:
+    """``(input, target)`` pairs of a generative BIG-bench ``task.json`` (examples with a ``target``).
+
+    A list of targets counts as its first (the reference answer); examples with ``target_scores``
+    (multiple choice) or an empty target are skipped. Inputs and targets are stripped.
+    """
+    raw = json.loads(path.read_text())
+    pool: list[tuple[str, str]] = []
+    for ex in raw["examples"]:
+        target = ex.get("target")
+        if isinstance(target, list):
+            target = target[0] if target else None
+        if not isinstance(target, str) or not target.strip() or "target_scores" in ex:
+            continue
+        pool.append((ex["input"].strip(), target.strip()))
+    return pool
+
+
 def extract_bigbench(sdist: str | os.PathLike, tasks: dict[str, str], dest: Path | None = None) -> dict[str, Path]:
     """Stream ``benchmark_tasks/<task>/task.json`` members out of a BIG-bench sdist into ``dest``.
 

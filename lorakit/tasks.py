@@ -29,6 +29,7 @@ from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved 
     bigbench_cache,
     extract_bigbench,
     fetch_folders,
+    read_generative_json,
     read_task_json,
 )
 from .errors import LorakitError
@@ -63,6 +64,17 @@ class TaskCard:
     url: str = ""
     size: str = ""
     splits: str = ""
+    #: ``classification`` (text → one of ``labels``; the encoder track) or ``generative`` (input → a short
+    #: target string; the causal-LM track, :func:`load_generative_task`)
+    task_type: str = "classification"
+    #: generative: the prompt template (``{input}`` marks the input; lorakit.causal.format_prompt)
+    prompt: str = ""
+    #: generative: targets longer than this many words are dropped; a task that would lose over 5 % is refused
+    max_target_words: int = 12
+
+    @property
+    def generative(self) -> bool:
+        return self.task_type == "generative"
 
 
 @dataclass
@@ -110,12 +122,21 @@ def task_cards() -> dict[str, TaskCard]:
             url=raw.get("url", ""),
             size=str(raw.get("size", "")),
             splits=raw.get("splits", ""),
+            task_type=raw.get("type", "classification"),
+            prompt=raw.get("prompt", ""),
+            max_target_words=int(raw.get("max_target_words", 12)),
         )
+        if cards[raw["name"]].task_type not in TASK_TYPES:
+            raise LorakitError(f"task card {path.name}: type {raw['type']!r} is not one of {', '.join(TASK_TYPES)}")
     return cards
 
 
-def list_tasks() -> list[str]:
-    return sorted(task_cards())
+TASK_TYPES = ("classification", "generative")
+
+
+def list_tasks(task_type: str | None = None) -> list[str]:
+    """Every task name (sorted), or only those of one ``task_type`` (``classification`` / ``generative``)."""
+    return sorted(n for n, c in task_cards().items() if task_type is None or c.task_type == task_type)
 
 
 def get_card(name: str) -> TaskCard:
@@ -215,6 +236,8 @@ def _read_bigbench(card: TaskCard) -> tuple[Pool, Pool | None]:
     path = bigbench_cache() / card.source["task"] / "task.json"
     if not path.is_file():
         raise LorakitError(f"task {card.name!r} comes from BIG-bench: run `lorakit data fetch {card.name}` first")
+    if card.generative:
+        return read_generative_json(path), None
     return read_task_json(path, bool(card.source.get("strip_prefix"))), None
 
 
@@ -295,6 +318,24 @@ def _split(pool: list, fractions: tuple[float, float], rng: random.Random) -> tu
     return pool[:n_train], pool[n_train : n_train + n_val], pool[n_train + n_val :]
 
 
+def _cut_splits(name: str, train_pool, test_pool) -> tuple[list, list, list]:
+    """Train / val / test rows of a task's pools: 60/20/20 of one pool (or the train pool and halves of
+    the test pool) shuffled with :data:`SPLIT_SEED` and the name; rows whose text is in an earlier split
+    are removed from validation and test."""
+    rng = random.Random(f"{SPLIT_SEED}-{name}")
+    if test_pool is None:
+        train, val, test = _split(train_pool, (0.6, 0.2), rng)
+    else:
+        train = list(train_pool)
+        rng.shuffle(train)
+        _, val, test = _split(test_pool, (0.0, 0.5), rng)
+    seen = {t for t, _ in train}
+    val = [x for x in val if x[0] not in seen]
+    seen |= {t for t, _ in val}
+    test = [x for x in test if x[0] not in seen]
+    return train, val, test
+
+
 def load_task(
     name: str,
     train_examples: int | None = None,
@@ -315,18 +356,11 @@ def load_task(
         val_examples = p.val_examples if val_examples is None else val_examples
         test_examples = p.test_examples if test_examples is None else test_examples
     card = get_card(name)
+    if card.generative:
+        raise LorakitError(f"task {name!r} is generative (the causal-LM track): load it with "
+                           "lorakit.tasks.load_generative_task")
     train_pool, test_pool = _read_pools(name)
-    rng = random.Random(f"{SPLIT_SEED}-{name}")
-    if test_pool is None:
-        train, val, test = _split(train_pool, (0.6, 0.2), rng)
-    else:
-        train = list(train_pool)
-        rng.shuffle(train)
-        _, val, test = _split(test_pool, (0.0, 0.5), rng)
-    seen = {t for t, _ in train}
-    val = [x for x in val if x[0] not in seen]
-    seen |= {t for t, _ in val}
-    test = [x for x in test if x[0] not in seen]
+    train, val, test = _cut_splits(name, train_pool, test_pool)
     label_names = list(card.labels) if card.labels else sorted({y for _, y in train_pool} | {y for _, y in (test_pool or ())})
     index = {y: i for i, y in enumerate(label_names)}
 
@@ -342,6 +376,60 @@ def load_task(
         test=encode(test, test_examples),
         card=card,
     )
+
+
+@dataclass
+class GenerativeTaskData:
+    """One generative task's examples: ``(inputs, targets)`` string lists per split, and its card."""
+
+    name: str
+    train: tuple[list[str], list[str]]
+    val: tuple[list[str], list[str]]
+    test: tuple[list[str], list[str]]
+    card: TaskCard
+    meta: dict = field(default_factory=dict)
+
+    def prompts(self, split: str) -> list[str]:
+        """The split's inputs formatted with the card's prompt template (:func:`lorakit.causal.format_prompt`)."""
+        from .causal import PROMPT_TEMPLATE, format_prompt
+
+        return [format_prompt(x, self.card.prompt or PROMPT_TEMPLATE) for x in getattr(self, split)[0]]
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train[0]), "val": len(self.val[0]), "test": len(self.test[0])}
+
+
+def load_generative_task(name: str, train_examples: int | None = None, val_examples: int | None = None,
+                         test_examples: int | None = None, profile=None) -> GenerativeTaskData:
+    """A generative task (card ``type: generative``) with the deterministic splits of :func:`load_task`.
+
+    Targets longer than the card's ``max_target_words`` are dropped (``meta["dropped_long_targets"]``);
+    a task that would lose more than 5 % of its examples that way is refused: the causal-LM track
+    scores exact match of short answers.
+    """
+    if profile is not None:
+        p = get_profile(profile)
+        train_examples = p.train_examples if train_examples is None else train_examples
+        val_examples = p.val_examples if val_examples is None else val_examples
+        test_examples = p.test_examples if test_examples is None else test_examples
+    card = get_card(name)
+    if not card.generative:
+        raise LorakitError(f"task {name!r} is a classification task (the encoder track): load it with "
+                           "lorakit.tasks.load_task")
+    train_pool, test_pool = _read_pools(name)
+    rows = list(train_pool) + list(test_pool or ())
+    long = sum(len(t.split()) > card.max_target_words for _, t in rows)
+    if long > 0.05 * len(rows):
+        raise LorakitError(f"task {name!r} has {long} of {len(rows)} targets over {card.max_target_words} words; "
+                           "the generative track needs short targets (raise max_target_words in its card to accept them)")
+    train, val, test = _cut_splits(name, train_pool, test_pool)
+
+    def keep(split: list, n: int | None) -> tuple[list[str], list[str]]:
+        split = [r for r in split if len(r[1].split()) <= card.max_target_words][: n if n is not None else None]
+        return [x for x, _ in split], [t for _, t in split]
+
+    return GenerativeTaskData(name, keep(train, train_examples), keep(val, val_examples), keep(test, test_examples),
+                              card, {"dropped_long_targets": long})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,12 +51,13 @@ def isolated(monkeypatch):
     clear_caches()
 
 
-def _real_cards() -> list[str]:
+def _real_cards(task_type: str | None = "classification") -> list[str]:
     clear_caches()
-    return list_tasks()
+    return list_tasks(task_type)
 
 
-REAL_TASKS = _real_cards()
+REAL_TASKS = _real_cards()  # the classification cards (the generative ones: test_generative_* below)
+GENERATIVE_TASKS = _real_cards("generative")
 
 
 def _skip_if_unavailable(name: str) -> None:
@@ -81,7 +82,7 @@ def test_known_cards_present():
     assert {"rt_sentiment", "rt_subjectivity", "reuters_r8", "newsgroups20", "election_tweets", "fine_foods"} <= set(
         REAL_TASKS
     )
-    for name in REAL_TASKS:
+    for name in REAL_TASKS + GENERATIVE_TASKS:
         card = get_card(name)
         assert card.name == name and card.licence and card.licence != "unknown" and card.citation
         assert card.source.get("kind") in tasks.READERS
@@ -580,3 +581,107 @@ def test_glue_offline_and_missing_datasets_give_one_line_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)              # import fails
     with pytest.raises(LorakitError, match=r"\.\[online\]"):
         load_task("glue_sst2")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generative cards (the causal-LM track)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_generative_cards_are_six_short_target_bigbench_tasks():
+    assert len(GENERATIVE_TASKS) >= 6 and set(REAL_TASKS).isdisjoint(GENERATIVE_TASKS)
+    assert set(list_tasks()) == set(REAL_TASKS) | set(GENERATIVE_TASKS)
+    for name in GENERATIVE_TASKS:
+        card = get_card(name)
+        assert card.generative and card.source["kind"] == "bigbench" and "{input}" in card.prompt
+        assert card.labels is None and 1 <= card.max_target_words <= 12
+        assert bigbench_members([name]) == {name: card.source["task"]}
+
+
+@pytest.mark.parametrize("name", GENERATIVE_TASKS)
+def test_real_generative_card_loads_when_fetched(name):
+    _skip_if_unavailable(name)
+    data = tasks.load_generative_task(name, train_examples=64, val_examples=32, test_examples=32)
+    assert data.sizes() == {"train": 64, "val": 32, "test": 32}
+    assert all(t and len(t.split()) <= data.card.max_target_words for t in data.train[1] + data.test[1])
+    assert set(data.train[0]).isdisjoint(data.test[0]) and set(data.val[0]).isdisjoint(data.test[0])
+    assert all(p.endswith(data.card.prompt.split("{input}")[1]) for p in data.prompts("train"))
+
+
+def fake_generative_json(n: int = 50) -> tuple[dict, list[tuple[str, str]]]:
+    examples, expected = [], []
+    for i in range(n):
+        examples.append({"input": f" verb{i} ", "target": f" verb{i}ed "})
+        expected.append((f"verb{i}", f"verb{i}ed"))
+    examples.append({"input": "listed", "target": ["first answer", "second"]})
+    expected.append(("listed", "first answer"))
+    examples.append({"input": "multiple choice", "target_scores": {"a": 1, "b": 0}})
+    examples.append({"input": "empty", "target": "  "})
+    return {"name": "fake_gen", "examples": examples}, expected
+
+
+@pytest.fixture
+def generative_env(tmp_path, monkeypatch):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    for name, limit in (("fake_gen", 2), ("fake_gen_strict", 1)):
+        write_card(data, f"""\
+            name: {name}
+            type: generative
+            source:
+              kind: bigbench
+              task: fake_gen_folder
+            prompt: "Today I {{input}}. Yesterday I"
+            max_target_words: {limit}
+            licence: Apache-2.0
+            """)
+    write_card(data, """\
+        name: fake_cls
+        source:
+          kind: bigbench
+          task: fake_gen_folder
+        licence: Apache-2.0
+        """)
+    monkeypatch.setenv("LORAKIT_DATA", str(data))
+    monkeypatch.setenv("LORAKIT_CACHE", str(cache))
+    clear_caches()
+    raw, expected = fake_generative_json()
+    path = cache / "bigbench" / "fake_gen_folder" / "task.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(raw))
+    return expected
+
+
+def test_generative_reader_splits_and_prompts(generative_env):
+    expected = generative_env
+    train_pool, test_pool = _read_pools("fake_gen")
+    assert list(train_pool) == expected and test_pool is None
+    data = tasks.load_generative_task("fake_gen")
+    n = len(expected)
+    assert len(data.train[0]) == round(0.6 * n) and sum(data.sizes().values()) == n
+    lookup = dict(expected)
+    for inputs, targets in (data.train, data.val, data.test):
+        assert [lookup[x] for x in inputs] == targets
+    assert data.prompts("test")[0] == f"Today I {data.test[0][0]}. Yesterday I"
+    # the same split cut as a classification task of the same pool would get
+    rng_train = tasks._cut_splits("fake_gen", train_pool, None)[0]
+    assert [x for x, _ in rng_train] == data.train[0]
+
+
+def test_generative_and_classification_loaders_refuse_each_other(generative_env):
+    with pytest.raises(LorakitError, match="load_generative_task"):
+        load_task("fake_gen")
+    clear_caches()
+    with pytest.raises(LorakitError, match="load_task"):
+        tasks.load_generative_task("fake_cls")
+
+
+def test_long_targets_are_dropped_or_the_task_refused(generative_env):
+    assert tasks.load_generative_task("fake_gen").meta["dropped_long_targets"] == 0  # 2 words allowed
+    strict = tasks.load_generative_task("fake_gen_strict")  # 1 word: "first answer" (1 of 51 < 5 %) dropped
+    assert strict.meta["dropped_long_targets"] == 1 and sum(strict.sizes().values()) == 50
+    assert "listed" not in strict.train[0] + strict.val[0] + strict.test[0]
+    card = get_card("fake_gen_strict")
+    monkey = tasks.TaskCard(**{**card.__dict__, "max_target_words": 0})
+    tasks.task_cards()["fake_gen_strict"] = monkey  # every target is too long now
+    with pytest.raises(LorakitError, match="51 of 51 targets over 0 words"):
+        tasks.load_generative_task("fake_gen_strict")

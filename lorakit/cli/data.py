@@ -32,7 +32,8 @@ def tasks_command(args: argparse.Namespace) -> int:
     cards = task_cards()
     width = max(len(n) for n in cards)
     for name, card in sorted(cards.items()):
-        print(f"{name:<{width}}  {card.title} — {card.source.get('package', '')} — {card.licence}")
+        kind = " [generative]" if card.generative else ""
+        print(f"{name:<{width}}  {card.title}{kind} — {card.source.get('package', '')} — {card.licence}")
     return 0
 
 

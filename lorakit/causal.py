@@ -193,7 +193,7 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
     from peft import LoraConfig, get_peft_model  # lazy: peft imports transformers
     from tqdm.auto import tqdm
 
-    from .fit import set_seed, warmup_linear_schedule
+    from .fit import optimizer_step, set_seed, warmup_linear_schedule
     from .lora import read_adapter
 
     if steps < 1 or batch_size < 1:
@@ -219,14 +219,7 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
         width = int(enc["attention_mask"][idx].sum(1).max())
         batch = {k: v[idx, :width].to(device) for k, v in enc.items()}
         logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = masked_lm_loss(logits, batch["labels"])
-        value = loss.item()
-        if value != value or value in (float("inf"), float("-inf")):
-            raise LorakitError(f"causal LoRA training diverged (loss {value}); lower the learning rate")
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        value = optimizer_step(masked_lm_loss(logits, batch["labels"]), optimizer, schedule, "causal LoRA training")
         losses.append(round(value, 5))
     peft_model.eval()
     return peft_model, read_adapter(peft_model), losses

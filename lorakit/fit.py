@@ -68,6 +68,19 @@ def warmup_linear_schedule(optimizer, steps: int):
     )
 
 
+def optimizer_step(loss: torch.Tensor, optimizer, schedule, what: str) -> float:
+    """One training step on ``loss``: a one-line error if it is not finite, else backward, optimizer and
+    schedule steps, gradients cleared. Returns the loss value."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise LorakitError(f"{what} diverged (loss {value}); lower the learning rate")
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
+
+
 def fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, progress: bool, desc: str) -> list[float]:
     """The training loop shared by LoRA and full fine-tuning: AdamW, 6% warm-up, linear decay."""
     from tqdm.auto import tqdm  # lazy: keeps `import lorakit.train` (and evaluate, benchmark) light
@@ -95,14 +108,8 @@ def fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, 
         batch = {k: v[idx] for k, v in train_enc.items()}
         width = int(batch["attention_mask"].sum(1).max())
         batch = {k: v[:, :width].to(device) for k, v in batch.items()}
-        loss = model(**batch, labels=train_y[idx].to(device)).loss
-        value = loss.item()
-        if not math.isfinite(value):
-            raise LorakitError(f"training {data.name} diverged (loss {value}); lower the learning rate")
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        value = optimizer_step(model(**batch, labels=train_y[idx].to(device)).loss, optimizer, schedule,
+                               f"training {data.name}")
         losses.append(round(value, 5))
         bar.set_postfix(loss=f"{value:.3f}")
     return losses

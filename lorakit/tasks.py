@@ -336,6 +336,15 @@ def _cut_splits(name: str, train_pool, test_pool) -> tuple[list, list, list]:
     return train, val, test
 
 
+def _split_sizes(profile, train: int | None, val: int | None, test: int | None) -> tuple:
+    """Split sizes: the given ones, the profile's where one is None (no profile: None, i.e. all)."""
+    if profile is None:
+        return train, val, test
+    p = get_profile(profile)
+    return (p.train_examples if train is None else train, p.val_examples if val is None else val,
+            p.test_examples if test is None else test)
+
+
 def load_task(
     name: str,
     train_examples: int | None = None,
@@ -350,11 +359,7 @@ def load_task(
     profile's test set is a prefix of a larger one's; texts that occur in more than one split are
     removed from validation and test.
     """
-    if profile is not None:
-        p = get_profile(profile)
-        train_examples = p.train_examples if train_examples is None else train_examples
-        val_examples = p.val_examples if val_examples is None else val_examples
-        test_examples = p.test_examples if test_examples is None else test_examples
+    train_examples, val_examples, test_examples = _split_sizes(profile, train_examples, val_examples, test_examples)
     card = get_card(name)
     if card.generative:
         raise LorakitError(f"task {name!r} is generative (the causal-LM track): load it with "
@@ -407,11 +412,7 @@ def load_generative_task(name: str, train_examples: int | None = None, val_examp
     a task that would lose more than 5 % of its examples that way is refused: the causal-LM track
     scores exact match of short answers.
     """
-    if profile is not None:
-        p = get_profile(profile)
-        train_examples = p.train_examples if train_examples is None else train_examples
-        val_examples = p.val_examples if val_examples is None else val_examples
-        test_examples = p.test_examples if test_examples is None else test_examples
+    train_examples, val_examples, test_examples = _split_sizes(profile, train_examples, val_examples, test_examples)
     card = get_card(name)
     if not card.generative:
         raise LorakitError(f"task {name!r} is a classification task (the encoder track): load it with "

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import LorakitError
+from .fit import optimizer_step, set_seed, warmup_linear_schedule
+from .lora import read_adapter
 
 IGNORE_INDEX = -100
 PROMPT_TEMPLATE = "{input}\nAnswer:"
@@ -192,9 +194,6 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
     """
     from peft import LoraConfig, get_peft_model  # lazy: peft imports transformers
     from tqdm.auto import tqdm
-
-    from .fit import optimizer_step, set_seed, warmup_linear_schedule
-    from .lora import read_adapter
 
     if steps < 1 or batch_size < 1:
         raise LorakitError(f"steps and batch_size must be ≥ 1, got {steps} and {batch_size}")

@@ -33,11 +33,10 @@ from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved 
     read_task_json,
 )
 from .errors import LorakitError
-from .profiles import get_profile
+from .splits import SPLIT_SEED, _cut_splits, _split, _split_sizes  # noqa: F401  (SPLIT_SEED, _split: importable here)
 
 csv.field_size_limit(2**31 - 1)
 
-SPLIT_SEED = 1234  # fixed: splits never depend on the training seed
 
 
 def cards_dir() -> Path:
@@ -309,42 +308,6 @@ def _read_pools(name: str) -> tuple[tuple, tuple | None]:
     return tuple(train), (tuple(test) if test is not None else None)
 
 
-def _split(pool: list, fractions: tuple[float, float], rng: random.Random) -> tuple[list, list, list]:
-    pool = list(pool)
-    rng.shuffle(pool)
-    n = len(pool)
-    n_train = int(round(fractions[0] * n))
-    n_val = int(round(fractions[1] * n))
-    return pool[:n_train], pool[n_train : n_train + n_val], pool[n_train + n_val :]
-
-
-def _cut_splits(name: str, train_pool, test_pool) -> tuple[list, list, list]:
-    """Train / val / test rows of a task's pools: 60/20/20 of one pool (or the train pool and halves of
-    the test pool) shuffled with :data:`SPLIT_SEED` and the name; rows whose text is in an earlier split
-    are removed from validation and test."""
-    rng = random.Random(f"{SPLIT_SEED}-{name}")
-    if test_pool is None:
-        train, val, test = _split(train_pool, (0.6, 0.2), rng)
-    else:
-        train = list(train_pool)
-        rng.shuffle(train)
-        _, val, test = _split(test_pool, (0.0, 0.5), rng)
-    seen = {t for t, _ in train}
-    val = [x for x in val if x[0] not in seen]
-    seen |= {t for t, _ in val}
-    test = [x for x in test if x[0] not in seen]
-    return train, val, test
-
-
-def _split_sizes(profile, train: int | None, val: int | None, test: int | None) -> tuple:
-    """Split sizes: the given ones, the profile's where one is None (no profile: None, i.e. all)."""
-    if profile is None:
-        return train, val, test
-    p = get_profile(profile)
-    return (p.train_examples if train is None else train, p.val_examples if val is None else val,
-            p.test_examples if test is None else test)
-
-
 def load_task(
     name: str,
     train_examples: int | None = None,
@@ -363,7 +326,7 @@ def load_task(
     card = get_card(name)
     if card.generative:
         raise LorakitError(f"task {name!r} is generative (the causal-LM track): load it with "
-                           "lorakit.tasks.load_generative_task")
+                           "lorakit.generative_tasks.load_generative_task")
     train_pool, test_pool = _read_pools(name)
     train, val, test = _cut_splits(name, train_pool, test_pool)
     label_names = list(card.labels) if card.labels else sorted({y for _, y in train_pool} | {y for _, y in (test_pool or ())})
@@ -381,56 +344,6 @@ def load_task(
         test=encode(test, test_examples),
         card=card,
     )
-
-
-@dataclass
-class GenerativeTaskData:
-    """One generative task's examples: ``(inputs, targets)`` string lists per split, and its card."""
-
-    name: str
-    train: tuple[list[str], list[str]]
-    val: tuple[list[str], list[str]]
-    test: tuple[list[str], list[str]]
-    card: TaskCard
-    meta: dict = field(default_factory=dict)
-
-    def prompts(self, split: str) -> list[str]:
-        """The split's inputs formatted with the card's prompt template (:func:`lorakit.causal.format_prompt`)."""
-        from .causal import PROMPT_TEMPLATE, format_prompt
-
-        return [format_prompt(x, self.card.prompt or PROMPT_TEMPLATE) for x in getattr(self, split)[0]]
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train[0]), "val": len(self.val[0]), "test": len(self.test[0])}
-
-
-def load_generative_task(name: str, train_examples: int | None = None, val_examples: int | None = None,
-                         test_examples: int | None = None, profile=None) -> GenerativeTaskData:
-    """A generative task (card ``type: generative``) with the deterministic splits of :func:`load_task`.
-
-    Targets longer than the card's ``max_target_words`` are dropped (``meta["dropped_long_targets"]``);
-    a task that would lose more than 5 % of its examples that way is refused: the causal-LM track
-    scores exact match of short answers.
-    """
-    train_examples, val_examples, test_examples = _split_sizes(profile, train_examples, val_examples, test_examples)
-    card = get_card(name)
-    if not card.generative:
-        raise LorakitError(f"task {name!r} is a classification task (the encoder track): load it with "
-                           "lorakit.tasks.load_task")
-    train_pool, test_pool = _read_pools(name)
-    rows = list(train_pool) + list(test_pool or ())
-    long = sum(len(t.split()) > card.max_target_words for _, t in rows)
-    if long > 0.05 * len(rows):
-        raise LorakitError(f"task {name!r} has {long} of {len(rows)} targets over {card.max_target_words} words; "
-                           "the generative track needs short targets (raise max_target_words in its card to accept them)")
-    train, val, test = _cut_splits(name, train_pool, test_pool)
-
-    def keep(split: list, n: int | None) -> tuple[list[str], list[str]]:
-        split = [r for r in split if len(r[1].split()) <= card.max_target_words][: n if n is not None else None]
-        return [x for x, _ in split], [t for _, t in split]
-
-    return GenerativeTaskData(name, keep(train, train_examples), keep(val, val_examples), keep(test, test_examples),
-                              card, {"dropped_long_targets": long})
 
 
 # ----------------------------------------------------------------------------------------------

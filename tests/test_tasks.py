@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import lorakit.tasks as tasks
+from lorakit.generative_tasks import load_generative_task
 from lorakit.errors import LorakitError
 from lorakit.tasks import (
     SPLIT_SEED,
@@ -601,7 +602,7 @@ def test_generative_cards_are_six_short_target_bigbench_tasks():
 @pytest.mark.parametrize("name", GENERATIVE_TASKS)
 def test_real_generative_card_loads_when_fetched(name):
     _skip_if_unavailable(name)
-    data = tasks.load_generative_task(name, train_examples=64, val_examples=32, test_examples=32)
+    data = load_generative_task(name, train_examples=64, val_examples=32, test_examples=32)
     assert data.sizes() == {"train": 64, "val": 32, "test": 32}
     assert all(t and len(t.split()) <= data.card.max_target_words for t in data.train[1] + data.test[1])
     assert set(data.train[0]).isdisjoint(data.test[0]) and set(data.val[0]).isdisjoint(data.test[0])
@@ -655,7 +656,7 @@ def test_generative_reader_splits_and_prompts(generative_env):
     expected = generative_env
     train_pool, test_pool = _read_pools("fake_gen")
     assert list(train_pool) == expected and test_pool is None
-    data = tasks.load_generative_task("fake_gen")
+    data = load_generative_task("fake_gen")
     n = len(expected)
     assert len(data.train[0]) == round(0.6 * n) and sum(data.sizes().values()) == n
     lookup = dict(expected)
@@ -672,16 +673,16 @@ def test_generative_and_classification_loaders_refuse_each_other(generative_env)
         load_task("fake_gen")
     clear_caches()
     with pytest.raises(LorakitError, match="load_task"):
-        tasks.load_generative_task("fake_cls")
+        load_generative_task("fake_cls")
 
 
 def test_long_targets_are_dropped_or_the_task_refused(generative_env):
-    assert tasks.load_generative_task("fake_gen").meta["dropped_long_targets"] == 0  # 2 words allowed
-    strict = tasks.load_generative_task("fake_gen_strict")  # 1 word: "first answer" (1 of 51 < 5 %) dropped
+    assert load_generative_task("fake_gen").meta["dropped_long_targets"] == 0  # 2 words allowed
+    strict = load_generative_task("fake_gen_strict")  # 1 word: "first answer" (1 of 51 < 5 %) dropped
     assert strict.meta["dropped_long_targets"] == 1 and sum(strict.sizes().values()) == 50
     assert "listed" not in strict.train[0] + strict.val[0] + strict.test[0]
     card = get_card("fake_gen_strict")
     monkey = tasks.TaskCard(**{**card.__dict__, "max_target_words": 0})
     tasks.task_cards()["fake_gen_strict"] = monkey  # every target is too long now
     with pytest.raises(LorakitError, match="51 of 51 targets over 0 words"):
-        tasks.load_generative_task("fake_gen_strict")
+        load_generative_task("fake_gen_strict")

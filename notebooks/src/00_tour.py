@@ -24,7 +24,7 @@
 # seeds, each task from its own seed, every test example's right/wrong recorded, so every claim
 # gets a paired confidence interval); two older one-seed six-task runs that differ only in
 # whether tasks share a seed (`cpu-cpu-2026-11-23`, shared; `…-per-task-seeds`), kept as that
-# ablation; `magnitude_variance_cpu.json` (notebook 03's task-group analysis at `cpu` size); and
+# ablation; `mv_study_cpu.json` (notebook 03's magnitude-variance study of claims (a)–(c)); and
 # the merge-engine timings `bench-cpu-20261123` and `bench-cpu-2026-12-02`, the latter with a
 # measured TIES merge over all 32 layers of Llama-3-8B-shaped synthetic adapters. Each folder's
 # `RUN.md` names the machine, the versions and the exact commands. **No GPU run has been made

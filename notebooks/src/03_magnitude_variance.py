@@ -7,15 +7,17 @@
 # the same tasks; and, over every group of two or three tasks, the magnitude variance against how
 # well the group merges, with a correlation coefficient.
 #
-# This notebook tests two claims of DO-Merging (Zheng et al., 2025,
+# This notebook tests three claims of DO-Merging (Zheng et al., 2025,
 # [arXiv 2505.15875](https://arxiv.org/abs/2505.15875)):
 #
+# * **(a)** merge methods made for full fine-tuning do worse on LoRA adapters than on full fine-tunes;
 # * **(b)** LoRA updates show a much larger parameter-magnitude variance than fully fine-tuned ones;
 # * **(c)** a larger magnitude variance goes with worse merging.
 #
 # We only saw the paper's abstract, not its figures, so the measure below is our own scale-free
 # definition (the paper's exact one is not known to us). Whatever comes out here, the notebook prints
-# it: the verdicts at the end are computed, not written in advance.
+# it: the verdicts at the end are computed from a committed multi-seed study (section 5), not
+# written in advance. Sections 3 and 4 run the same analysis live, on one seed and a few tasks.
 #
 # Every equation is followed by a code cell that checks it numerically (an `assert`). Cells
 # whose printed output the text cites carry `# NBVAL_CHECK_OUTPUT`.
@@ -305,20 +307,18 @@ for v in variants:
 for fam in families:
     assert all(np.isfinite(list(mvs[fam].values()))) and min(mvs[fam].values()) >= 0
 
-def claim_b(mv_lora, mv_full):
-    """The verdict on claim (b), computed from the two magnitude variances (axis 'in')."""
-    ratio = mv_lora / mv_full
-    if ratio > 1.5:
-        return f"reproduced: LoRA's magnitude variance is {ratio:.1f}× that of full fine-tuning"
-    if ratio < 1 / 1.5:
-        return f"reversed: LoRA's magnitude variance is only {ratio:.2f}× that of full fine-tuning"
-    return f"not reproduced: the two families are within a factor 1.5 of each other ({ratio:.2f}×)"
+def describe_b(mv_lora, mv_full):
+    """What this run shows for claim (b): the ratio of the two magnitude variances (axis 'in'). One seed
+    and a few tasks give no CI, hence no verdict (section 5's study gives one)."""
+    return (f"LoRA's magnitude variance is {mv_lora / mv_full:.2f}× that of full fine-tuning "
+            f"(one seed, {len(learned)} tasks: no CI, so no verdict; see section 5)")
 
-verdict_b = claim_b(mvs["LoRA"]["column, axis 'in'"], mvs["full FT"]["column, axis 'in'"])
+verdict_b = describe_b(mvs["LoRA"]["column, axis 'in'"], mvs["full FT"]["column, axis 'in'"])
 print(f"\nclaim (b), {len(learned)} tasks, profile {P.name}: {verdict_b}")
 
 # %% [markdown]
-# The cell above prints the verdict on claim (b) for this run. Two things to notice:
+# The cell above prints what this run shows for claim (b): one seed, so a ratio, not a verdict. Two
+# things to notice:
 #
 # * The two families' updates can differ a lot in size (compare the ‖ΔW‖_F columns). Only a scale-free
 #   measure can compare them. Thanks to (P2), a difference in size by itself does not move the
@@ -473,8 +473,8 @@ print("the mean share alone", "ranks them the same way (smaller share, larger R_
 # so those p-values are optimistic.
 #
 # Every group costs a few merged-model evaluations, and evaluation dominates the run time. That is
-# why the live run uses the LoRA pairs only. The reference run below adds triples and the full
-# fine-tuning groups.
+# why the live run uses the LoRA pairs only. Section 5's study adds triples, eight tasks, several seeds
+# and claim (a): merging the full fine-tunes too.
 
 # %%
 from itertools import combinations
@@ -536,103 +536,143 @@ ax.set_xlabel("magnitude variance of the pair (3.2)"); ax.set_ylabel("merged nor
 ax.set_title(f"task pairs, profile {P.name}"); ax.legend(fontsize=7);
 
 # %% [markdown]
-# ### The same analysis at `cpu` size (a stored reference run)
+# ## 5. The study that decides claims (a), (b) and (c)
 #
-# The `ci` run above is a smoke test: its few groups cannot support a conclusion. The script
-# `tools/reference_magnitude_variance.py` runs sections 3 and 4 in one profile, for LoRA **and**
-# full fine-tuning groups, and writes `data/reference/magnitude_variance_<profile>.json` with the
-# machine, the date and the exact command. For the `cpu` profile (6 tasks, 35 groups per family)
-# the committed run took 46 minutes of one CPU core with `--lora-only` (the full fine-tuning
-# models are trained for the magnitude variance, but their 35 groups are not merged), mostly
-# evaluating the merged models. The cell below only reads that file. Its numbers are **not**
-# recomputed here and do not come from the profile this notebook is running in.
+# Sections 3 and 4 show the analysis on one seed and a few tasks: the numbers are real, but they cannot
+# decide anything. What decides the claims is `tools/mv_study.py` (`lorakit.mv_run.run_study`), run on
+# the `cpu` profile and committed as `data/reference/mv_study_cpu.json` with the machine, the date and
+# the exact command. The cells below only read that file (`lorakit.mv_report`). They do not recompute
+# its numbers, and those numbers do not come from the profile this notebook runs in. The study
+# differs from sections 3 and 4 in four ways:
 #
-# **A caution before reading it.** That reference is one seed, shared task seeds and untuned full
-# fine-tuning, and the population standard deviation of N values grows with N by itself. The study
-# that decides claims (a)–(c) properly is `tools/mv_study.py` (`lorakit.mv_study`, `lorakit.mv_run`):
-# full fine-tuning with a learning-rate sweep chosen on validation and kept only where it beats the
-# majority class by ≥ 10 points, the pairwise magnitude-variance measure whose expectation does not
-# depend on N, a paired CI and a three-valued verdict per claim, Spearman within each group size
-# with leave-one-task-out, and a slope with task fixed effects. Its `cpu` run (8 tasks, 5 seeds) is
-# estimated at 4.5–6.5 hours on two cores and has not been made yet, so no verdict on (a)–(c) at
-# `cpu` size is given here.
+# * **Full fine-tuning, tuned.** Each task is fully fine-tuned at four learning rates (the default
+#   lr ÷ 20, times 1/3, 1, 3 and 10) on the first seed. The rate with the best *validation* accuracy is
+#   then trained on every seed. A task is kept only where that model beats the validation majority rate
+#   by at least 10 points. Otherwise it is excluded from (a) and (b), and the table says so.
+# * **Several seeds, each task from its own seed.** LoRA and full FT are both trained on every seed,
+#   with the seed mixed with the task name.
+# * **A measure that does not grow with N.** (3.2) takes the population standard deviation of $N$
+#   values, which grows with $N$ by itself. (b) and (c) use the **pairwise** magnitude variance of
+#   section 3 (`magnitude_variance_pairwise`): the mean of (3.2) over every pair of tasks. Its
+#   expectation is the same for every $N$.
+# * **A CI and a three-valued verdict per claim** (`lorakit.stats.verdict`): *held* when the 95 % CI
+#   excludes 0 in the paper's direction, *contradicted* when it excludes 0 the other way, and
+#   *inconclusive* otherwise.
 #
-# That reference mixes pairs and triples. Triples merge worse because three tasks interfere more:
-# by (3.5), the floor rises from 1 to 2. Their magnitude variance is also higher, for a statistical
-# reason: the population standard deviation of $N$ values grows with $N$ even when nothing else
-# changes. A correlation over both sizes therefore mixes these effects, so the cell also computes it
-# within each group size. It then removes one task at a time: it drops every group that contains that
-# task and recomputes Spearman's ρ over the rest. A ρ that one task carries is not evidence about
-# magnitudes.
+# The claims, and the statistic that decides each one:
+#
+# * **(a)** LoRA adapters merge worse than full fine-tunes. All kept tasks are merged at once with task
+#   arithmetic, TIES and DARE, once as LoRA adapters and once as full-FT task vectors. Each family's
+#   λ (then density or drop rate) is chosen on validation with the same grid. The effect is the
+#   normalized test accuracy of LoRA minus that of full FT, with a paired bootstrap over seeds × test
+#   examples. The paper says it is below 0, and (a) is held only if every method says so.
+# * **(b)** LoRA's magnitudes vary more across tasks. Per seed: the pairwise magnitude variance of LoRA
+#   minus that of full FT, over the same kept tasks, with a paired t interval over seeds. A bootstrap
+#   over tasks checks that a few tasks do not carry the difference. The paper says it is above 0.
+# * **(c)** A larger magnitude variance goes with a worse merge. Every group of 2 and of 3 of the 8 tasks
+#   (28 + 56 groups) is merged by task arithmetic with λ chosen on validation. The cells report
+#   Spearman's ρ within each group size with a bootstrap CI, and ρ without each task. The verdict comes
+#   from a regression with **task fixed effects**: $y_G = \beta x_G + \delta\,[|G| = 3] + \tfrac{1}{|G|}\sum_{t\in G}\gamma_t$.
+#   Each task's $\gamma_t$ absorbs its own effect on every group it is in, so a task that both raises
+#   $x$ and lowers $y$ can no longer make $\beta$ negative on its own. The paper says $\beta < 0$.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-import json
-from pathlib import Path
-import lorakit
+from lorakit.mv_report import claim_a_rows, claim_c_rows, full_ft_rows, load_mv_study, mv_verdict_sentences
 
-ref_path = Path(lorakit.__file__).resolve().parents[1] / "data" / "reference" / "magnitude_variance_cpu.json"
-ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
-if ref is None:
-    print("no cpu-profile reference yet (data/reference/magnitude_variance_cpu.json); make one with\n"
-          "  LORAKIT_PROFILE=cpu python tools/reference_magnitude_variance.py")
-else:
-    m = ref["machine"]
-    print(f"REFERENCE (profile {ref['profile']}, not this run): {ref['date']}, {m.get('cpu_model', m['processor'])}, "
-          f"torch {m['torch']}, {m['torch_threads']} thread(s), {ref['seconds'] / 60:.0f} min")
-    print(f"command: {ref['command']}")
-    print(f"tasks: {', '.join(ref['tasks'])}")
-    mv_ref = ref["magnitude_variance"]
-    print(f"magnitude variance of all {len(ref['tasks'])} tasks (axis 'in'): "
-          f"LoRA {mv_ref['LoRA']['column_in']:.4f}, full FT {mv_ref['full FT']['column_in']:.4f}")
-    for name, c in ref["correlation"].items():
-        show_correlation(name, c)
-    within = {}
-    for k in sorted({len(q["group"]) for q in ref["groups"]}):  # within one group size
-        same = [q for q in ref["groups"] if q["family"] == "LoRA" and len(q["group"]) == k]
-        within[k] = group_correlation([q["mv"] for q in same], [q["normalized"] for q in same])
-        show_correlation(f"{k} tasks", within[k])
-    # the prose below says: negative within every group size too
-    assert all(c["spearman"] < 0 and c["pearson"] < 0 for c in within.values())
-    lora_groups = [q for q in ref["groups"] if q["family"] == "LoRA"]
-    loto = {}
-    for t in ref["tasks"]:                                   # leave one task out: drop the groups containing t
-        rest = [q for q in lora_groups if t not in q["group"]]
-        loto[t] = spearman_rho([q["mv"] for q in rest], [q["normalized"] for q in rest])
-    print("Spearman ρ without the groups that contain one task: "
-          + ", ".join(f"{t} {v:+.2f}" for t, v in loto.items()))
-    carrier = max(loto, key=loto.get)
-    print(f"without {carrier}: ρ = {loto[carrier]:+.2f} over {sum(carrier not in q['group'] for q in lora_groups)} groups "
-          f"(all groups: {ref['correlation']['LoRA']['spearman']:+.2f})")
-    print(f"reference claim (b): {claim_b(mv_ref['LoRA']['column_in'], mv_ref['full FT']['column_in'])}")
-    print(f"reference claim (c): {claim_c(ref['correlation']['LoRA'])}")
+study = load_mv_study("cpu")
+m = study["machine"]
+print(f"REFERENCE (profile {study['profile']}, not this run): {study['date']}, {m.get('cpu_model', m.get('processor'))}, "
+      f"torch {m['torch']}, {study['seconds']['total'] / 60:.0f} min")
+print(f"command: {study['command']}")
+print(f"{len(study['tasks'])} tasks, seeds {study['seeds']} ({study['task_seeds']}), claim (c) on seeds {study['claim_c']['seeds']}")
+print(f"full FT rule: {study['full_ft_rule']}")
+print(f"\n{'task':>16} | full-FT lr | val acc | val majority | test acc | kept")
+for r in full_ft_rows(study):
+    edge = " (edge of the sweep)" if r["at_edge"] else ""
+    print(f"{r['task']:>16} | {r['lr']:.2e}   |  {r['val_acc']:.3f}  |    {r['majority_val']:.3f}     |"
+          f"  {r['test_acc']:.3f}   | {'yes' if r['kept'] else 'NO'}{edge}")
+lora_test = {t: np.mean([study["individual"]["lora"][str(s)]["test"][t] for s in study["seeds"]]) for t in study["tasks"]}
+print("LoRA test accuracy (mean over seeds): " + ", ".join(f"{t} {a:.3f}" for t, a in lora_test.items()))
+assert len(study["tasks"]) >= 8 and len(study["seeds"]) >= 3 and study["task_seeds"] == "per_task"
+assert set(study["kept_tasks"]) | set(study["excluded_tasks"]) == set(study["tasks"])
+
+# %% [markdown]
+# **Claim (a).** Each row is one merge method: the mean normalized accuracy over seeds of the merged
+# LoRA adapters and of the merged full fine-tunes, their difference, its CI and the verdict.
 
 # %%
-if ref is not None:
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for fam, marker in (("LoRA", "o"), ("full FT", "s")):
-        for k in sorted({len(q["group"]) for q in ref["groups"]}):      # colour = group size
-            pts = [p for p in ref["groups"] if p["family"] == fam and len(p["group"]) == k]
-            if not pts:  # a --lora-only reference merges no full fine-tuning groups
-                continue
-            c = group_correlation([p["mv"] for p in pts], [p["normalized"] for p in pts])
-            ax.scatter([p["mv"] for p in pts], [p["normalized"] for p in pts], marker=marker, alpha=0.8,
-                       color=f"C{k - 2}", label=f"{fam}, {k} tasks (ρ = {c['spearman']:+.2f}, n = {len(pts)})")
-    ax.set_xlabel("magnitude variance of the group (3.2)"); ax.set_ylabel("merged normalized accuracy (TA)")
-    ax.set_title(f"REFERENCE run, profile {ref['profile']}"); ax.legend(fontsize=7);
+# NBVAL_CHECK_OUTPUT
+print(f"{'method':>16} | LoRA merged | full FT merged | LoRA − full FT (95 % CI)     | verdict")
+for r in claim_a_rows(study):
+    print(f"{r['method']:>16} |    {r['lora']:.3f}    |     {r['full_ft']:.3f}     | "
+          f"{r['effect']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]     | {r['verdict']}")
+    assert r["ci"][0] <= r["effect"] <= r["ci"][1]
+print(f"claim (a) over the methods: {study['verdicts']['a']} ({len(study['kept_tasks'])} kept tasks merged at once)")
+
+# %% [markdown]
+# **Claim (b).** Per seed, the pairwise magnitude variance of each family over the kept tasks.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+b = study["claim_b"]
+print(f"{'seed':>5} | LoRA  | full FT | LoRA − full FT")
+for s, lo, fu in zip(b["seeds"], b["mv_per_seed"]["lora"], b["mv_per_seed"]["full_ft"]):
+    print(f"{s:>5} | {lo:.3f} |  {fu:.3f}  | {lo - fu:+.3f}")
+print(f"difference {b['effect']:+.3f}, 95 % CI [{b['ci'][0]:+.3f}, {b['ci'][1]:+.3f}] ({b['ci_method']}): {b['verdict']}")
+print(f"bootstrap over tasks: CI [{b['over_tasks']['ci'][0]:+.3f}, {b['over_tasks']['ci'][1]:+.3f}] → {b['over_tasks']['verdict']}")
+assert abs(b["effect"] - (np.mean(b["mv_per_seed"]["lora"]) - np.mean(b["mv_per_seed"]["full_ft"]))) < 1e-9
+
+# %% [markdown]
+# **Claim (c).** One row per group size, then the fixed-effects slope. The last columns show how far
+# ρ moves when every group containing one task is left out: the task that moves it most, and ρ without it.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+c_study = study["claim_c"]
+print(f"{'size':>4} | groups | Spearman ρ (95 % CI)   | perm. p | verdict      | ρ without one task | moved most by")
+for r in claim_c_rows(study):
+    if r["spearman"] is None or r["ci"] is None or None in r["ci"]:
+        print(f"{r['size']:>4} | {r['n']:>6} | too few groups for ρ and its CI")
+        continue
+    print(f"{r['size']:>4} | {r['n']:>6} | {r['spearman']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]    |  {r['p']:.3f}  |"
+          f" {r['verdict']:<12} | {r['loto_min']:+.2f} … {r['loto_max']:+.2f}      | {r['carrier']} ({r['without_carrier']:+.2f})")
+fe = c_study["fixed_effects"] or {"slope": float("nan"), "ci": [float("nan")] * 2, "n": len(c_study["points"]), "df": 0}
+print(f"fixed effects: β = {fe['slope']:+.3f}, 95 % CI [{fe['ci'][0]:+.3f}, {fe['ci'][1]:+.3f}] "
+      f"(n = {fe['n']} groups, {fe['df']} residual df): {c_study['verdict']}")
+assert len(c_study["points"]) == 28 + 56 and c_study["by_size"]["2"]["n"] == 28
+
+# %%
+fig, ax = plt.subplots(figsize=(5.6, 3.8))
+for r in claim_c_rows(study):                                     # colour = group size
+    pts = [q for q in c_study["points"] if len(q["group"]) == r["size"]]
+    xs, ys = [q["mv"] for q in pts], [q["normalized"] for q in pts]
+    spread = [[q["normalized"] - min(s["normalized"] for s in q["per_seed"]) for q in pts],
+              [max(s["normalized"] for s in q["per_seed"]) - q["normalized"] for q in pts]]
+    label = (f"{r['size']} tasks (ρ = {r['spearman']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}], n = {r['n']})"
+             if r["spearman"] is not None and r["ci"] and None not in r["ci"] else f"{r['size']} tasks (n = {r['n']})")
+    if len(c_study["seeds"]) > 1:                                 # bars: the range over the seeds
+        ax.errorbar(xs, ys, yerr=spread, fmt="o", ms=4, alpha=0.7, color=f"C{r['size'] - 2}", label=label)
+    else:
+        ax.scatter(xs, ys, s=16, alpha=0.7, color=f"C{r['size'] - 2}", label=label)
+ax.set_xlabel("pairwise magnitude variance of the group"); ax.set_ylabel("merged normalized accuracy (TA)")
+ax.set_title(f"REFERENCE study, profile {study['profile']}, seeds {c_study['seeds']}"); ax.legend(fontsize=7);
 
 # %% [markdown]
 # ## What came out
 #
-# The cell prints this run's verdicts as computed above. A note on reading claim (c): the
-# magnitude variance is not the only thing that changes from group to group. Which tasks are in the
-# group, how many there are, and how well each task's own model does all change too. A correlation
-# over groups cannot separate these effects. In the `cpu` reference above, the correlation is
-# negative within each group size as well, so the number of tasks alone does not explain it. Which
-# tasks are in a group still could, and the leave-one-task-out line shows how much of ρ one task
-# carries. Notebook 05 changes the magnitudes directly (DO-Merging's decoupling) and measures what
-# that does. Exercise 4 below does the same on a smaller scale: it makes one task louder and follows
-# (3.5).
+# The bullets below are generated from the study file, so they stay true when it is re-made. A note on
+# claim (c): a correlation over groups cannot separate the magnitude variance from everything else that
+# changes between groups (which tasks, how many, how well each task does alone). That is why the verdict
+# comes from the fixed-effects slope, not from ρ. Notebook 05 changes the magnitudes directly
+# (DO-Merging's decoupling) and measures what that does. Exercise 4 below does the same on a smaller
+# scale: it makes one task louder and follows (3.5).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from IPython.display import Markdown
+
+Markdown(mv_verdict_sentences(study))
 
 # %%
 print(f"this run (profile {P.name}, {len(learned)} tasks both families learned): claim (b): {verdict_b}")

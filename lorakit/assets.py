@@ -137,9 +137,11 @@ def _smollm2_cache() -> Path:
     info = PACKAGED_MODELS["smollm2"]
     pkg = _package_dir(info["module"], info["distribution"])
     if pkg is None or not (pkg / info["gguf"]).is_file():
-        raise LorakitError(f"model 'smollm2' needs the package {info['distribution']}: run `{install_hint('smollm2')}`")
+        raise LorakitError(f"model 'smollm2' needs the package {info['distribution']}: run `{install_hint('smollm2')}` "
+                           "(or `make venv`, which installs it)")
     if importlib.util.find_spec("gguf") is None:
-        raise LorakitError("model 'smollm2' is stored as GGUF and needs the gguf package: run `pip install gguf`")
+        raise LorakitError("model 'smollm2' is stored as GGUF and needs the gguf package (the llm extra): run "
+                           "`pip install 'gguf>=0.10'` (or `make venv`, which installs it)")
     from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: slow to import (see quiet)
 
     quiet()
@@ -152,6 +154,26 @@ def _smollm2_cache() -> Path:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return target
+
+
+def model_kind(name: str) -> str:
+    """``"causal"`` (a decoder-only LM: the generative track) or ``"encoder"`` (the classification track).
+
+    An alias says it in :data:`PACKAGED_MODELS`; a folder or hub id by its config's architectures
+    (``...ForCausalLM`` → causal), without loading any weights.
+    """
+    if name in PACKAGED_MODELS:
+        return PACKAGED_MODELS[name]["kind"]
+    from transformers import AutoConfig  # lazy: slow to import
+
+    quiet()
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as exc:
+        raise LorakitError(f"cannot read the config of model {name!r} ({str(exc).splitlines()[0]}); "
+                           "check the name or go online") from None
+    archs = getattr(config, "architectures", None) or []
+    return "causal" if any(a.endswith("ForCausalLM") for a in archs) else "encoder"
 
 
 def load_tokenizer(name: str = "minilm"):
@@ -178,7 +200,7 @@ def load_base(name: str = "minilm", num_labels: int | None = None, dtype=None, d
     try:
         if num_labels is not None:
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
-        elif PACKAGED_MODELS.get(name, {}).get("kind") == "causal":
+        elif model_kind(name) == "causal":
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         else:
             model = AutoModel.from_pretrained(path, **kwargs)

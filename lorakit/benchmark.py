@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 from . import __version__
 from .analysis import magnitude_variance
+from .assets import model_kind
 from .errors import LorakitError
 from .evaluate import Evaluator, accuracies, mean, select_and_report
 from .fsutil import atomic_folder
@@ -117,7 +118,11 @@ def run_benchmark(
     inits = list(inits or p.inits)
     seeds = list(seeds if seeds is not None else p.seeds)
     for t in tasks:
-        get_card(t)  # unknown task → clear error before any work
+        if get_card(t).generative:  # unknown task → clear error before any work
+            raise LorakitError(f"task {t!r} is generative (the causal-LM track, no heads): run it with --model smollm2")
+    if model_kind(p.model) == "causal":
+        raise LorakitError(f"model {p.model!r} is a causal LM: run the causal-LM track (lorakit run --model "
+                           f"{p.model}, lorakit.causal_run.run_causal_benchmark) with generative tasks")
     for m in methods:
         resolve_method(m)
     for i in inits:

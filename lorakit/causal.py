@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .errors import LorakitError
 from .fit import optimizer_step, set_seed, warmup_linear_schedule
 from .lora import read_adapter
+from .osrm import init_lora_A
 
 IGNORE_INDEX = -100
 PROMPT_TEMPLATE = "{input}\nAnswer:"
@@ -181,7 +182,8 @@ LLAMA_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], *, steps: int,
                       batch_size: int = 8, lr: float = 2e-3, rank: int = 8, alpha: float = 16,
                       target_modules: Sequence[str] = LLAMA_ATTENTION_TARGETS, max_length: int = 64,
-                      seed: int = 0, progress: bool = False):
+                      seed: int = 0, progress: bool = False, init_A: Mapping[str, torch.Tensor] | None = None,
+                      freeze_A: bool = False, init_lora_weights: bool | str = True):
     r"""Fine-tune LoRA factors on ``model`` (a causal LM, wrapped by peft here) for prompt → target.
 
     Minimises :func:`masked_lm_loss` (target tokens and eos only) with AdamW and lorakit's schedule
@@ -191,6 +193,11 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
     :func:`lorakit.lora.read_adapter` of the trained model, ``{module: LoRAUpdate}`` with
     ``A (r, d_in)``, ``B (d_out, r)``, scaling ``alpha / r`` (for grouped-query attention ``k_proj`` and
     ``v_proj`` have ``d_out = n_kv_heads · head_dim``, smaller than ``q_proj``'s).
+
+    ``init_A`` (``{module: A (r × d_in)}``, OSRM's or a control's, :mod:`lorakit.inits`) is written
+    into ``lora_A`` with ``lora_B ← 0`` before the first step (:func:`lorakit.osrm.init_lora_A`);
+    ``freeze_A`` trains ``B`` only; ``init_lora_weights`` is peft's (``True`` Kaiming-uniform A,
+    ``"gaussian"``).
     """
     from peft import LoraConfig, get_peft_model  # lazy: peft imports transformers
     from tqdm.auto import tqdm
@@ -200,8 +207,14 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
     enc = encode_for_training(tokenizer, prompts, targets, max_length)
     set_seed(seed)
     config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha, target_modules=list(target_modules),
-                        lora_dropout=0.0)
+                        lora_dropout=0.0, init_lora_weights=init_lora_weights)
     peft_model = get_peft_model(model, config)
+    if init_A:
+        init_lora_A(peft_model, init_A, freeze_A=freeze_A)
+    elif freeze_A:
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)
     params = [q for q in peft_model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = warmup_linear_schedule(optimizer, steps)

@@ -38,6 +38,32 @@ def normalized_accuracy(merged: Mapping[str, float], individual: Mapping[str, fl
     return {t: (merged[t] / individual[t] if individual[t] else float("nan")) for t in merged}
 
 
+class TaskScorer:
+    """Per-task scoring shared by both tracks' evaluators; a subclass defines ``correct(deltas, head, task, split)``."""
+
+    def score_tasks(self, deltas_for: Callable[[str], Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+                    adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, float]:
+        """Accuracy per task; ``deltas_for`` is one merged ΔW dict, or a function of the task."""
+        return accuracies(self.correct_tasks(deltas_for, adapters, split))
+
+    def correct_tasks(self, deltas_for: Callable[[str], Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+                      adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, torch.Tensor]:
+        """:meth:`correct` per task; ``deltas_for`` is one merged ΔW dict, or a function of the task."""
+        out = {}
+        for task, adapter in adapters.items():
+            deltas = deltas_for(task) if callable(deltas_for) else deltas_for
+            out[task] = self.correct(deltas, adapter.head, task, split)
+        return out
+
+    def individual(self, adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, float]:
+        """Each task's accuracy with its own adapter and head (the normalizer)."""
+        return self.score_tasks(lambda t: adapters[t].deltas, adapters, split)
+
+    def describe_chosen(self, deltas: Mapping[str, torch.Tensor]) -> dict:
+        """Extra record fields of the chosen merge (the causal track's per-example predictions); none here."""
+        return {}
+
+
 @dataclass
 class EvalSet:
     encodings: dict[str, torch.Tensor]
@@ -46,7 +72,7 @@ class EvalSet:
     order: torch.Tensor | None = None  # row i of the (length-sorted) set is example order[i] of the split
 
 
-class Evaluator:
+class Evaluator(TaskScorer):
     """Holds one base model and tokenized val/test sets; scores any ΔW with any task's head.
 
     ``score(deltas, head, task, split)`` scores ``W_0 + ΔW`` with the task's head. Each set is
@@ -185,24 +211,6 @@ class Evaluator:
                 for name, weight in originals.items():
                     self._modules[name].weight.copy_(weight)
 
-    def score_tasks(self, deltas_for: Callable[[str], Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
-                    adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, float]:
-        """Accuracy per task; ``deltas_for`` is one merged ΔW dict, or a function of the task."""
-        return accuracies(self.correct_tasks(deltas_for, adapters, split))
-
-    def correct_tasks(self, deltas_for: Callable[[str], Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
-                      adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, torch.Tensor]:
-        """:meth:`correct` per task; ``deltas_for`` is one merged ΔW dict, or a function of the task."""
-        out = {}
-        for task, adapter in adapters.items():
-            deltas = deltas_for(task) if callable(deltas_for) else deltas_for
-            out[task] = self.correct(deltas, adapter.head, task, split)
-        return out
-
-    def individual(self, adapters: Mapping[str, TrainedAdapter], split: str = "test") -> dict[str, float]:
-        """Each task's accuracy with its own adapter and head (the normalizer)."""
-        return self.score_tasks(lambda t: adapters[t].deltas, adapters, split)
-
     def majority(self, split: str = "test") -> dict[str, float]:
         return {t: d.majority_baseline(split) for t, d in self.data.items()}
 
@@ -234,7 +242,7 @@ def select_and_report(
     Returns a record with ``params``, ``curve`` (per grid point: mean normalized validation accuracy,
     and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point and
     ``test_correct`` (its per-example correctness, :func:`lorakit.results.encode_correct`),
-    ``normalized``, ``avg_accuracy``, ``avg_normalized``. Without ``test_curve`` the test split is
+    ``normalized``, ``avg_accuracy``, ``avg_normalized`` (+ the evaluator's ``describe_chosen`` of the ΔW). Without ``test_curve`` the test split is
     scored once, at the chosen point.
     """
     if not grid:
@@ -242,6 +250,7 @@ def select_and_report(
     individual_val = individual_val or evaluator.individual(adapters, "val")
     individual_test = individual_test or evaluator.individual(adapters, "test")
     curve = []
+    describe = getattr(type(evaluator), "describe_chosen", TaskScorer.describe_chosen) is not TaskScorer.describe_chosen
     best, best_score, best_test, best_deltas = None, -math.inf, None, None
     pending, extensions, refined = [dict(g) for g in grid], 0, False
     while pending:
@@ -260,10 +269,10 @@ def select_and_report(
         elif extensions:
             point["extended"] = True
         curve.append(point)
-        if point["val_normalized"] > best_score:
+        if best is None or point["val_normalized"] > best_score:  # NaN (no task learned): the first point
             best, best_score = params, point["val_normalized"]
             best_test = correct if test_curve else None
-            best_deltas = None if test_curve else deltas
+            best_deltas = None if test_curve and not describe else deltas
         if not pending and extensions < extend_edges and not refined:
             more = edge_extension(best, [c["params"] for c in curve])
             if more is not None:
@@ -285,7 +294,7 @@ def select_and_report(
         "avg_normalized": mean(normalized.values()),
         "budget": len(curve),
         "curve": curve,
-    }
+    } | (evaluator.describe_chosen(best_deltas) if describe else {})
 
 
 def edge_extension(chosen: Mapping, tried: Sequence[Mapping], down: float = 0.5, up: float = 1.5) -> dict | None:

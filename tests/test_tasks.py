@@ -589,14 +589,30 @@ def test_glue_offline_and_missing_datasets_give_one_line_errors(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_generative_cards_are_six_short_target_bigbench_tasks():
-    assert len(GENERATIVE_TASKS) >= 6 and set(REAL_TASKS).isdisjoint(GENERATIVE_TASKS)
+def test_generative_cards_are_short_target_bigbench_or_lexicon_tasks():
+    assert set(REAL_TASKS).isdisjoint(GENERATIVE_TASKS)
     assert set(list_tasks()) == set(REAL_TASKS) | set(GENERATIVE_TASKS)
+    kinds = {name: get_card(name).source["kind"] for name in GENERATIVE_TASKS}
+    assert sum(k == "bigbench" for k in kinds.values()) >= 6 and sum(k == "lemminflect" for k in kinds.values()) >= 6
     for name in GENERATIVE_TASKS:
         card = get_card(name)
-        assert card.generative and card.source["kind"] == "bigbench" and "{input}" in card.prompt
+        assert card.generative and "{input}" in card.prompt
         assert card.labels is None and 1 <= card.max_target_words <= 12
-        assert bigbench_members([name]) == {name: card.source["task"]}
+        if kinds[name] == "bigbench":
+            assert bigbench_members([name]) == {name: card.source["task"]}
+
+
+LEXICON_CARDS = [n for n in GENERATIVE_TASKS if get_card(n).source["kind"] == "lemminflect"]
+
+
+@pytest.mark.parametrize("name", LEXICON_CARDS)
+def test_lexicon_task_has_300_lemma_disjoint_one_word_examples(name):
+    data = load_generative_task(name, train_examples=None, val_examples=None, test_examples=None)
+    assert sum(data.sizes().values()) >= 300 and data.meta["dropped_long_targets"] == 0
+    rows = list(zip(*data.train)) + list(zip(*data.val)) + list(zip(*data.test))
+    assert all(x.isalpha() and x.islower() and y.isalpha() and y != x for x, y in rows)
+    assert set(data.train[0]).isdisjoint(data.test[0]) and set(data.val[0]).isdisjoint(data.test[0])
+    assert data.prompts("test")[0] == data.card.prompt.replace("{input}", data.test[0][0])
 
 
 @pytest.mark.parametrize("name", GENERATIVE_TASKS)

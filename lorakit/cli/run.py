@@ -6,7 +6,9 @@ import argparse
 
 from pathlib import Path
 
+from ..assets import model_kind
 from ..benchmark import run_benchmark, write_results
+from ..causal_run import run_causal_benchmark
 from ..combine import combine_run_folders
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
@@ -17,6 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``run`` and its options to the ``lorakit`` subparsers."""
     run = sub.add_parser("run", help="the main job: train, merge and evaluate in the current profile")
     run.add_argument("--profile", help="ci, cpu or gpu (default: LORAKIT_PROFILE, else gpu with CUDA, else cpu)")
+    run.add_argument("--model", help="base model: minilm (default; the encoder track, classification tasks) or "
+                                     "smollm2 (the causal-LM track, generative tasks, no heads); or a model folder")
+    run.add_argument("--target-modules", nargs="+", help="LoRA target modules (default: the profile's; on smollm2 "
+                                                         "q_proj k_proj v_proj o_proj, MLP: gate_proj up_proj down_proj)")
     run.add_argument("--tasks", nargs="+", help="task names (default: the profile's)")
     run.add_argument("--methods", nargs="+", help="merge methods (default: the profile's)")
     run.add_argument("--inits", nargs="+", help="LoRA A initialisations (default: the profile's; `lorakit.inits`)")
@@ -45,15 +51,27 @@ def profile_overrides(args: argparse.Namespace) -> dict:
         overrides["steps"] = args.steps
     if args.task_seeds:
         overrides["task_seeds"] = args.task_seeds
+    if getattr(args, "target_modules", None):
+        overrides["target_modules"] = args.target_modules
     return overrides
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``lorakit run``: run the grid, print the report table and where it was written."""
+    """``lorakit run``: run the grid (the causal-LM track for a causal ``--model``), print the table and where it went."""
+    if args.model and model_kind(args.model) == "causal":
+        results = run_causal_benchmark(
+            profile=args.profile, tasks=args.tasks, methods=args.methods, inits=args.inits, seeds=args.seeds,
+            out=args.out, progress=not args.no_progress, command="lorakit " + " ".join(args.argv), model=args.model,
+            **profile_overrides(args),
+        )
+        print()
+        print(format_table(results))
+        print(f"wrote {results['out']}/results.json, results.md, predictions.jsonl and figures")
+        return 0
     results = run_benchmark(
         profile=args.profile, tasks=args.tasks, methods=args.methods, inits=args.inits, seeds=args.seeds,
         out=args.out, progress=not args.no_progress, command="lorakit " + " ".join(args.argv),
-        **profile_overrides(args),
+        **profile_overrides(args), **({"model": args.model} if args.model else {}),
     )
     print()
     print(format_table(results))

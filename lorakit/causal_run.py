@@ -7,7 +7,7 @@ hyperparameter chosen on validation and reported on test (:func:`lorakit.benchma
 the same search and budget as the encoder track), with :class:`lorakit.causal_eval.CausalEvaluator`
 in the evaluator's place. The run folder gets what the encoder track writes (``results.json``,
 ``results.md``, ``RUN.md``, figures: the same statistics) plus ``predictions.jsonl``, one line per
-test example of every scored model.
+test example of every scored model. The track's design choices: docs/methods.md §5.7.
 """
 
 from __future__ import annotations

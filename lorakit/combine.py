@@ -82,11 +82,19 @@ def combine_results(runs: Sequence[Mapping]) -> dict:
                 merged[key] = entries
         ind = merged.get("individual", [])
         merged["individual_accuracy"] = sum(e["test"] for e in ind) / len(ind) if ind else None
+        secs = [e["train_seconds"] for e in ind if e.get("train_seconds") is not None]
+        if "train_seconds" in info and secs:  # the causal track's per-task mean training time
+            merged["train_seconds"] = sum(secs) / len(secs)
         tasks[t] = merged
     timings: dict[str, float] = {}
     for r in runs:
         for k, v in r.get("timings", {}).items():
             timings[k] = round(timings.get(k, 0.0) + v, 2)
+    if all("throughput" in r for r in runs):  # the causal track's generation work: sums, rates recomputed
+        work = {k: sum(r["throughput"][k] for r in runs) for k in ("prompts", "new_tokens", "seconds")}
+        out["throughput"] = {**work, "seconds": round(work["seconds"], 2),
+                             "prompts_per_second": round(work["prompts"] / work["seconds"], 2),
+                             "new_tokens_per_second": round(work["new_tokens"] / work["seconds"], 2)}
     out.update({
         "tasks": tasks, "records": list(records.values()), "timings": timings,
         "seeds": sorted(_union([r["seeds"] for r in runs])),

@@ -207,3 +207,62 @@ def test_model_kind_of_aliases_and_folders(tiny_folder, tmp_path):
     assert model_kind(tiny_folder) == "causal"
     with pytest.raises(LorakitError, match="without config.json"):
         model_kind(str(tmp_path))
+
+
+def test_lorakit_merge_of_causal_adapters_loads_as_a_causal_lm_and_generates_like_the_merged_adapter(
+        profile, data, tiny_folder, monkeypatch, tmp_path):
+    """GQA shapes (k/v 16 × 32 beside q 32 × 32): `lorakit merge --format merged` loads with AutoModelForCausalLM,
+    `--format adapter` with peft, and both generate exactly what W_0 + ΔW of lorakit.merge.merge_adapters does."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.assets import load_base, load_tokenizer
+    from lorakit.cli import main
+    from lorakit.merge import merge_adapters
+
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    adapters = [train_causal_adapter(data[t], profile, seed=1, progress=False) for t in TASKS]
+    folders = [str(a.path) for a in adapters]
+    common = ["merge", *folders, "--method", "ties", "--param", "lam=0.7", "--param", "density=0.5", "--no-progress"]
+    assert main(common + ["--format", "merged", "--base", tiny_folder, "--out", str(tmp_path / "m")]) == 0
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    tok = load_tokenizer(tiny_folder)
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m")).eval()
+    peft = PeftModel.from_pretrained(load_base(tiny_folder), str(tmp_path / "a")).eval()
+    ev = CausalEvaluator(list(data.values()), profile, model=load_base(tiny_folder), tokenizer=tok)
+    delta = merge_adapters([a.updates for a in adapters], "ties", lam=0.7, density=0.5)
+    assert tuple(delta["model.layers.0.self_attn.k_proj"].shape) == (16, 32)
+    for t in TASKS:
+        want = ev.predictions(delta, t)
+        for model in (merged, peft):
+            assert greedy_generate(model, tok, data[t].prompts("test"), max_new_tokens=ev.max_new_tokens[t],
+                                   max_length=profile.max_length) == want
+
+
+def test_combine_joins_causal_runs_of_two_inits_with_their_predictions(profile, monkeypatch, tmp_path):
+    from lorakit.cli import main
+
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    runs = []
+    for init in ("standard", "osrm"):
+        runs.append(run_causal_benchmark(profile, tasks=list(TASKS), methods=["task_arithmetic"], inits=[init],
+                                         out=tmp_path / init, progress=False, figures=False, log=lambda s: None))
+    assert main(["combine", str(tmp_path / "standard"), str(tmp_path / "osrm"), "--out", str(tmp_path / "both"),
+                 "--no-figures"]) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert both["inits"] == ["standard", "osrm"] and len(both["records"]) == 2
+    assert both["throughput"]["prompts"] == sum(r["throughput"]["prompts"] for r in runs)
+    lines = (tmp_path / "both" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 6 * 2 * (2 + 2 + 2)
+
+
+def test_an_index_without_the_bigbench_release_gets_a_one_line_error_that_says_what_to_do(monkeypatch, tmp_path):
+    import subprocess
+
+    from lorakit import bigbench
+
+    done = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for bigbench==1.0.0\n")
+    monkeypatch.setattr(bigbench.subprocess, "run", lambda *a, **k: done)
+    with pytest.raises(LorakitError, match=r"no bigbench==1.0.0 sdist; pass a copy with --sdist FILE") as err:
+        bigbench.download_sdist(tmp_path)
+    assert "\n" not in str(err.value)

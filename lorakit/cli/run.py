@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..assets import model_kind
 from ..benchmark import run_benchmark, write_results
-from ..causal_run import run_causal_benchmark
+from ..causal_run import run_causal_benchmark, write_predictions
 from ..combine import combine_run_folders
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
@@ -87,5 +87,7 @@ def combine_command(args: argparse.Namespace) -> int:
     results = combine_run_folders(args.runs)
     with atomic_folder(out) as tmp:
         write_results(results, tmp, figures=not args.no_figures)
+        if results.get("track") == "causal":
+            write_predictions(results, tmp / "predictions.jsonl")
     print(f"combined {len(args.runs)} runs ({len(results['records'])} records, seeds {results['seeds']}) into {out}")
     return 0

@@ -16,6 +16,18 @@ from ..causal_report import ANSWER_KINDS, answer_kinds
 from ._common import check_choice as _check_choice, ok as _ok, report_prediction as _report_prediction
 
 WRONG_KINDS = tuple(k for k in ANSWER_KINDS if k != "right")
+#: what each kind of wrong answer says about the merge (the checker prints the one measured)
+WHY = {
+    "other_task": "the merged model still answers with one inflected word, but the prompt alone no longer picks the "
+                  "transformation: the other adapters' updates pull it toward their own form of the same word. On the "
+                  "encoder track each task's head chooses among that task's labels only, so this cannot show there.",
+    "copy": "a merged update weaker than each adapter (λ < 1 per task) falls back toward the base model, which repeats "
+            "the input word instead of transforming it.",
+    "empty": "the merged update over-learned the stop: eos comes first. A λ too large for some task does this.",
+    "other": "the merged model keeps the answer format (one word, then eos) but forms the word wrongly — a wrong "
+             "spelling rule, or a different word — so the interference hurts the transformation itself, not only "
+             "which task is answered.",
+}
 
 
 def _case(rng: random.Random) -> tuple[list[int], list[int], int]:
@@ -84,10 +96,5 @@ def check_predict_wrong_kind(prediction: str | None, results: Mapping, method: s
     measured = max(WRONG_KINDS, key=lambda k: counts[k])
     wrong = sum(counts.values())
     evidence = ", ".join(f"{k} {counts[k]}" for k in WRONG_KINDS) + f" of {wrong} wrong answers ({method}, {init})"
-    why = ("the merged model still answers with one inflected word, but the prompt no longer picks the transformation "
-           "alone: the other adapters' updates pull it toward their own form of the same lemma. On the encoder track "
-           "each task's head decides among that task's labels only, so this confusion cannot show there."
-           if measured == "other_task" else
-           "a merged update weaker than each adapter (λ < 1 per task) falls back toward the base model, which "
-           "repeats or continues the prompt instead of transforming the word.")
+    why = WHY[measured]
     return _report_prediction(prediction, measured, evidence, why)

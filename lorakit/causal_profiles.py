@@ -26,9 +26,9 @@ LLAMA_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 CAUSAL_PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci", model="smollm2", tasks=("verb_past", "noun_plural"), train_examples=64, val_examples=8,
-        test_examples=16, steps=12, batch_size=8, eval_batch_size=32, max_length=32, lr=3e-3,
+        test_examples=16, steps=10, batch_size=8, eval_batch_size=32, max_length=32, lr=4e-3,
         target_modules=LLAMA_ATTENTION_TARGETS, lam_grid=(0.5, 1.0), threads=1, inits=("standard", "osrm"),
-        methods=("task_arithmetic", "ties", "do"), eval_dtype="float32", extra={"osrm_samples": 32}),
+        methods=("task_arithmetic", "ties", "do"), eval_dtype="auto", extra={"osrm_samples": 32}),
     "cpu": Profile(
         name="cpu", model="smollm2", tasks=LEXICON_TASKS, train_examples=512, val_examples=32, test_examples=80,
         steps=64, batch_size=8, eval_batch_size=64, max_length=32, lr=2e-3, target_modules=LLAMA_ATTENTION_TARGETS,

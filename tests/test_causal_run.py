@@ -266,3 +266,14 @@ def test_an_index_without_the_bigbench_release_gets_a_one_line_error_that_says_w
     with pytest.raises(LorakitError, match=r"no bigbench==1.0.0 sdist; pass a copy with --sdist FILE") as err:
         bigbench.download_sdist(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_mlp_projections_are_an_option(profile, data):
+    from lorakit.causal_profiles import LLAMA_MLP_TARGETS
+
+    p = profile.replace(target_modules=("q_proj", "v_proj") + LLAMA_MLP_TARGETS, steps=2)
+    a = train_causal_adapter(data["verb_past"], p, seed=0, cache=False, progress=False)
+    shapes = {n.rsplit(".", 1)[-1]: (tuple(u.B.shape), tuple(u.A.shape)) for n, u in a.updates.items()}
+    assert shapes == {"q_proj": ((32, 8), (8, 32)), "v_proj": ((16, 8), (8, 32)), "gate_proj": ((64, 8), (8, 32)),
+                      "up_proj": ((64, 8), (8, 32)), "down_proj": ((32, 8), (8, 64))}
+    assert len(a.updates) == 2 * 5

@@ -29,6 +29,8 @@ NOTES = {
     "05": "It reuses 02's adapters when they are cached.",
     "06": "The live run is the whole benchmark at one seed; in `cpu` that is one seed of the reference's "
           "grid, whose `RUN.md` gives the time per seed.",
+    "07": "The live run trains one SmolLM2 adapter per task and init (the first call also dequantises the "
+          "packaged model once, about 30 s); in `cpu` it is one seed of the committed causal reference.",
 }
 
 

@@ -277,3 +277,23 @@ def test_mlp_projections_are_an_option(profile, data):
     assert shapes == {"q_proj": ((32, 8), (8, 32)), "v_proj": ((16, 8), (8, 32)), "gate_proj": ((64, 8), (8, 32)),
                       "up_proj": ((64, 8), (8, 32)), "down_proj": ((32, 8), (8, 64))}
     assert len(a.updates) == 2 * 5
+
+
+def test_bfloat16_generation_sums_w0_and_delta_in_float32_first(profile, data, tiny_folder):
+    from lorakit.assets import load_base
+
+    fp32 = {n: p.detach().clone() for n, p in load_base(tiny_folder).named_parameters()}
+    ev = CausalEvaluator(list(data.values()), profile.replace(eval_dtype="bfloat16"))
+    assert ev.eval_dtype == torch.bfloat16 and next(ev.model.parameters()).dtype == torch.bfloat16
+    name = "model.layers.1.self_attn.v_proj"
+    assert torch.equal(ev._originals[name], fp32[name + ".weight"])  # W_0 kept in float32 beside the bf16 model
+    delta = {name: torch.full_like(fp32[name + ".weight"], 1e-3)}  # far below bf16's resolution of W_0 alone
+    seen = {}
+    def spy(module, args):  # returns None: the input is left as it is
+        seen.setdefault("w", module.weight.detach().clone())
+
+    handle = ev._modules[name].register_forward_pre_hook(spy)
+    ev.predictions(delta, "verb_past")
+    handle.remove()
+    assert torch.equal(seen["w"], (fp32[name + ".weight"] + 1e-3).to(torch.bfloat16))
+    assert torch.equal(ev._modules[name].weight, fp32[name + ".weight"].to(torch.bfloat16))  # restored

@@ -29,6 +29,13 @@ def test_label_checker_names_each_mistake(wrong, hint):
         exercises.check_target_labels(wrong)
 
 
+def test_unanswered_stubs_get_told_what_to_return():
+    with pytest.raises(AssertionError, match="list of ints, got NoneType"):
+        exercises.check_target_labels(lambda p, t, eos: None)
+    with pytest.raises(AssertionError, match="return True or False, got NoneType"):
+        exercises.check_normalized_match(lambda p, y: None)
+
+
 def test_normalized_match_checker():
     def right(p, y):
         norm = lambda s: " ".join(s.casefold().split()).strip(string.punctuation + " ")  # noqa: E731

@@ -42,7 +42,9 @@ def check_target_labels(fn: Callable[[Sequence[int], Sequence[int], int], Sequen
     for _ in range(50):
         prompt, target, eos = _case(rng)
         got = fn(list(prompt), list(target), eos)
-        got = [int(v) for v in got]
+        if not isinstance(got, (list, tuple)) and not hasattr(got, "tolist"):
+            raise AssertionError(f"return the label row as a list of ints, got {type(got).__name__}")
+        got = [int(v) for v in (got.tolist() if hasattr(got, "tolist") else got)]
         want = [IGNORE_INDEX] * len(prompt) + target + [eos]
         if got == want:
             continue
@@ -69,7 +71,9 @@ def check_normalized_match(fn: Callable[[str, str], bool]) -> str:
              ("walked to the shop", "walked"), ("WENT", "went"), ("", "went"), ("went,", "went"), ("we nt", "went"),
              ("'mice'", "mice"), ("mouses", "mice")]
     for p, y in cases:
-        got, want = bool(fn(p, y)), normalized_match(p, y)
+        got, want = fn(p, y), normalized_match(p, y)
+        if not isinstance(got, bool):
+            raise AssertionError(f"return True or False, got {type(got).__name__} for fn({p!r}, {y!r})")
         if got != want:
             hint = ("case should not matter" if p.lower().strip(" .,!'") == y else
                     "inner runs of spaces count as one space" if " ".join(p.split()).lower().strip(" .,!'") == y else

@@ -264,13 +264,11 @@ def select_and_report(
             test = accuracies(correct)
             point["test_normalized"] = mean(normalized_accuracy(test, individual_test).values())
             point["test_accuracy"] = test
-        if refined:
-            point["refined"] = True
-        elif extensions:
-            point["extended"] = True
+        point.update({"refined": True} if refined else {"extended": True} if extensions else {})
         curve.append(point)
-        if best is None or point["val_normalized"] > best_score:  # NaN (no task learned): the first point
-            best, best_score = params, point["val_normalized"]
+        if best is None or point["val_normalized"] > best_score:  # all NaN (no task learned): the first point
+            score = point["val_normalized"]
+            best, best_score = params, score if score == score else -math.inf
             best_test = correct if test_curve else None
             best_deltas = None if test_curve and not describe else deltas
         if not pending and extensions < extend_edges and not refined:
@@ -286,7 +284,7 @@ def select_and_report(
     normalized = normalized_accuracy(test, individual_test)
     return {
         "params": dict(best),
-        "val_normalized": best_score,
+        "val_normalized": best_score if best_score > -math.inf else float("nan"),
         "accuracy": test,
         "test_correct": {t: encode_correct(c) for t, c in correct.items()},
         "normalized": normalized,

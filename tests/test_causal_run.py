@@ -297,3 +297,26 @@ def test_bfloat16_generation_sums_w0_and_delta_in_float32_first(profile, data, t
     handle.remove()
     assert torch.equal(seen["w"], (fp32[name + ".weight"] + 1e-3).to(torch.bfloat16))
     assert torch.equal(ev._modules[name].weight, fp32[name + ".weight"].to(torch.bfloat16))  # restored
+
+
+def test_selection_keeps_the_first_point_when_no_adapter_learned_anything():
+    """Individual accuracy 0 on every task makes every point's normalized score NaN (a causal adapter can learn
+    nothing in a few steps): the first point is kept and reported, instead of no point at all."""
+    from lorakit.evaluate import TaskScorer, select_and_report
+
+    class Scorer(TaskScorer):
+        def __init__(self, right_by_lam):
+            self.right = right_by_lam
+
+        def correct(self, deltas, head, task, split="test"):
+            return torch.tensor(self.right[float(deltas["lam"])][task])
+
+    adapters = {"a": SimpleNamespace(head={}, deltas={"lam": torch.tensor(1.0)})}
+    merge = lambda lam: {"lam": torch.tensor(lam)}  # noqa: E731
+    grid = [{"lam": 0.5}, {"lam": 1.0}]
+    scorer = Scorer({0.5: {"a": [False, False]}, 1.0: {"a": [True, False]}})
+    rec = select_and_report(scorer, adapters, merge, grid, {"a": 0.0}, {"a": 0.5})
+    assert rec["params"] == {"lam": 0.5} and rec["val_normalized"] != rec["val_normalized"]  # all NaN: the first
+    rec = select_and_report(scorer, {"a": adapters["a"]}, merge, [{"lam": 0.5}, {"lam": 1.0}],
+                            {"a": 0.5}, {"a": 0.5})
+    assert rec["params"] == {"lam": 1.0} and rec["val_normalized"] == 1.0

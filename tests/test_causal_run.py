@@ -47,7 +47,7 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def profile(tiny_folder):
     return get_causal_profile("ci", model=tiny_folder, steps=6, train_examples=24, val_examples=4, test_examples=6,
-                              threads=1)
+                              threads=1, eval_dtype="float32")  # exact parity with float32 references below
 
 
 @pytest.fixture(scope="module")

@@ -82,3 +82,12 @@ def test_claims_side_by_side_keeps_every_claim():
     rows = claims_side_by_side([R(claim="a", verdict="held"), R(claim="b", verdict="inconclusive")],
                                [R(claim="b", verdict="contradicted"), R(claim="c", verdict="held")])
     assert rows == [("a", "held", "—"), ("b", "inconclusive", "contradicted"), ("c", "—", "held")]
+
+
+def test_solutions_notebook_passes_on_the_committed_reference():
+    """The solutions source run as a script: every checker accepts its answers on the committed causal reference."""
+    import runpy
+    from pathlib import Path
+
+    ns = runpy.run_path(str(Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__07_solutions.py"))
+    assert len(ns["ref"]["seeds"]) >= 3 and ns["result"].startswith("✓ prediction 'copy', measured 'copy'")

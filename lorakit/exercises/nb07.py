@@ -21,8 +21,8 @@ WHY = {
     "other_task": "the merged model still answers with one inflected word, but the prompt alone no longer picks the "
                   "transformation: the other adapters' updates pull it toward their own form of the same word. On the "
                   "encoder track each task's head chooses among that task's labels only, so this cannot show there.",
-    "copy": "a merged update weaker than each adapter (λ < 1 per task) falls back toward the base model, which repeats "
-            "the input word instead of transforming it.",
+    "copy": "the merged model keeps the format the adapters taught (one word, then stop) but loses the transformation: "
+            "with every task's update scaled well below 1 by the λ chosen on validation, it returns the word it was given.",
     "empty": "the merged update over-learned the stop: eos comes first. A λ too large for some task does this.",
     "other": "the merged model keeps the answer format (one word, then eos) but forms the word wrongly — a wrong "
              "spelling rule, or a different word — so the interference hurts the transformation itself, not only "

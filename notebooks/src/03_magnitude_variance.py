@@ -757,7 +757,7 @@ for c in (0.25, 1.0, 4.0):
     r_c = float(torch.stack([interference_from_magnitudes(torch.cat([c * m[:1], m[1:]])).mean()
                              for m in pair_mags.values()]).mean())
     acc = ev.score_tasks(merge_adapters(scaled, "task_arithmetic", lam=lam_pair), {t: lora[t] for t in pair}, "test")
-    print(f"{c:5.2f} | {mv_c:.4f} |    {r_c:6.3f}    | " + " | ".join(f"{acc[t]:.3f}" for t in pair))
+    print(f"{c:5.2f} | {mv_c:.4f} |    {r_c:6.1f}      | " + " | ".join(f"{acc[t]:.3f}" for t in pair))
 
 # %% [markdown]
 # Interpret: write `my_mean_interference(mags)` for an `(N, d)` matrix of magnitudes (row $i$ = task $i$'s

@@ -63,12 +63,16 @@ for name in LEXICON_TASKS:
 # label teaches the model to *stop*, without which exact match fails on every extra word.
 
 # %%
-# NBVAL_CHECK_OUTPUT
 import torch
 from lorakit.assets import load_base, load_tokenizer
+
+tok = load_tokenizer(C.model)  # the first call dequantises the packaged GGUF into the cache once (~30 s, a bar)
+base = load_base(C.model).eval()
+
+# %%
+# NBVAL_CHECK_OUTPUT
 from lorakit.causal import IGNORE_INDEX, encode_for_training, masked_lm_loss
 
-tok = load_tokenizer(C.model)
 past = load_generative_task("verb_past", profile=C)
 enc = encode_for_training(tok, past.prompts("train")[:2], past.train[1][:2], max_length=C.max_length)
 ids, labels = enc["input_ids"][0], enc["labels"][0]
@@ -83,7 +87,6 @@ print(f"{n} tokens, {n_target} of them in the loss (the answer and eos)")
 # internally: the logits at position $t-1$ predict token $t$); the cell checks that on the real model.
 
 # %%
-base = load_base(C.model).eval()
 with torch.no_grad():
     out = base(**enc)
 assert torch.allclose(masked_lm_loss(out.logits, enc["labels"]), out.loss, rtol=1e-5)

@@ -20,15 +20,16 @@ import torch
 
 from . import __version__
 from .assets import cache_dir, load_base, load_tokenizer, quiet
+from .cache import cache_key, cached_init_A
 from .causal import encode_prompts, train_causal_lora
 from .errors import LorakitError
 from .fsutil import atomic_folder
 from .generative_tasks import GenerativeTaskData
 from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
 from .lora import read_adapter
-from .osrm import OSRM_DEFAULTS, find_linear_modules, osrm_init
+from .osrm import find_linear_modules, osrm_init, osrm_options, osrm_recipe
 from .profiles import Profile, apply_threads
-from .train import TrainedAdapter, cache_key, tensor_digest
+from .train import TrainedAdapter, tensor_digest
 
 CAUSAL_CACHE_VERSION = 1  # bump when train_causal_lora changes what it produces
 
@@ -112,20 +113,27 @@ def causal_osrm_init(data: Mapping[str, GenerativeTaskData], p: Profile, mode: s
     ``osrm_samples`` training **prompts** (no target, so the subspace does not see the answers),
     left-padded with the padding masked out; the rest is the encoder track's
     (:func:`lorakit.osrm.osrm_init` with the profile's :data:`lorakit.osrm.OSRM_DEFAULTS` overrides).
+    ``A`` is kept on disk by its recipe (:func:`lorakit.cache.cached_init_A`), so a run on another
+    thread count starts from the same bits and finds the same cached adapters.
     """
-    opts = {**OSRM_DEFAULTS, **{k: v for k, v in (p.extra or {}).items() if k in OSRM_DEFAULTS}}
-    tokenizer = load_tokenizer(p.model)
-    model = load_base(p.model, device=p.device)
-    modules = find_linear_modules(model, p.target_modules)
-    batches = {}
+    opts = osrm_options(p, mode)
+    prompts = {}
     for task, d in data.items():
-        prompts = d.prompts("train")[: opts["osrm_samples"]]
-        if not prompts:
+        prompts[task] = d.prompts("train")[: opts["osrm_samples"]]
+        if not prompts[task]:
             raise LorakitError(f"task {task} has no training prompts to compute OSRM features from")
-        batches[task] = prompt_batches(tokenizer, prompts, p.max_length, p.eval_batch_size)
-    return osrm_init(model, batches, modules, p.rank, mode=mode or opts["osrm_mode"],
-                     max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"], progress=progress,
-                     return_features=return_features)
+
+    def compute():
+        tokenizer = load_tokenizer(p.model)
+        model = load_base(p.model, device=p.device)
+        batches = {t: prompt_batches(tokenizer, x, p.max_length, p.eval_batch_size) for t, x in prompts.items()}
+        return osrm_init(model, batches, find_linear_modules(model, p.target_modules), p.rank,
+                         mode=opts["osrm_mode"], max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"],
+                         progress=progress, return_features=return_features)
+
+    if return_features:
+        return compute()
+    return cached_init_A(osrm_recipe(p, prompts, opts, "causal"), compute)
 
 
 def prepare_causal_init_A(init: str, data: Mapping[str, GenerativeTaskData], p: Profile, seed: int = 0,

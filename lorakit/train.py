@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .assets import cache_dir, load_base, quiet
+from .cache import cache_key  # noqa: F401  (re-exported: it lived here)
 from .errors import LorakitError
 from .fit import accuracy, encode_texts, fit, predict, set_seed, task_metrics  # noqa: F401  (re-exported)
 from .fsutil import atomic_folder
@@ -97,10 +98,6 @@ def train_config(task: str, profile: Profile, init: str, freeze_A: bool, seed: i
         "test_examples": profile.test_examples,
         "version": TRAIN_CACHE_VERSION,
     } | ({"task_seeds": profile.task_seeds} if profile.task_seeds != "shared" else {})  # old keys stay valid
-
-
-def cache_key(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
 
 
 _make_peft_model = make_peft_model  # the old private name (tests build the untrained model with it)

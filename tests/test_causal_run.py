@@ -125,6 +125,24 @@ def test_causal_adapters_are_cached_and_osrm_starts_from_its_A(profile, data, mo
         train_causal_adapter(data["verb_past"], profile, init="osrm", progress=False)
 
 
+def test_osrm_A_is_kept_by_recipe_so_another_batch_size_finds_the_same_cached_adapter(profile, data, monkeypatch,
+                                                                                      tmp_path):
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
+    A = causal_osrm_init(data, profile)
+    other = profile.replace(eval_batch_size=3)  # other padding: the features' sums round differently
+    again = causal_osrm_init(data, other)
+    assert all(torch.equal(A[t][m], again[t][m]) for t in A for m in A[t])
+    first = train_causal_adapter(data["noun_plural"], profile, init="osrm", init_A=A["noun_plural"], seed=1,
+                                 progress=False)
+    hit = train_causal_adapter(data["noun_plural"], other, init="osrm", init_A=again["noun_plural"], seed=1,
+                               progress=False)
+    assert hit.path == first.path and hit.metrics["seconds"] == first.metrics["seconds"]
+    # computed afresh with the other batch size, A spans the kept subspace (rounding is all it changes)
+    recomputed = causal_osrm_init(data, other, return_features=True)[0]
+    assert all(torch.allclose(recomputed[t][m].T @ recomputed[t][m], A[t][m].T @ A[t][m], atol=1e-6)
+               for t in A for m in A[t])
+
+
 def test_run_writes_every_method_and_its_predictions(profile, tiny_folder, monkeypatch, tmp_path):
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"

@@ -12,6 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from ..assets import load_base, load_tokenizer
+from ..cache import cached_init_A, texts_digest
 from ..errors import LorakitError
 from ..lora import peft_key
 from ..profiles import get_profile
@@ -136,7 +137,9 @@ def osrm_init_for_tasks(
     profile's base model (its sequence-classification model, whose module names ``train``'s
     peft models share) and device; ``target_modules`` and ``rank`` are the profile's. The
     profile's ``extra`` may override :data:`OSRM_DEFAULTS` (``osrm_samples``, ``osrm_mode``,
-    ``osrm_max_rows`` rows kept per module and task, ``osrm_seed``).
+    ``osrm_max_rows`` rows kept per module and task, ``osrm_seed``). ``A`` is kept on disk by its
+    recipe (:func:`osrm_recipe`, :func:`lorakit.cache.cached_init_A`): another thread count changes its
+    last bits, and with them the cache key of every adapter trained from it.
 
     Args:
         mode: the feature mode, overriding the profile's ``osrm_mode``: ``"task_mean"`` is the
@@ -147,24 +150,48 @@ def osrm_init_for_tasks(
         ``{task: {module: A_t (rank × d_in, float64)}}``, or ``(that, features)`` with ``return_features``.
     """
     p = get_profile(profile)
+    opts = osrm_options(p, mode)
+    texts = {}
+    for task in tasks:
+        texts[task] = load_task(task, profile=p).train[0][: opts["osrm_samples"]]
+        if not texts[task]:
+            raise LorakitError(f"task {task} has no training texts to compute OSRM features from")
+
+    def compute():
+        tokenizer = load_tokenizer(p.model)
+        model = load_base(p.model, num_labels=2, device=p.device)
+        task_batches = {
+            task: [dict(tokenizer(t[i : i + p.eval_batch_size], truncation=True, max_length=p.max_length,
+                                  padding=True, return_tensors="pt"))
+                   for i in range(0, len(t), p.eval_batch_size)]
+            for task, t in texts.items()
+        }
+        return osrm_init(
+            model, task_batches, find_linear_modules(model, p.target_modules), p.rank, mode=opts["osrm_mode"],
+            max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"], progress=progress,
+            return_features=return_features,
+        )
+
+    if return_features:
+        return compute()
+    return cached_init_A(osrm_recipe(p, texts, opts, "encoder"), compute)
+
+
+def osrm_options(p, mode: str | None = None) -> dict:
+    """:data:`OSRM_DEFAULTS` with the profile's ``extra`` overrides, and ``mode`` (when given) as ``osrm_mode``."""
     opts = {**OSRM_DEFAULTS, **{k: v for k, v in (p.extra or {}).items() if k in OSRM_DEFAULTS}}
     if mode is not None:
         opts["osrm_mode"] = mode
-    tokenizer = load_tokenizer(p.model)
-    model = load_base(p.model, num_labels=2, device=p.device)
-    modules = find_linear_modules(model, p.target_modules)
-    task_batches = {}
-    for task in tasks:
-        texts = load_task(task, profile=p).train[0][: opts["osrm_samples"]]
-        if not texts:
-            raise LorakitError(f"task {task} has no training texts to compute OSRM features from")
-        task_batches[task] = [
-            dict(tokenizer(texts[i : i + p.eval_batch_size], truncation=True, max_length=p.max_length,
-                           padding=True, return_tensors="pt"))
-            for i in range(0, len(texts), p.eval_batch_size)
-        ]
-    return osrm_init(
-        model, task_batches, modules, p.rank, mode=opts["osrm_mode"],
-        max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"], progress=progress,
-        return_features=return_features,
-    )
+    return opts
+
+
+def osrm_recipe(p, texts: Mapping[str, Sequence[str]], opts: Mapping, track: str) -> dict:
+    """What OSRM-INIT's ``A`` depends on beyond rounding: the cache key of :func:`lorakit.cache.cached_init_A`.
+
+    Each task's feature inputs (a digest of its texts or prompts, in order), the model, target
+    modules, rank, ``max_length`` and the OSRM options; not the thread count, batch size or device,
+    which change only the last bits.
+    """
+    return {"init": f"osrm-{opts['osrm_mode']}", "track": track, "model": p.model, "rank": p.rank,
+            "target_modules": list(p.target_modules), "max_length": p.max_length, "options": dict(opts),
+            "texts": {t: texts_digest(x) for t, x in texts.items()}}

@@ -20,14 +20,14 @@ import torch
 
 from . import __version__
 from .assets import cache_dir, load_base, load_tokenizer, quiet
-from .cache import cache_key, cached_init_A
+from .cache import cache_key
 from .causal import encode_prompts, train_causal_lora
 from .errors import LorakitError
 from .fsutil import atomic_folder
 from .generative_tasks import GenerativeTaskData
 from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
 from .lora import read_adapter
-from .osrm import find_linear_modules, osrm_init, osrm_options, osrm_recipe
+from .osrm import find_linear_modules, osrm_init_from_inputs, osrm_options
 from .profiles import Profile, apply_threads
 from .train import TrainedAdapter, tensor_digest
 
@@ -123,17 +123,9 @@ def causal_osrm_init(data: Mapping[str, GenerativeTaskData], p: Profile, mode: s
         if not prompts[task]:
             raise LorakitError(f"task {task} has no training prompts to compute OSRM features from")
 
-    def compute():
-        tokenizer = load_tokenizer(p.model)
-        model = load_base(p.model, device=p.device)
-        batches = {t: prompt_batches(tokenizer, x, p.max_length, p.eval_batch_size) for t, x in prompts.items()}
-        return osrm_init(model, batches, find_linear_modules(model, p.target_modules), p.rank,
-                         mode=opts["osrm_mode"], max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"],
-                         progress=progress, return_features=return_features)
-
-    if return_features:
-        return compute()
-    return cached_init_A(osrm_recipe(p, prompts, opts, "causal"), compute)
+    return osrm_init_from_inputs(p, prompts, opts, "causal", lambda: load_base(p.model, device=p.device),
+                                 lambda tok, x: prompt_batches(tok, x, p.max_length, p.eval_batch_size),
+                                 progress=progress, return_features=return_features)
 
 
 def prepare_causal_init_A(init: str, data: Mapping[str, GenerativeTaskData], p: Profile, seed: int = 0,

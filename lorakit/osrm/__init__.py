@@ -55,7 +55,15 @@ from __future__ import annotations
 from ..lora import PEFT_PREFIX  # noqa: F401  (the old lorakit.osrm.PEFT_PREFIX; peft naming lives in lora)
 from .features import FEATURE_MODES, collect_features
 from .geometry import init_geometry, own_energy_fraction
-from .init_lora import OSRM_DEFAULTS, init_lora_A, osrm_init, osrm_init_for_tasks, osrm_options, osrm_recipe
+from .init_lora import (
+    OSRM_DEFAULTS,
+    init_lora_A,
+    osrm_init,
+    osrm_init_for_tasks,
+    osrm_init_from_inputs,
+    osrm_options,
+    osrm_recipe,
+)
 from .interference import (
     Counterexample,
     counterexample,
@@ -69,6 +77,6 @@ from .subspace import TIE_RTOL, leave_one_out_subspaces, subspace, subspace_from
 __all__ = [
     "FEATURE_MODES", "OSRM_DEFAULTS", "PEFT_PREFIX", "TIE_RTOL", "Counterexample", "collect_features",
     "counterexample", "find_linear_modules", "init_geometry", "init_lora_A", "interference_matrix",
-    "interference_ratio", "leave_one_out_subspaces", "mean_interference_ratio", "osrm_init", "osrm_init_for_tasks", "osrm_options", "osrm_recipe",
-    "own_energy_fraction", "subspace", "subspace_from_gram",
+    "interference_ratio", "leave_one_out_subspaces", "mean_interference_ratio", "osrm_init", "osrm_init_for_tasks",
+    "osrm_init_from_inputs", "osrm_options", "osrm_recipe", "own_energy_fraction", "subspace", "subspace_from_gram",
 ]

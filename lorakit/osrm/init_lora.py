@@ -7,7 +7,7 @@ OSRM-INIT (docs/methods.md §2.8): features of every task on the pre-trained mod
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -157,24 +157,37 @@ def osrm_init_for_tasks(
         if not texts[task]:
             raise LorakitError(f"task {task} has no training texts to compute OSRM features from")
 
+    def encode(tokenizer, t: Sequence[str]) -> list[dict]:
+        return [dict(tokenizer(t[i : i + p.eval_batch_size], truncation=True, max_length=p.max_length,
+                               padding=True, return_tensors="pt"))
+                for i in range(0, len(t), p.eval_batch_size)]
+
+    return osrm_init_from_inputs(p, texts, opts, "encoder", lambda: load_base(p.model, num_labels=2, device=p.device),
+                                 encode, progress=progress, return_features=return_features)
+
+
+def osrm_init_from_inputs(
+    p, inputs: Mapping[str, Sequence[str]], opts: Mapping, track: str, load_model: Callable[[], torch.nn.Module],
+    encode: Callable[[object, Sequence[str]], list[dict]], progress: bool = False, return_features: bool = False,
+):
+    """:func:`osrm_init` on the profile's model from each task's feature inputs (texts or prompts), ``A`` cached.
+
+    ``load_model()`` gives the base model, ``encode(tokenizer, inputs)`` one task's batches; both run
+    only when ``A`` is not yet on disk under its recipe (:func:`osrm_recipe`,
+    :func:`lorakit.cache.cached_init_A`). With ``return_features`` it computes and caches nothing.
+    """
     def compute():
         tokenizer = load_tokenizer(p.model)
-        model = load_base(p.model, num_labels=2, device=p.device)
-        task_batches = {
-            task: [dict(tokenizer(t[i : i + p.eval_batch_size], truncation=True, max_length=p.max_length,
-                                  padding=True, return_tensors="pt"))
-                   for i in range(0, len(t), p.eval_batch_size)]
-            for task, t in texts.items()
-        }
+        model = load_model()
         return osrm_init(
-            model, task_batches, find_linear_modules(model, p.target_modules), p.rank, mode=opts["osrm_mode"],
-            max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"], progress=progress,
-            return_features=return_features,
+            model, {t: encode(tokenizer, x) for t, x in inputs.items()}, find_linear_modules(model, p.target_modules),
+            p.rank, mode=opts["osrm_mode"], max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"],
+            progress=progress, return_features=return_features,
         )
 
     if return_features:
         return compute()
-    return cached_init_A(osrm_recipe(p, texts, opts, "encoder"), compute)
+    return cached_init_A(osrm_recipe(p, inputs, opts, track), compute)
 
 
 def osrm_options(p, mode: str | None = None) -> dict:

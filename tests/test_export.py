@@ -14,7 +14,9 @@ from lorakit import tasks as tasks_mod
 from lorakit.assets import load_base, load_tokenizer, resolve_model_path
 from lorakit.errors import LorakitError
 from lorakit.export import EXPORT_LIMIT_BYTES, export_data, select_tasks, verify_export
+from lorakit.profiles import PROFILES
 from lorakit.tasks import load_task
+from lorakit import export as export_mod
 
 SMALL = ["rt_subjectivity", "election_tweets"]
 TEXTS = ["a gripping, beautifully shot film", "the plot follows a young detective in 1920s paris", "ok"]
@@ -133,13 +135,14 @@ def test_over_the_limit_writes_nothing(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_select_tasks_skips_uncached_bigbench_only_by_default(tmp_path, monkeypatch):
+def test_default_export_is_every_gpu_task_and_uncached_bigbench_is_skipped_only_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("LORAKIT_DATA", raising=False)
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
     chosen, skipped = select_tasks(None)
-    assert set(skipped) == {"multiemo", "vitaminc", "intent"}
-    assert "lorakit data fetch intent" in skipped["intent"]
-    assert {"rt_sentiment", "newsgroups20", "fine_foods"} <= set(chosen) and not set(chosen) & set(skipped)
+    assert chosen == list(PROFILES["gpu"].tasks) and skipped == {}  # every gpu task is packaged now
+    monkeypatch.setattr(export_mod, "default_export_tasks", lambda: ["rt_sentiment", "intent"])
+    chosen, skipped = select_tasks(None)
+    assert chosen == ["rt_sentiment"] and "lorakit data fetch intent" in skipped["intent"]
     with pytest.raises(LorakitError, match="lorakit data fetch intent"):
         select_tasks(["intent"])
     with pytest.raises(LorakitError, match="unknown task"):

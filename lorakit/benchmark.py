@@ -26,6 +26,7 @@ from .lora import LoRAUpdate
 from .merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from .inits import get_init, init_depends_on_seed, init_freezes_A, init_uses_A, prepare_init_A
 from .profiles import Profile, apply_threads, get_profile
+from .progress import RunProgress
 # Reading results lives in lorakit.results; these names stay importable from here (notebooks use them).
 from .results import (  # noqa: F401
     encode_correct,
@@ -151,6 +152,7 @@ def _run(p: Profile, tasks: list[str], methods: list[str], inits: list[str], see
     evaluator = Evaluator(list(data.values()), p)
     task_info = _task_info(data)
     records, adapter_stats = [], []
+    bar = RunProgress(len(inits), len(seeds), len(tasks), len(methods), enabled=progress)
     for init in inits:
         init_A = None
         if init_uses_A(init) and not init_depends_on_seed(init):  # OSRM's A: once, from the base model's features
@@ -162,13 +164,14 @@ def _run(p: Profile, tasks: list[str], methods: list[str], inits: list[str], see
                 init_A = prepare_init_A(init, tasks, p, seed, progress=progress)
             t0 = time.perf_counter()
             adapters = train_all(tasks, p, init=init, init_A_by_task=init_A, freeze_A=init_freezes_A(init), seed=seed,
-                                 progress=progress)
+                                 progress=progress, on_trained=lambda t: bar.step(f"{init} seed {seed}: adapter {t}"))
             timings["train_seconds"] += time.perf_counter() - t0
             ind_val, ind_test = _score_individual(evaluator, adapters, tasks, init, seed, task_info, timings, log)
             mv = magnitude_variance([adapters[t].updates for t in tasks])
             adapter_stats.append({"init": init, "seed": seed, "magnitude_variance": mv})
             records += _merge_methods(evaluator, adapters, tasks, methods, p, init, seed, (ind_val, ind_test),
-                                      timings, log, task_info)
+                                      timings, log, task_info, bar)
+    bar.close()
     for t in tasks:
         task_info[t]["individual_accuracy"] = mean(r["test"] for r in task_info[t]["individual"])
     return {
@@ -262,7 +265,7 @@ def _score_orthogonalized(evaluator: Evaluator, adapters: Mapping[str, TrainedAd
 
 def _merge_methods(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter], tasks: Sequence[str],
                    methods: Sequence[str], p: Profile, init: str, seed: int, individual: tuple[dict, dict],
-                   timings: dict, log: Log, task_info: dict) -> list[dict]:
+                   timings: dict, log: Log, task_info: dict, bar: RunProgress | None = None) -> list[dict]:
     """One record per method: hyperparameters chosen on validation, test accuracy at the choice.
 
     A method with a ``precompute`` (DO-Merging's orthogonalisation) runs it once per (init, seed) and
@@ -280,6 +283,8 @@ def _merge_methods(evaluator: Evaluator, adapters: Mapping[str, TrainedAdapter],
         records.append(rec)
         log(f"[{init} seed {seed}] {method:>16}: normalized {rec['avg_normalized']:.3f} "
             f"accuracy {rec['avg_accuracy']:.3f} params {rec['params']} ({rec['budget']} points)")
+        if bar is not None:
+            bar.step(f"{init} seed {seed}: {method}")
     return records
 
 

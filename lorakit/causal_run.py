@@ -35,6 +35,7 @@ from .fsutil import atomic_folder
 from .generative_tasks import GenerativeTaskData, load_generative_task
 from .inits import get_init, init_depends_on_seed, init_uses_A, task_seed
 from .profiles import Profile, apply_threads
+from .progress import RunProgress
 from .results import machine_description
 from .tasks import get_card, list_tasks
 
@@ -133,6 +134,7 @@ def _run_causal(p: Profile, tasks: list[str], methods: list[str], inits: list[st
     evaluator = CausalEvaluator(list(data.values()), p)
     task_info = causal_task_info(data)
     records, adapter_stats = [], []
+    bar = RunProgress(len(inits), len(seeds), len(tasks), len(methods), enabled=progress, desc="lorakit run (causal)")
     for init in inits:
         init_A = None
         if init_uses_A(init) and not init_depends_on_seed(init):  # OSRM's A: once, from the base model's features
@@ -143,14 +145,16 @@ def _run_causal(p: Profile, tasks: list[str], methods: list[str], inits: list[st
             if init_uses_A(init) and init_depends_on_seed(init):
                 init_A = prepare_causal_init_A(init, data, p, seed)
             t0 = time.perf_counter()
-            adapters = train_all_causal(data, p, init, init_A, seed, progress)
+            adapters = train_all_causal(data, p, init, init_A, seed, progress,
+                                        on_trained=lambda t: bar.step(f"{init} seed {seed}: adapter {t}"))
             timings["train_seconds"] += time.perf_counter() - t0
             individual = _score_individual(evaluator, adapters, tasks, init, seed, task_info, timings, log)
             _record_predictions(evaluator, adapters, task_info)
             adapter_stats.append({"init": init, "seed": seed,
                                   "magnitude_variance": magnitude_variance([adapters[t].updates for t in tasks])})
             records += _merge_methods(evaluator, adapters, tasks, methods, p, init, seed, individual, timings, log,
-                                      task_info)
+                                      task_info, bar)
+    bar.close()
     for t in tasks:
         task_info[t]["individual_accuracy"] = mean(r["test"] for r in task_info[t]["individual"])
         task_info[t]["train_seconds"] = mean(r["train_seconds"] for r in task_info[t]["individual"]

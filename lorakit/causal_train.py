@@ -94,10 +94,15 @@ def load_causal_adapter(folder: str | Path) -> TrainedAdapter:
 
 def train_all_causal(data: Mapping[str, GenerativeTaskData], p: Profile, init: str = "standard",
                      init_A_by_task: Mapping[str, Mapping[str, torch.Tensor]] | None = None, seed: int = 0,
-                     progress: bool = True) -> dict[str, TrainedAdapter]:
-    """:func:`train_causal_adapter` for each task (cached)."""
-    return {t: train_causal_adapter(d, p, init, (init_A_by_task or {}).get(t) if init_uses_A(init) else None, seed,
-                                    progress=progress) for t, d in data.items()}
+                     progress: bool = True, on_trained=None) -> dict[str, TrainedAdapter]:
+    """:func:`train_causal_adapter` for each task (cached); ``on_trained(task)`` after each (a run's progress bar)."""
+    out = {}
+    for t, d in data.items():
+        out[t] = train_causal_adapter(d, p, init, (init_A_by_task or {}).get(t) if init_uses_A(init) else None, seed,
+                                      progress=progress)
+        if on_trained is not None:
+            on_trained(t)
+    return out
 
 
 def prompt_batches(tokenizer, prompts: Sequence[str], max_length: int, batch_size: int) -> list[dict]:

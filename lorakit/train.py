@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -213,14 +213,17 @@ def train_all(
     freeze_A: bool = False,
     seed: int = 0,
     progress: bool = True,
+    on_trained: Callable[[str], object] | None = None,
     **overrides,
 ) -> dict[str, TrainedAdapter]:
-    """:func:`train_adapter` for each task (cached)."""
+    """:func:`train_adapter` for each task (cached); ``on_trained(task)`` after each (a run's progress bar)."""
     out = {}
     for task in tasks:
         init_A = (init_A_by_task or {}).get(task) if init_uses_A(init) else None
         out[task] = train_adapter(task, profile, init=init, init_A=init_A, freeze_A=freeze_A, seed=seed,
                                   progress=progress, **overrides)
+        if on_trained is not None:
+            on_trained(task)
     return out
 
 

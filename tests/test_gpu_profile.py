@@ -87,13 +87,16 @@ def test_encoder_gpu_profile_runs_end_to_end_from_an_export(cuda_branches, tmp_p
 
 
 @pytest.mark.slow
-def test_causal_gpu_profile_runs_end_to_end(cuda_branches, tmp_path, monkeypatch, tiny_llama_folder):
+def test_causal_gpu_profile_runs_end_to_end(cuda_branches, tmp_path, monkeypatch, tiny_llama_folder, capsys):
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
     p = get_causal_profile("gpu", model=tiny_llama_folder, **TOY)
     assert p.lam_grid == CAUSAL_PROFILES["gpu"].lam_grid and p.test_curves
     methods = METHODS
     run_causal_benchmark(p, tasks=["verb_past", "noun_plural"], methods=methods, out=tmp_path / "run",
-                         progress=False, figures=False, log=lambda s: None)
+                         progress=True, figures=False, log=lambda s: None)
+    # the run's bar: 2 inits × 1 seed × (2 adapters + 2 methods), with elapsed time and ETA
+    err = capsys.readouterr().err
+    assert "lorakit run (causal): 8/8 units [" in err and "<00:00" in err and "standard seed 0: adapter verb_past" in err
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["profile"] == "gpu" and saved["eval_dtype"] == "float32"
     assert {(r["method"], r["init"]) for r in saved["records"]} == {(m, i) for m in methods for i in ("standard", "osrm")}

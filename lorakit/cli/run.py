@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--threads", type=int, help="torch CPU threads (default: the profile's, or LORAKIT_THREADS)")
     run.add_argument("--out", help="output folder (default: runs/<profile>-<time>)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--no-figures", action="store_true", help="skip the figures (results.json holds what they plot)")
     run.set_defaults(func=run_command)
     combine = sub.add_parser("combine", help="join runs of one profile (disjoint seeds, or a control added later)")
     combine.add_argument("runs", nargs="+", help="run folders written by `lorakit run --out`")
@@ -62,7 +63,7 @@ def run_command(args: argparse.Namespace) -> int:
         results = run_causal_benchmark(
             profile=args.profile, tasks=args.tasks, methods=args.methods, inits=args.inits, seeds=args.seeds,
             out=args.out, progress=not args.no_progress, command="lorakit " + " ".join(args.argv), model=args.model,
-            **profile_overrides(args),
+            figures=not args.no_figures, **profile_overrides(args),
         )
         print()
         print(format_table(results))
@@ -71,7 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
     results = run_benchmark(
         profile=args.profile, tasks=args.tasks, methods=args.methods, inits=args.inits, seeds=args.seeds,
         out=args.out, progress=not args.no_progress, command="lorakit " + " ".join(args.argv),
-        **profile_overrides(args), **({"model": args.model} if args.model else {}),
+        figures=not args.no_figures, **profile_overrides(args), **({"model": args.model} if args.model else {}),
     )
     print()
     print(format_table(results))

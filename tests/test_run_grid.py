@@ -1,0 +1,97 @@
+"""The experiment grid gives the same results.json on both tracks as before it was written once for both.
+
+The golden files in ``tests/data/`` were written by the two track runners before the grid and the
+search moved to ``lorakit.run`` (commit "golden results of both tracks' grids", made with the code of
+that commit); this test re-runs the same small grids and compares every field except those that
+name the moment, the machine, the paths and the timings. Regenerate them only for a change that is
+meant to alter results: ``python tests/test_run_grid.py --write``.
+
+Each grid exercises every branch of the search: a two-point λ grid with an edge extension, the
+second stage (density, drop rate, γ, λ × factors), test curves, two inits (OSRM's A) and both a
+method with a precompute (DO's orthogonalisation) and without.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorakit.profiles import TUNE_GRID
+
+DATA = Path(__file__).resolve().parent / "data"
+DROP = {"date", "machine", "command", "out", "lorakit", "adapter", "timings", "throughput", "model", "path"}
+SIZES = dict(train_examples=48, val_examples=12, test_examples=12, steps=4, max_length=24, lam_grid=(0.5, 1.0),
+             lam_extend=1, tune_grid=TUNE_GRID, test_curves=True, eval_dtype="float32", threads=1, seeds=(0,))
+METHODS = ["task_arithmetic", "ties", "do", "do_ties", "ta_normeq"]
+
+
+def strip(value):
+    """``value`` without the fields that name the moment, the machine, paths or timings."""
+    if isinstance(value, dict):
+        return {k: strip(v) for k, v in value.items() if k not in DROP and not k.endswith("seconds")}
+    if isinstance(value, list):
+        return [strip(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return "NaN"  # NaN != NaN: compare it as a word
+    return value
+
+
+def encoder_results(tmp: Path) -> dict:
+    from lorakit.benchmark import run_benchmark
+
+    return run_benchmark("ci", tasks=["rt_subjectivity", "election_tweets"], methods=METHODS, inits=["standard", "osrm"],
+                         out=tmp / "encoder", progress=False, figures=False, log=lambda s: None, **SIZES)
+
+
+def causal_results(tmp: Path, model: str) -> dict:
+    from lorakit.causal_run import run_causal_benchmark
+
+    return run_causal_benchmark("ci", tasks=["verb_past", "noun_plural"], methods=METHODS, inits=["standard", "osrm"],
+                                out=tmp / "causal", progress=False, figures=False, log=lambda s: None, model=model,
+                                **dict(SIZES, max_length=32))
+
+
+def saved(tmp: Path, track: str) -> dict:
+    return strip(json.loads((tmp / track / "results.json").read_text()))
+
+
+@pytest.mark.slow
+def test_encoder_grid_results_are_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    encoder_results(tmp_path)
+    assert saved(tmp_path, "encoder") == json.loads((DATA / "grid_golden_encoder.json").read_text())
+
+
+@pytest.mark.slow
+def test_causal_grid_results_are_unchanged(tmp_path, monkeypatch, tiny_llama_folder):
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    causal_results(tmp_path, tiny_llama_folder)
+    assert saved(tmp_path, "causal") == json.loads((DATA / "grid_golden_causal.json").read_text())
+
+
+if __name__ == "__main__" and "--write" in sys.argv:  # regenerate the golden files (see the docstring)
+    import os
+    import tempfile
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp())
+    os.environ["LORAKIT_CACHE"] = str(tmp / "cache")
+    from conftest import tiny_llama_folder as fixture  # the same tiny Llama as the test's fixture
+
+    class _Factory:
+        def mktemp(self, name):
+            path = tmp / name
+            path.mkdir()
+            return path
+
+    encoder_results(tmp)
+    causal_results(tmp, fixture.__wrapped__(_Factory()))
+    for track in ("encoder", "causal"):
+        (DATA / f"grid_golden_{track}.json").write_text(json.dumps(saved(tmp, track), indent=0, sort_keys=True) + "\n")
+    print("wrote", *(DATA / f"grid_golden_{t}.json" for t in ("encoder", "causal")))

@@ -10,7 +10,7 @@ split :math:`S`,
 :func:`lorakit.causal.normalized_match` as a second metric of the chosen merge.
 :class:`CausalEvaluator` has the encoder :class:`lorakit.evaluate.Evaluator`'s interface
 (``correct``, ``correct_tasks``, ``score_tasks``, ``individual``), so
-:func:`lorakit.evaluate.select_and_report` chooses λ on validation exactly as on the encoder track.
+:func:`lorakit.run.search.select_and_report` chooses λ on validation exactly as on the encoder track.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class CausalEvaluator(TaskScorer):
                 "avg_normalized_match": sum(rate.values()) / len(rate)}
 
     def describe_chosen(self, deltas: Mapping[str, torch.Tensor]) -> dict:
-        """:meth:`describe` on test: what :func:`lorakit.evaluate.select_and_report` adds to a record."""
+        """:meth:`describe` on test: what :func:`lorakit.run.search.select_and_report` adds to a record."""
         return self.describe(deltas, "test")
 
     def throughput(self) -> dict:

@@ -3,9 +3,9 @@
 For every init and seed: one LoRA adapter per generative task on the causal base model (no heads;
 :mod:`lorakit.causal_train`), each adapter alone and the base model alone scored by greedy exact
 match (the normalizer and the floor), then every merge method with λ and its second
-hyperparameter chosen on validation and reported on test (:func:`lorakit.benchmark._merge_methods`,
-the same search and budget as the encoder track), with :class:`lorakit.causal_eval.CausalEvaluator`
-in the evaluator's place. The run folder gets what the encoder track writes (``results.json``,
+hyperparameter chosen on validation and reported on test: the grid both tracks share
+(:func:`lorakit.run.grid.run_grid`, the same search and budget as the encoder track) with
+:data:`CAUSAL`, whose evaluator is :class:`lorakit.causal_eval.CausalEvaluator`. The run folder gets what the encoder track writes (``results.json``,
 ``results.md``, ``RUN.md``, figures: the same statistics) plus ``predictions.jsonl``, one line per
 test example of every scored model. The track's design choices: docs/methods.md §5.7.
 """
@@ -21,22 +21,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import __version__
-from .analysis import magnitude_variance
 from .assets import model_kind
-from .benchmark import Log, _merge_methods, _score_individual, resolve_method, write_results
+from .benchmark import Log, write_results
 from .causal import exact_match
 from .causal_eval import CausalEvaluator
 from .causal_profiles import get_causal_profile
 from .causal_train import prepare_causal_init_A, train_all_causal
 from .errors import LorakitError
-from .evaluate import mean
 from .fsutil import atomic_folder
 from .generative_tasks import GenerativeTaskData, load_generative_task
-from .inits import get_init, init_depends_on_seed, init_uses_A, task_seed
+from .inits import get_init, task_seed
+from .merge import resolve_variant
 from .profiles import Profile, apply_threads
-from .progress import RunProgress
-from .results import machine_description
+from .results import mean
+from .run.grid import Track, run_grid
 from .tasks import get_card, list_tasks
 
 
@@ -82,7 +80,7 @@ def run_causal_benchmark(
     seeds = list(seeds if seeds is not None else p.seeds)
     check_generative_tasks(tasks)
     for m in methods:
-        resolve_method(m)
+        resolve_variant(m)
     for i in inits:
         get_init(i)
     if len(tasks) < 2:
@@ -94,7 +92,7 @@ def run_causal_benchmark(
     if out_dir.exists() and not out_dir.is_dir():
         raise LorakitError(f"--out {out_dir} is a file; choose a folder")
     with atomic_folder(out_dir) as tmp:
-        results = _run_causal(p, tasks, methods, inits, seeds, progress, log)
+        results = run_grid(CAUSAL, p, tasks, methods, inits, seeds, progress, log)
         results["command"] = command or " ".join(["lorakit"] + sys.argv[1:])
         results["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 2)
         write_results(results, tmp, figures=figures)
@@ -126,59 +124,33 @@ def _record_predictions(evaluator: CausalEvaluator, adapters: Mapping, task_info
         task_info[t]["individual"][-1]["adapter"] = str(adapters[t].path) if adapters[t].path else None
 
 
-def _run_causal(p: Profile, tasks: list[str], methods: list[str], inits: list[str], seeds: list[int],
-                progress: bool, log: Log) -> dict:
-    timings = {"train_seconds": 0.0, "osrm_seconds": 0.0, "merge_seconds": 0.0, "orthogonalize_seconds": 0.0,
-               "eval_seconds": 0.0}
-    data = {t: load_generative_task(t, profile=p) for t in tasks}
-    evaluator = CausalEvaluator(list(data.values()), p)
-    task_info = causal_task_info(data)
-    records, adapter_stats = [], []
-    bar = RunProgress(len(inits), len(seeds), len(tasks), len(methods), enabled=progress, desc="lorakit run (causal)")
-    for init in inits:
-        init_A = None
-        if init_uses_A(init) and not init_depends_on_seed(init):  # OSRM's A: once, from the base model's features
-            t0 = time.perf_counter()
-            init_A = prepare_causal_init_A(init, data, p, progress=progress)
-            timings["osrm_seconds"] += time.perf_counter() - t0
-        for seed in seeds:
-            if init_uses_A(init) and init_depends_on_seed(init):
-                init_A = prepare_causal_init_A(init, data, p, seed)
-            t0 = time.perf_counter()
-            adapters = train_all_causal(data, p, init, init_A, seed, progress,
-                                        on_trained=lambda t: bar.step(f"{init} seed {seed}: adapter {t}"))
-            timings["train_seconds"] += time.perf_counter() - t0
-            individual = _score_individual(evaluator, adapters, tasks, init, seed, task_info, timings, log)
-            _record_predictions(evaluator, adapters, task_info)
-            adapter_stats.append({"init": init, "seed": seed,
-                                  "magnitude_variance": magnitude_variance([adapters[t].updates for t in tasks])})
-            records += _merge_methods(evaluator, adapters, tasks, methods, p, init, seed, individual, timings, log,
-                                      task_info, bar)
-    bar.close()
-    for t in tasks:
-        task_info[t]["individual_accuracy"] = mean(r["test"] for r in task_info[t]["individual"])
-        task_info[t]["train_seconds"] = mean(r["train_seconds"] for r in task_info[t]["individual"]
-                                             if r.get("train_seconds") is not None)
+def _finish(evaluator: CausalEvaluator, task_info: dict, timings: dict) -> dict:
+    """Per-task training time, generation time, and the fields only this track writes."""
+    for info in task_info.values():
+        info["train_seconds"] = mean(r["train_seconds"] for r in info["individual"] if r.get("train_seconds") is not None)
     timings["generate_seconds"] = evaluator.seconds
-    return {
-        "lorakit": __version__,
-        "track": "causal",
-        "metric": "exact match (greedy decoding); normalized match in each record's normalized_match",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "profile": p.name,
-        "profile_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()},
-        "model": p.model,
-        "machine": machine_description(p.device),
-        "eval_dtype": str(evaluator.eval_dtype).replace("torch.", ""),
-        "tasks": task_info,
-        "methods": methods,
-        "inits": inits,
-        "seeds": seeds,
-        "records": records,
-        "adapter_stats": adapter_stats,
-        "throughput": evaluator.throughput(),
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-    }
+    return {"track": "causal",
+            "metric": "exact match (greedy decoding); normalized match in each record's normalized_match",
+            "eval_dtype": str(evaluator.eval_dtype).replace("torch.", ""), "throughput": evaluator.throughput()}
+
+
+def _prepare_init_A(init: str, data: Mapping[str, GenerativeTaskData], p: Profile, seed: int | None, progress: bool):
+    return prepare_causal_init_A(init, data, p, progress=progress) if seed is None else \
+        prepare_causal_init_A(init, data, p, seed)
+
+
+#: the causal-LM track: generative tasks, no heads, greedy decoding scored by exact match
+CAUSAL = Track(
+    name="causal",
+    load_task=lambda name, p: load_generative_task(name, profile=p),
+    evaluator=lambda data, p: CausalEvaluator(data, p),
+    task_info=causal_task_info,
+    prepare_init_A=_prepare_init_A,
+    train_all=lambda init, data, p, init_A, seed, progress, on_trained: train_all_causal(
+        data, p, init, init_A, seed, progress, on_trained=on_trained),
+    after_individual=_record_predictions,
+    finish=_finish,
+)
 
 
 def write_predictions(results: Mapping, path: Path) -> None:

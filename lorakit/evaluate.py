@@ -1,4 +1,4 @@
-r"""Evaluate merged models: each task with its own head, normalized accuracy, λ chosen on validation.
+r"""Evaluate merged models: each task with its own head, normalized accuracy (λ is chosen by :mod:`lorakit.run.search`).
 
 A merged model is ``W_0 + ΔW*`` on the adapted layers; each task keeps its own classification
 head (merging only touches the LoRA-adapted Linear layers). For task :math:`t`:
@@ -8,12 +8,11 @@ head (merging only touches the LoRA-adapted Linear layers). For task :math:`t`:
     \text{normalized accuracy}_t = \frac{\text{acc}_t(\text{merged model})}{\text{acc}_t(\text{task } t\text{'s own adapter})}
 
 and a method's score is the mean over tasks. Merge hyperparameters (λ, density, ...) are chosen on
-the validation split and the score is reported on the test split.
+the validation split and the score is reported on the test split (:func:`lorakit.run.search.select_and_report`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -23,7 +22,6 @@ from .assets import load_base, load_tokenizer, quiet
 from .errors import LorakitError
 from .packed_bert import PackedBert, PackedSet, onednn_linear_works, resolve_eval_dtype
 from .profiles import Profile, get_profile
-from .results import encode_correct, mean
 from .tasks import TaskData, load_task
 from .train import TrainedAdapter, encode_texts, predict
 
@@ -213,101 +211,3 @@ class Evaluator(TaskScorer):
 
     def majority(self, split: str = "test") -> dict[str, float]:
         return {t: d.majority_baseline(split) for t, d in self.data.items()}
-
-
-def select_and_report(
-    evaluator: Evaluator,
-    adapters: Mapping[str, TrainedAdapter],
-    merge_fn: Callable[..., Mapping[str, torch.Tensor]],
-    grid: Sequence[dict],
-    individual_val: Mapping[str, float] | None = None,
-    individual_test: Mapping[str, float] | None = None,
-    test_curve: bool = False,
-    extend_edges: int = 0,
-    refine: Callable[[Mapping], Sequence[dict]] | None = None,
-) -> dict:
-    """Choose merge hyperparameters on validation, report on test.
-
-    ``merge_fn(**params)`` returns the merged ``{module: ΔW}``; ``grid`` lists the parameter dicts
-    to try. The chosen point maximises mean normalized validation accuracy (first one on ties).
-
-    ``extend_edges`` (at most that many extra points): while the chosen λ is the smallest λ tried,
-    also try ``λ/2``; while it is the largest, ``1.5 λ`` (:func:`edge_extension`), other parameters
-    as chosen. A fixed grid cannot know that six summed adapters want λ below 0.1 or that DO wants
-    λ above 1; the extra points are marked ``"extended": True`` in the curve.
-
-    ``refine(chosen)``: points tried once the λ search is done (:func:`lorakit.benchmark.method_refine`),
-    marked ``"refined": True``; the record's ``budget`` counts every point tried on validation.
-
-    Returns a record with ``params``, ``curve`` (per grid point: mean normalized validation accuracy,
-    and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point and
-    ``test_correct`` (its per-example correctness, :func:`lorakit.results.encode_correct`),
-    ``normalized``, ``avg_accuracy``, ``avg_normalized`` (+ the evaluator's ``describe_chosen`` of the ΔW). Without ``test_curve`` the test split is
-    scored once, at the chosen point.
-    """
-    if not grid:
-        raise LorakitError("empty hyperparameter grid; give at least one point")
-    individual_val = individual_val or evaluator.individual(adapters, "val")
-    individual_test = individual_test or evaluator.individual(adapters, "test")
-    curve = []
-    describe = getattr(type(evaluator), "describe_chosen", TaskScorer.describe_chosen) is not TaskScorer.describe_chosen
-    best, best_score, best_test, best_deltas = None, -math.inf, None, None
-    pending, extensions, refined = [dict(g) for g in grid], 0, False
-    while pending:
-        params = pending.pop(0)
-        deltas = merge_fn(**params)
-        val = evaluator.score_tasks(deltas, adapters, "val")
-        point = {"params": dict(params), "val_normalized": mean(normalized_accuracy(val, individual_val).values()),
-                 "val_accuracy": val}
-        if test_curve:
-            correct = evaluator.correct_tasks(deltas, adapters, "test")
-            test = accuracies(correct)
-            point["test_normalized"] = mean(normalized_accuracy(test, individual_test).values())
-            point["test_accuracy"] = test
-        point.update({"refined": True} if refined else {"extended": True} if extensions else {})
-        curve.append(point)
-        if best is None or point["val_normalized"] > best_score:  # all NaN (no task learned): the first point
-            score = point["val_normalized"]
-            best, best_score = params, score if score == score else -math.inf
-            best_test = correct if test_curve else None
-            best_deltas = None if test_curve and not describe else deltas
-        if not pending and extensions < extend_edges and not refined:
-            more = edge_extension(best, [c["params"] for c in curve])
-            if more is not None:
-                pending.append(more)
-                extensions += 1
-                continue
-        if not pending and refine is not None and not refined:
-            pending, refined = [dict(q) for q in refine(best) if dict(q) not in [c["params"] for c in curve]], True
-    correct = best_test if best_test is not None else evaluator.correct_tasks(best_deltas, adapters, "test")
-    test = accuracies(correct)
-    normalized = normalized_accuracy(test, individual_test)
-    return {
-        "params": dict(best),
-        "val_normalized": best_score if best_score > -math.inf else float("nan"),
-        "accuracy": test,
-        "test_correct": {t: encode_correct(c) for t, c in correct.items()},
-        "normalized": normalized,
-        "avg_accuracy": mean(test.values()),
-        "avg_normalized": mean(normalized.values()),
-        "budget": len(curve),
-        "curve": curve,
-    } | (evaluator.describe_chosen(best_deltas) if describe else {})
-
-
-def edge_extension(chosen: Mapping, tried: Sequence[Mapping], down: float = 0.5, up: float = 1.5) -> dict | None:
-    """The next λ to try when ``chosen["lam"]`` is at the edge of the λ values ``tried``, else ``None``.
-
-    Smallest λ tried → ``down · λ``; largest → ``up · λ`` (rounded to 4 decimals); the other
-    parameters stay as chosen. ``None`` without ``lam``, with fewer than two λ values, or inside.
-    """
-    if "lam" not in chosen:
-        return None
-    lams = sorted({p["lam"] for p in tried if "lam" in p})
-    if len(lams) < 2:
-        return None
-    if chosen["lam"] == lams[0]:
-        return dict(chosen, lam=round(chosen["lam"] * down, 4))
-    if chosen["lam"] == lams[-1]:
-        return dict(chosen, lam=round(chosen["lam"] * up, 4))
-    return None

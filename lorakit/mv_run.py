@@ -5,7 +5,7 @@ fine-tunes tuned per task (:func:`lorakit.mv_study.tune_full_ft`). Then
 
 * (a) every kept task merged at once, per method, per family (LoRA: :func:`lorakit.merge.merge_adapters`;
   full FT: :func:`lorakit.mv_study.merge_dense`), hyperparameters on validation with the benchmark's
-  grid (:func:`lorakit.benchmark.method_grid`, the profile's λ edge extension), test once;
+  grid (:func:`lorakit.run.search.method_grid`, the profile's λ edge extension), test once;
 * (b) the pair magnitude-variance matrices of the kept tasks, both families;
 * (c) every group of 2 and 3 tasks (LoRA), task arithmetic with λ on validation from a short grid.
 
@@ -19,14 +19,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .benchmark import method_grid
 from .errors import LorakitError
-from .evaluate import Evaluator, select_and_report
+from .evaluate import Evaluator
 from .merge import merge_adapters
 from .mv_study import (FT_LR_FACTORS, MAJORITY_MARGIN, claim_a_record, claim_b_record, claim_c_record, group_mv,
                        merge_dense, pair_mv_matrix, task_groups, tune_full_ft)
 from .profiles import Profile, apply_threads, get_profile
 from .results import decode_correct
+from .run.search import method_grid, select_and_report
 from .train import TrainedAdapter, train_all
 
 CLAIM_A_METHODS = ("task_arithmetic", "ties", "dare")

@@ -44,7 +44,7 @@ class Profile:
         seeds: seeds for training and merging.
         lam_grid: merge coefficients tried on the validation split.
         lam_extend: up to this many extra λ points beyond the grid's edge while the chosen λ sits on
-            it (λ/2 below, 1.5 λ above; :func:`lorakit.evaluate.edge_extension`).
+            it (λ/2 below, 1.5 λ above; :func:`lorakit.run.search.edge_extension`).
         device: ``cpu`` or ``cuda``.
         threads: torch CPU threads (``LORAKIT_THREADS`` overrides).
         inits: initialisations of the LoRA A matrix to compare (``standard``, ``osrm``).
@@ -59,7 +59,7 @@ class Profile:
             shared ``A`` aligns the adapters' row spaces (mean |cos| of ``lora_A`` 0.22 vs 0.02 with
             per-task seeds) and changes which merge wins (``data/reference/cpu-cpu-2026-11-23*``).
         tune_grid: the second stage of every method's search on validation (the same budget for
-            each: :func:`lorakit.benchmark.method_refine`). After the λ search, each method tries two
+            each: :func:`lorakit.run.search.method_refine`). After the λ search, each method tries two
             more points at the chosen λ: TIES / KnOTS / DO-TIES their ``density``, DARE / DO-DARE their
             ``drop_rate``, DO (task-arithmetic directions) its orthogonalisation weight ``gamma``;
             methods with λ alone (task arithmetic, its norm-equalized control) try ``lam`` × the

@@ -1,7 +1,7 @@
 r"""Interactive explorers for the notebooks (ipywidgets), and the pure functions behind them.
 
 An explorer shows results that were computed beforehand, so moving a slider is instant. Its input
-is a *curve* per merge method, in the format :func:`lorakit.evaluate.select_and_report` returns
+is a *curve* per merge method, in the format :func:`lorakit.run.search.select_and_report` returns
 under ``"curve"``: a list of grid points
 
 .. code-block:: python

@@ -305,7 +305,8 @@ def test_bfloat16_generation_sums_w0_and_delta_in_float32_first(profile, data, t
 def test_selection_keeps_the_first_point_when_no_adapter_learned_anything():
     """Individual accuracy 0 on every task makes every point's normalized score NaN (a causal adapter can learn
     nothing in a few steps): the first point is kept and reported, instead of no point at all."""
-    from lorakit.evaluate import TaskScorer, select_and_report
+    from lorakit.evaluate import TaskScorer
+    from lorakit.run.search import select_and_report
 
     class Scorer(TaskScorer):
         def __init__(self, right_by_lam):

@@ -154,6 +154,21 @@ def test_keep_outputs_refuses_code_changes_and_writes_nothing(tool, capsys, edit
     assert "--execute 01_demo" in err and "nothing written" in err
 
 
+def test_keep_outputs_takes_a_moved_import_and_a_comment_but_not_a_renamed_call(tool, capsys):
+    """A module move changes import lines only: outputs are kept (nbval runs the cell in make test)."""
+    src, path = tool
+    old = nbformat.read(path, as_version=4)
+    src.write_text(SOURCE.replace("y = x * 3", "from math import prod  # moved here\n# a comment\ny = x * 3"))
+    assert build.main(["--keep-outputs", "01_demo"]) == 0
+    new = nbformat.read(path, as_version=4)
+    code = [c for c in new.cells if c.cell_type == "code"]
+    assert "from math import prod" in code[1].source
+    assert code[1].outputs == [c for c in old.cells if c.cell_type == "code"][1].outputs
+    src.write_text(SOURCE.replace("y = x * 3", "from math import prod\ny = prod([x, 3])"))
+    assert build.main(["--keep-outputs", "01_demo"]) == 1
+    assert "code cell 2 changed" in capsys.readouterr().err
+
+
 def test_keep_outputs_writes_none_when_one_notebook_fails(tool, tmp_path):
     """All or nothing: a good markdown edit in one notebook is not written if another refuses."""
     src, path = tool

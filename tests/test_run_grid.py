@@ -95,3 +95,55 @@ if __name__ == "__main__" and "--write" in sys.argv:  # regenerate the golden fi
     for track in ("encoder", "causal"):
         (DATA / f"grid_golden_{track}.json").write_text(json.dumps(saved(tmp, track), indent=0, sort_keys=True) + "\n")
     print("wrote", *(DATA / f"grid_golden_{t}.json" for t in ("encoder", "causal")))
+
+
+# ----------------------------------------------------------------------------------------------
+# The search reads each method's tuned hyperparameter from the registry and names no method
+# ----------------------------------------------------------------------------------------------
+
+#: what the search did before methods declared it (the old per-name table in lorakit.benchmark)
+EXPECTED_SECOND = {"task_arithmetic": "lam", "ties": "density", "dare": "drop_rate", "knots": "density",
+                   "do": "gamma", "do_ties": "density", "do_dare": "drop_rate", "ta_normeq": "lam"}
+
+
+def test_every_benchmark_method_tunes_what_it_declares():
+    from lorakit.profiles import ALL_METHODS, get_profile
+    from lorakit.run.search import method_grid, method_refine, tuned_param
+
+    p = get_profile("cpu")
+    assert set(EXPECTED_SECOND) == set(ALL_METHODS)
+    for method, key in EXPECTED_SECOND.items():
+        assert (tuned_param(method) or "lam") == key, method
+        chosen = dict(method_grid(method, p)[2])
+        tried = method_refine(method, p)(chosen)
+        changed = {k for q in tried for k in q if q[k] != chosen.get(k)}
+        assert changed == {key} and len(tried) == 2, (method, tried)
+    assert method_grid("ties", p)[0] == {"lam": p.lam_grid[0], "density": 0.2}
+    assert method_grid("do_dare", p)[0] == {"lam": p.lam_grid[0], "drop_rate": 0.5, "base": "dare"}
+    assert method_grid("do", p)[0] == {"lam": p.lam_grid[0], "base": "task_arithmetic"}
+
+
+def test_a_new_method_gets_its_search_from_its_registration(monkeypatch):
+    import dataclasses
+
+    from lorakit.merge import METHODS
+    from lorakit.profiles import get_profile
+    from lorakit.run.search import method_grid, method_refine
+
+    fake = dataclasses.replace(METHODS["dare"], name="fake_method", tune="drop_rate", tune_in_grid=False)
+    monkeypatch.setitem(METHODS, "fake_method", fake)
+    p = get_profile("cpu")
+    assert method_grid("fake_method", p) == [{"lam": lam} for lam in p.lam_grid]
+    assert method_refine("fake_method", p)({"lam": 0.3}) == [{"lam": 0.3, "drop_rate": v} for v in p.tune_grid["drop_rate"]]
+
+
+def test_the_search_module_names_no_method():
+    import ast
+
+    from lorakit.merge import METHODS
+    from lorakit.run import grid, search
+
+    for module in (search, grid):
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not names & set(METHODS), (module.__name__, names & set(METHODS))

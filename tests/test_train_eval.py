@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.evaluate import Evaluator, normalized_accuracy, select_and_report
+from lorakit.evaluate import Evaluator, normalized_accuracy
+from lorakit.run.search import select_and_report
 from lorakit.errors import LorakitError
 from lorakit.train import cache_key, load_trained, train_adapter, train_config
 from lorakit.profiles import get_profile
@@ -185,7 +186,7 @@ def test_edge_extension_tries_beyond_an_edge_lambda(peak, extend, tried, chosen)
 
 
 def test_edge_extension_rule():
-    from lorakit.evaluate import edge_extension
+    from lorakit.run.search import edge_extension
 
     tried = [{"lam": 0.1, "density": 0.2}, {"lam": 0.5, "density": 0.2}]
     assert edge_extension({"lam": 0.1, "density": 0.2}, tried) == {"lam": 0.05, "density": 0.2}
@@ -460,7 +461,7 @@ def test_refine_stage_runs_after_the_lambda_search_and_counts_in_the_budget():
 
 def test_every_method_gets_the_same_validation_budget():
     """cpu profile: λ grid + two second-stage points for every method, each on its own hyperparameter."""
-    from lorakit.benchmark import method_grid, method_refine
+    from lorakit.run.search import method_grid, method_refine
     from lorakit.profiles import ALL_METHODS
 
     p = get_profile("cpu")

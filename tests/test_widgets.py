@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.evaluate import mean, normalized_accuracy, select_and_report
+from lorakit.evaluate import normalized_accuracy
+from lorakit.results import mean
+from lorakit.run.search import select_and_report
 from lorakit.widgets import (
     available_splits,
     bar_data,

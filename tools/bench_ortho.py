@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lorakit.bench import random_updates
-from lorakit.benchmark import machine_description
+from lorakit.results import machine_description
 from lorakit.fsutil import atomic_file
 from lorakit.merge.ortho import orthogonalize_factors
 

@@ -89,6 +89,7 @@ def dare_dense(
     url="https://arxiv.org/abs/2311.03099",
     description="drop entries w.p. drop_rate, rescale by 1/(1-p), then sum (linear) or TIES sign/disjoint mean",
     dense=dare_dense,
+    tune="drop_rate",
 )
 def dare_merge(
     updates: Sequence[LoRAUpdate], lam: float = 1.0, drop_rate: float = 0.5, seed: int = 0, combine: str = "linear"

@@ -198,6 +198,8 @@ def prepare_do(
     description="orthogonalise A and B across tasks, merge column magnitudes (mean) and directions (base) apart",
     forwards=BASE_PARAMS,
     checks=DO_CHECKS,
+    tune="gamma",
+    tune_in_grid=False,
     variants=True,
     precompute=prepare_do,
     defaults_from=do_merge_with_report,

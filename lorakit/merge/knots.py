@@ -64,6 +64,7 @@ def knots_basis(updates: Sequence[LoRAUpdate], rtol: float = 1e-10) -> KnotsBasi
     description="one SVD of [ΔW_1 … ΔW_N]; merge the tasks' ΣVᵀ blocks with base; rebuild with U",
     forwards=BASE_PARAMS,
     checks={"sigma_on_v": (is_bool, "True or False")},
+    tune="density",
     entrywise_base=True,
 )
 def knots_merge(

@@ -97,6 +97,10 @@ class MergeMethod:
             work that depends on neither λ nor the base method, done once for a whole set of adapters
             (DO-Merging's orthogonalisation), so a hyperparameter search need not repeat it; merging
             the prepared adapters with the returned params equals merging the originals, bit for bit.
+        tune: the hyperparameter a search tries at the chosen λ, after the λ grid (``density`` for
+            TIES); ``None``: λ alone (the search then tries λ × factors). A DO-Merging variant
+            (``do_ties``) tunes its base's, if the base has one (:func:`lorakit.run.search.tuned_param`).
+        tune_in_grid: the λ grid's points name ``tune`` at its default (``{"lam": 0.3, "density": 0.2}``).
     """
 
     name: str
@@ -112,8 +116,12 @@ class MergeMethod:
     variants: bool = False
     entrywise_base: bool = False
     precompute: Callable[..., tuple[list, dict]] | None = None
+    tune: str | None = None
+    tune_in_grid: bool = True
 
     def __post_init__(self) -> None:
+        if self.tune is not None and self.tune not in self.params:
+            raise ValueError(f"{self.name}: tune={self.tune!r} is not one of its parameters {sorted(self.params)}")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
         object.__setattr__(self, "checks", MappingProxyType(dict(self.checks)))
 
@@ -141,6 +149,8 @@ def register(
     entrywise_base: bool = False,
     precompute: Callable[..., tuple[list, dict]] | None = None,
     defaults_from: Callable[..., Any] | None = None,
+    tune: str | None = None,
+    tune_in_grid: bool = True,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register ``function`` as merge method ``name``; returns the function unchanged.
 
@@ -163,7 +173,7 @@ def register(
         METHODS[name] = MergeMethod(
             name, function, paper, url, params, description, dense=dense, forwards=tuple(forwards),
             checks=own_checks, factored=factored, variants=variants, entrywise_base=entrywise_base,
-            precompute=precompute,
+            precompute=precompute, tune=tune, tune_in_grid=tune_in_grid,
         )
         return function
 

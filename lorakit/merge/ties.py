@@ -238,6 +238,7 @@ def ties_dense(stack: torch.Tensor, lam: float = 1.0, density: float = 0.2) -> t
     url="https://arxiv.org/abs/2306.01708",
     description="trim to top-density |ΔW|, elect sign by sum, disjoint mean, ×λ (peft semantics)",
     dense=ties_dense,
+    tune="density",
 )
 def ties_merge(updates: Sequence[LoRAUpdate], lam: float = 1.0, density: float = 0.2) -> torch.Tensor:
     """TIES-Merging of the updates :math:`s_i B_i A_i`, recomputed from the factors a block of rows at a time."""

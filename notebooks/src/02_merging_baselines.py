@@ -376,18 +376,18 @@ for name in ("task_arithmetic", "ties", "dare", "knots"):
 # adapter each on the packaged MiniLM (cached on disk and shared with the other notebooks). Each merge's
 # $\lambda$ is chosen on the **validation** split by the mean normalized accuracy (`select_and_report`,
 # over `method_grid`), and the chosen merge is scored once on **test**. Here only $\lambda$ is searched:
-# `lorakit.benchmark.method_grid` fixes TIES' and KnOTS' density at 0.2 and DARE's drop rate at 0.5
+# `lorakit.run.search.method_grid` fixes TIES' and KnOTS' density at 0.2 and DARE's drop rate at 0.5
 # (the `chosen` column of the table below shows them). `lorakit run` (notebook 06) adds a second stage
 # in the `cpu` and `gpu` profiles: at the chosen $\lambda$, two more validation points of each method's
 # second hyperparameter (density 0.1 / 0.4, drop rate 0.3 / 0.7, DO's γ 0.3 / 3.0, or λ × 0.8 / 1.25
-# for task arithmetic; `Profile.tune_grid`, `lorakit.benchmark.method_refine`), the same budget for
+# for task arithmetic; `Profile.tune_grid`, `lorakit.run.search.method_refine`), the same budget for
 # every method.
 #
 # $$ \text{normalized}_t = \frac{\text{acc}_t(W_0 + \Delta W^*,\ \text{head}_t)}{\text{acc}_t(W_0 + \Delta W_t,\ \text{head}_t)}. $$
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.benchmark import method_grid as _grid
+from lorakit.run.search import method_grid as _grid
 from lorakit.profiles import TUNE_GRID
 
 print("this notebook: TIES", _grid("ties", P)[0], "| DARE", _grid("dare", P)[0], "(λ varies)")
@@ -459,8 +459,9 @@ print(f"relative error of ΔW over {len(true_sum)} layers: linear {min(errors['l
 # NBVAL_CHECK_OUTPUT
 import copy
 from lorakit.assets import load_tokenizer
-from lorakit.benchmark import method_grid
-from lorakit.evaluate import Evaluator, mean, normalized_accuracy, select_and_report
+from lorakit.evaluate import Evaluator, normalized_accuracy
+from lorakit.results import mean
+from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
 
 ev = Evaluator(tasks, P)

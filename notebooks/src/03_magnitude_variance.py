@@ -479,8 +479,8 @@ print("the mean share alone", "ranks them the same way (smaller share, larger R_
 # %%
 from itertools import combinations
 from lorakit.correlation import group_correlation
-from lorakit.benchmark import method_grid
-from lorakit.evaluate import Evaluator, select_and_report
+from lorakit.evaluate import Evaluator
+from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
 
 t0 = time.perf_counter()

@@ -520,14 +520,16 @@ print(f"predicted mean R for frozen OSRM subspaces {float(R_pred[off].mean()):.2
 # ## 7. Merged accuracy: standard vs OSRM, task arithmetic and TIES
 #
 # This is the code path of `lorakit run`: one `Evaluator` (base model, each task's val/test split),
-# each adapter scored alone (the normalizer), each method's grid from `lorakit.benchmark.method_grid`
+# each adapter scored alone (the normalizer), each method's grid from `lorakit.run.search.method_grid`
 # (a λ grid; TIES' density is fixed there, not searched), λ chosen on validation by
-# `lorakit.evaluate.select_and_report`, reported on test, and summarised by
-# `lorakit.benchmark.summary_rows`.
+# `lorakit.run.search.select_and_report`, reported on test, and summarised by
+# `lorakit.results.summary_rows`.
 
 # %%
-from lorakit.benchmark import method_grid, resolve_method, summary_rows
-from lorakit.evaluate import Evaluator, normalized_accuracy, select_and_report
+from lorakit.evaluate import Evaluator, normalized_accuracy
+from lorakit.merge import resolve_variant
+from lorakit.results import summary_rows
+from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
 
 ev = Evaluator(tasks, P)
@@ -536,7 +538,7 @@ records, individual = [], {}
 for init, ads in adapters.items():
     individual[init] = {split: ev.individual(ads, split) for split in ("val", "test")}
     for method in methods:
-        name, fixed = resolve_method(method)
+        name, fixed = resolve_variant(method)
         merge_fn = lambda ads=ads, name=name, fixed=fixed, **params: merge_adapters(
             [ads[t].updates for t in tasks], name, **{**params, **fixed})
         rec = select_and_report(ev, ads, merge_fn, method_grid(method, P),

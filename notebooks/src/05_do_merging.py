@@ -576,15 +576,15 @@ ax.set_title(layer.split("encoder.")[-1]); ax.legend();
 # For each base method (task arithmetic, TIES with density 0.2) we run the four cells
 # (decouple off/on × orthogonalize off/on) of `METHODS["do"]` with its other defaults. Each cell
 # picks λ on the validation split and is reported on the test split by
-# `lorakit.evaluate.select_and_report` on the grid of `lorakit.benchmark.method_grid`: the code
+# `lorakit.run.search.select_and_report` on the grid of `lorakit.run.search.method_grid`: the code
 # `lorakit run` uses, so these numbers come from the same code as the benchmark table. The cells
 # with orthogonalize on merge the factors orthogonalised above, with `orthogonalize=False`; the
 # next cell checks that this equals DO-Merging with `orthogonalize=True` bit for bit, and that the
 # (off, off) cell is the plain base method bit for bit (docs/methods.md D9).
 
 # %%
-from lorakit.benchmark import method_grid
-from lorakit.evaluate import Evaluator, select_and_report
+from lorakit.evaluate import Evaluator
+from lorakit.run.search import method_grid, select_and_report
 
 bases = ("task_arithmetic", "ties")
 cells = [(False, False), (True, False), (False, True), (True, True)]          # (decouple, orthogonalize)

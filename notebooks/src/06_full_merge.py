@@ -32,7 +32,7 @@
 # * **Validation for choosing, test for reporting, the same budget for every method**: λ on a grid
 #   (extended past an edge it lands on), then two more points at the chosen λ on the method's
 #   second hyperparameter — TIES density, DARE drop rate, DO's γ, or λ itself for task arithmetic
-#   (`lorakit.benchmark.method_refine`). Every record stores what it tried (`curve`, `budget`).
+#   (`lorakit.run.search.method_refine`). Every record stores what it tried (`curve`, `budget`).
 # * **Statistics** (`lorakit.claims`): a difference between two methods is measured on the same
 #   seeds and the same test examples, so its CI comes from a *paired* bootstrap that resamples seeds
 #   and then test examples (`lorakit.stats.paired_bootstrap`), and Holm's correction runs across
@@ -46,7 +46,7 @@ P = setup()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.benchmark import method_grid, method_refine
+from lorakit.run.search import method_grid, method_refine
 from lorakit.merge import METHODS
 from lorakit.profiles import ALL_METHODS, PROFILES
 for name in METHODS:
@@ -68,7 +68,8 @@ assert set(budgets) == set(ALL_METHODS) and len(set(budgets.values())) == 1  # t
 
 # %%
 import tempfile
-from lorakit.benchmark import format_table, run_benchmark
+from lorakit.benchmark import run_benchmark
+from lorakit.results import format_table
 
 live_dir = tempfile.mkdtemp(prefix="lorakit-06-")
 live = run_benchmark(P, out=f"{live_dir}/run", progress=show_progress(P),

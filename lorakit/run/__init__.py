@@ -1,0 +1,2 @@
+"""Experiments: the grid both tracks run (:mod:`~lorakit.run.grid`) and every method's hyperparameter
+search (:mod:`~lorakit.run.search`)."""

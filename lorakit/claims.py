@@ -4,10 +4,10 @@ Every claim compares two sides scored on the same test examples (the split is fi
 and pairs them by seed and by example. For a difference claim the effect is
 :math:`\Delta = M(A) - M(B)`, :math:`M` the chosen metric (:mod:`lorakit.metrics`: normalized by
 default) over the seeds both sides hold; its CI is the percentile bootstrap over seeds × test
-examples (:func:`lorakit.resample.bootstrap_scores`), its p-value the two-sided inversion of the same
-bootstrap (:func:`lorakit.resample.bootstrap_pvalue`: p < 0.05 exactly when the 95 % CI excludes 0,
-so p and CI agree). Verdict: :func:`lorakit.stats.verdict` on the CI, then, across every claim of the
-report, Holm's step-down adjustment (:func:`lorakit.stats.holm`): a held or contradicted verdict
+examples (:func:`lorakit.stats.bootstrap.bootstrap_scores`), its p-value the two-sided inversion of the same
+bootstrap (:func:`lorakit.stats.bootstrap.bootstrap_pvalue`: p < 0.05 exactly when the 95 % CI excludes 0,
+so p and CI agree). Verdict: :func:`lorakit.stats.paired.verdict` on the CI, then, across every claim of the
+report, Holm's step-down adjustment (:func:`lorakit.stats.paired.holm`): a held or contradicted verdict
 whose Holm-adjusted p is ≥ α = 1 − level becomes inconclusive (family-wise error ≤ α).
 
 The claims: (i) each DO-Merging variant beats its base (standard init); (ii) DO beats the
@@ -28,8 +28,8 @@ import numpy as np
 from .errors import LorakitError
 from .merge import METHODS, resolve_variant, variant_base
 from .metrics import METRIC_LABELS, check_metric, entry_scores, metric_values, records_of, seeds_of, side_scores
-from .resample import ScoresBootstrap, bootstrap_pvalue, bootstrap_scores
-from .stats import holm, paired_t_interval, t_cdf, verdict
+from .stats.bootstrap import ScoresBootstrap, bootstrap_pvalue, bootstrap_scores
+from .stats.paired import holm, paired_t_interval, t_cdf, verdict
 
 DO_PAPER = "DO-Merging: decoupling and orthogonalizing beats the base merge (docs/methods.md §3.1, §3.7)"
 OSRM_PAPER = "OSRM: the constrained init raises merged accuracy (docs/methods.md §2.10)"
@@ -260,7 +260,7 @@ def spread_row(results: Mapping, init: str, base: str, opts: Options, label: str
     r"""OSRM flattens the λ curve: per seed :math:`d_s` = spread(init) − spread(base), paired t CI over seeds.
 
     spread = max − min of the validation normalized accuracy over the λ both curves of that seed tried
-    (an edge extension tried by one only does not count). CI: :func:`lorakit.stats.paired_t_interval`
+    (an edge extension tried by one only does not count). CI: :func:`lorakit.stats.paired.paired_t_interval`
     over the seeds (p: the two-sided paired t test); one seed gives no CI → inconclusive.
     """
     ra = {r["seed"]: r for r in records_of(results, method, init)}

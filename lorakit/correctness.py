@@ -19,7 +19,7 @@ def encode_correct(correct) -> dict:
     """Per-example correctness (a bool vector) as JSON: ``{"n": n, "bits": base64 of numpy.packbits}``.
 
     8 examples per byte, so a run's every method × init × task × seed fits in results.json and any
-    comparison can be re-tested later (paired, example by example) with :mod:`lorakit.stats`.
+    comparison can be re-tested later (paired, example by example) with :mod:`lorakit.stats.paired`.
     A torch tensor is moved to the CPU first.
     """
     correct = correct.cpu() if hasattr(correct, "cpu") else correct

@@ -13,7 +13,7 @@ T tasks (each :math:`(S, T)`):
   accuracy (inferred, docs/methods.md §3.6; its headline numbers are "presumably average normalized
   accuracy", §3.7); lorakit's default (docs/methods.md §5.3), and the claims' default;
 * ``floor_adjusted``: the mean over the tasks of :math:`(\bar m_t - \bar f_t)/(\bar i_t - \bar f_t)`,
-  the bars means over the seeds (:func:`lorakit.stats.floor_adjusted_normalized`; a task where
+  the bars means over the seeds (:func:`lorakit.stats.paired.floor_adjusted_normalized`; a task where
   :math:`\bar i_t \le \bar f_t` is left out): the share of what the adapter added over the head
   alone that the merge keeps (lorakit's own). The ratio is taken of seed means, not per seed
   [D]: one seed's gap :math:`i_{st} - f_{st}` can be a few points (the cpu reference's OSRM adapter
@@ -21,7 +21,7 @@ T tasks (each :math:`(S, T)`):
   seed the two are the same.
 
 CI (95 % by default): the percentile bootstrap over seeds × test examples of the same statistic
-(:func:`lorakit.resample.bootstrap_scores`), not a t interval over seeds: it works with one seed
+(:func:`lorakit.stats.bootstrap.bootstrap_scores`), not a t interval over seeds: it works with one seed
 (then it covers test-example noise only, and says so) and keeps each ratio seed by seed. Runs made
 before per-example correctness was recorded get vectors rebuilt from each accuracy (``round(acc·n)``
 ones at seeded random places): every score set then resamples as if independent of the others
@@ -40,8 +40,8 @@ import numpy as np
 
 from .correctness import decode_correct
 from .errors import LorakitError
-from .resample import ScoresBootstrap, bootstrap_scores, data_accuracies, percentile_interval, resampled_accuracies
-from .stats import floor_adjusted_normalized
+from .stats.bootstrap import ScoresBootstrap, bootstrap_scores, data_accuracies, percentile_interval, resampled_accuracies
+from .stats.paired import floor_adjusted_normalized
 
 METRICS = ("accuracy", "normalized", "floor_adjusted")
 METRIC_LABELS = {"accuracy": "accuracy", "normalized": "normalized accuracy",

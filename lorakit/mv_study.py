@@ -13,7 +13,7 @@ r"""The magnitude-variance claims (a), (b), (c) of docs/methods.md §3.5, as tes
   read off one matrix.
 * **Claim records:** :func:`claim_a_record`, :func:`claim_b_record`, :func:`claim_c_record` turn
   per-example correctness and per-group numbers into effects, CIs and three-valued verdicts
-  (:func:`lorakit.stats.verdict`).
+  (:func:`lorakit.stats.paired.verdict`).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from .analysis import magnitude_variance_pairwise
-from .correlation import group_correlation
+from .stats.correlation import group_correlation
 from .errors import LorakitError
 from .lora import LoRAUpdate, check_compatible
 from .merge import METHODS, layer_params, resolve_params
-from .mv_stats import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
+from .stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                        normalized_difference, pair_bootstrap_over_tasks)
 from .profiles import Profile, get_profile
-from .stats import paired_t_interval, verdict
+from .stats.paired import paired_t_interval, verdict
 from .tasks import load_task
 from .train import TrainedAdapter, task_seed, train_full
 
@@ -205,7 +205,7 @@ def claim_a_record(merged: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]],
     ``merged[family][seed][task]`` and ``individual[family][seed][task]``: per-example test
     correctness (families ``"lora"`` and ``"full_ft"``, the same seeds, tasks and examples). Effect
     :math:`\frac1T\sum_t \bar m^{L}_t/\bar i^{L}_t - \frac1T\sum_t \bar m^{F}_t/\bar i^{F}_t` (each bar:
-    mean over seeds and examples) with the :func:`lorakit.mv_stats.multi_bootstrap` CI; the paper
+    mean over seeds and examples) with the :func:`lorakit.stats.mv_study.multi_bootstrap` CI; the paper
     says LoRA merges worse (direction −1).
     """
     seeds = sorted(merged["lora"])
@@ -229,8 +229,8 @@ def claim_b_record(pair_mv: Mapping[str, Mapping[int, np.ndarray]], tasks: Seque
     ``pair_mv[family][seed]``: the :func:`pair_mv_matrix` of the kept tasks. Per seed
     :math:`d_s = \overline{M^L_s} - \overline{M^F_s}` (means over task pairs, independent of T in
     expectation). The verdict's CI is the paired t interval over seeds (tasks fixed, as in
-    :mod:`lorakit.stats`) when there are ≥ 2 seeds, else the bootstrap over tasks of the seed-mean
-    pair differences (:func:`lorakit.mv_stats.pair_bootstrap_over_tasks`, always reported, as a check
+    :mod:`lorakit.stats.paired`) when there are ≥ 2 seeds, else the bootstrap over tasks of the seed-mean
+    pair differences (:func:`lorakit.stats.mv_study.pair_bootstrap_over_tasks`, always reported, as a check
     that the effect is not carried by a few tasks). The paper says LoRA varies more (+1).
     """
     seeds = sorted(pair_mv["lora"])
@@ -254,10 +254,10 @@ def claim_c_record(points: Sequence[Mapping], *, n_resamples: int = 5000, seed: 
     r"""Claim (c): across task groups, higher magnitude variance ↔ lower merged normalized accuracy.
 
     ``points``: per group ``{"group": [tasks], "mv": x_g, "normalized": y_g}``. Within each group
-    size: Spearman's ρ with its permutation p-value (:func:`lorakit.correlation.group_correlation`), a
+    size: Spearman's ρ with its permutation p-value (:func:`lorakit.stats.correlation.group_correlation`), a
     bootstrap CI over groups and its verdict (paper: ρ < 0), and ρ without each task
-    (:func:`lorakit.mv_stats.leave_one_task_out`). Over all sizes: the fixed-effects slope
-    (:func:`lorakit.mv_stats.fixed_effects_slope`), whose t CI gives the claim's verdict (paper: β < 0).
+    (:func:`lorakit.stats.mv_study.leave_one_task_out`). Over all sizes: the fixed-effects slope
+    (:func:`lorakit.stats.mv_study.fixed_effects_slope`), whose t CI gives the claim's verdict (paper: β < 0).
     """
     by_size: dict[str, dict] = {}
     for k in sorted({len(q["group"]) for q in points}):

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # matplotlib falls back to Agg without a displa
 
 from .metrics import METRIC_LABELS
 from .results import lambda_curve, mean, summary_rows
-from .stats import paired_t_interval
+from .stats.paired import paired_t_interval
 
 
 def bars_normalized(results: Mapping, ax=None, metric: str = "normalized"):
@@ -79,7 +79,7 @@ def lambda_curves(results: Mapping, method: str = "task_arithmetic", ax=None):
     """Normalized accuracy against λ for each init (the robustness curve), mean over seeds.
 
     With two or more seeds a band shows the 95 % t interval over seeds at each λ
-    (:func:`lorakit.stats.paired_t_interval` of the per-seed values); one seed gets no band.
+    (:func:`lorakit.stats.paired.paired_t_interval` of the per-seed values); one seed gets no band.
     """
     ax = ax or plt.subplots(figsize=(4.2, 3.2))[1]
     n_seeds = 1

@@ -1,4 +1,4 @@
-"""lorakit.correlation.group_correlation against scipy.stats and a brute-force permutation count."""
+"""lorakit.stats.correlation.group_correlation against scipy.stats and a brute-force permutation count."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from lorakit.correlation import group_correlation
+from lorakit.stats.correlation import group_correlation
 from lorakit.errors import LorakitError
 
 stats = pytest.importorskip("scipy.stats")

@@ -21,7 +21,7 @@ from lorakit.errors import LorakitError
 from lorakit.exercises import nb06
 from lorakit.reference import reference_runs
 from lorakit.results import load_results
-from lorakit.stats import paired_bootstrap
+from lorakit.stats.paired import paired_bootstrap
 from test_results import bernoulli, brute_bootstrap, lose, make_run
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__06_solutions.py"

@@ -9,7 +9,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from lorakit.correlation import spearman_rho
+from lorakit.stats.correlation import spearman_rho
 from lorakit.errors import LorakitError
 from lorakit.mv_report import (CLAIM_TEXT, claim_a_rows, claim_c_rows, full_ft_rows, load_mv_study, mv_study_path,
                                mv_verdict_sentences)

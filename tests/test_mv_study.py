@@ -1,4 +1,4 @@
-"""lorakit.mv_stats / mv_study / mv_run: the magnitude-variance claims, against brute force and end to end."""
+"""lorakit.stats.mv_study / mv_study / mv_run: the magnitude-variance claims, against brute force and end to end."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from lorakit.analysis import magnitude_variance_pairwise
-from lorakit.correlation import spearman_rho
+from lorakit.stats.correlation import spearman_rho
 from lorakit.errors import LorakitError
 from lorakit.lora import LoRAUpdate
 from lorakit.merge import merge_adapters
-from lorakit.mv_stats import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
+from lorakit.stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                               normalized_difference, pair_bootstrap_over_tasks)
 from lorakit.mv_study import (beats_majority, choose_lr, claim_a_record, claim_b_record, claim_c_record, group_mv,
                               merge_dense, pair_mv_matrix, task_groups, tune_full_ft)
-from lorakit.stats import paired_bootstrap
+from lorakit.stats.paired import paired_bootstrap
 
 stats = pytest.importorskip("scipy.stats")
 VERDICTS = {"held", "contradicted", "inconclusive"}

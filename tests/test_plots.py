@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 from lorakit import plots  # noqa: E402
 from lorakit.results import summary_rows  # noqa: E402
-from lorakit.stats import paired_t_interval  # noqa: E402
+from lorakit.stats.paired import paired_t_interval  # noqa: E402
 from test_results import bernoulli, lose, make_run  # noqa: E402
 
 

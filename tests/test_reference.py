@@ -16,7 +16,7 @@ from lorakit.claims import ClaimRow, Options, apply_holm, difference_row
 from lorakit.errors import LorakitError
 from lorakit.reference import claims_report, reference_runs
 from lorakit.results import load_results
-from lorakit.stats import holm
+from lorakit.stats.paired import holm
 from test_results import TASKS, bernoulli, brute_bootstrap, lose, make_run
 
 FAST = {"n_resamples": 2000}

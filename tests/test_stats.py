@@ -1,4 +1,4 @@
-"""lorakit.stats against independent implementations: scipy, brute-force loops and enumerations.
+"""lorakit.stats.paired against independent implementations: scipy, brute-force loops and enumerations.
 
 Every random draw in these tests is seeded; the coverage simulations are sized so that a correct
 implementation passes with a wide margin (binomial sd of a 200-replication coverage is 0.015).
@@ -17,9 +17,9 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from lorakit import stats
+from lorakit.stats import paired as stats
 from lorakit.errors import LorakitError
-from lorakit.stats import (floor_adjusted_normalized, holm, paired_bootstrap, paired_t_interval,
+from lorakit.stats.paired import (floor_adjusted_normalized, holm, paired_bootstrap, paired_t_interval,
                            sign_flip_test, t_cdf, t_ppf, tost_paired, verdict)
 
 
@@ -421,17 +421,17 @@ def test_floor_adjusted_normalized_values_and_nan_rule():
 
 def test_stats_imports_no_scipy_at_run_time():
     """numpy only: the t quantiles come from lorakit's own incomplete beta, not scipy."""
-    code = "import sys, lorakit.stats; assert 'scipy' not in sys.modules, 'scipy was imported'"
+    code = "import sys, lorakit.stats.paired; assert 'scipy' not in sys.modules, 'scipy was imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
-# ---------------------------------------------------------------- lorakit.resample: several aligned score sets
+# ---------------------------------------------------------------- lorakit.stats.bootstrap: several aligned score sets
 
 
 def test_bootstrap_scores_draws_exactly_what_paired_bootstrap_draws():
     """Mean difference of two sets: the same resamples as paired_bootstrap(shared) from the same seed."""
-    from lorakit.resample import bootstrap_scores
+    from lorakit.stats.bootstrap import bootstrap_scores
 
     rng = gen(21)
     a = {f"t{t}": (rng.random((3, 40 + 7 * t)) < 0.7).astype(float) for t in range(3)}
@@ -448,8 +448,7 @@ def test_bootstrap_scores_draws_exactly_what_paired_bootstrap_draws():
 def test_reused_draws_are_the_stream_itself(monkeypatch):
     """The second claim of a report reuses the first one's draws: same resamples as a fresh stream, and
     as paired_bootstrap; a stream over DRAWS_CACHE_BYTES is not kept; the kept draws are read-only."""
-    from lorakit import resample
-
+    from lorakit.stats import bootstrap as resample
     rng = gen(8)
     shape = {f"t{t}": (4, 30 + 11 * t) for t in range(3)}
     sets = [{k: (rng.random(v) < q).astype(float) for k, v in shape.items()} for q in (0.8, 0.5, 0.65)]
@@ -473,7 +472,7 @@ def test_reused_draws_are_the_stream_itself(monkeypatch):
 
 def test_bootstrap_scores_per_seed_ratio_and_undefined_resamples():
     """The statistic sees per-seed accuracies (a ratio seed by seed); non-finite resamples are dropped, counted."""
-    from lorakit.resample import bootstrap_scores
+    from lorakit.stats.bootstrap import bootstrap_scores
 
     m = {"t": np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])}  # seed 0: 1/4, seed 1: 3/4
     i = {"t": np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])}  # 2/4, 4/4
@@ -492,7 +491,7 @@ def test_bootstrap_scores_per_seed_ratio_and_undefined_resamples():
 
 
 def test_bootstrap_pvalue_agrees_with_the_percentile_interval():
-    from lorakit.resample import bootstrap_pvalue
+    from lorakit.stats.bootstrap import bootstrap_pvalue
 
     values = gen(3).normal(0.05, 0.02, 20_000)
     low, high = np.quantile(values, [0.025, 0.975])

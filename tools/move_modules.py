@@ -97,7 +97,7 @@ def rename(text: str, moves: list[tuple[str, str]]) -> str:
         tail = f"  {comment}" if comment else ""
         return f"{indent}from {parent} import {leaf}" + (f" as {alias or module}" if (alias or module) != leaf else "") + tail
 
-    return DOTTED.sub(dotted, FROM_PACKAGE.sub(from_package, text))
+    return FROM_PACKAGE.sub(from_package, DOTTED.sub(dotted, text))
 
 
 def path_of(module: str) -> Path:
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
             return 2
     for path in PACKAGE.rglob("*.py"):
         path.write_text(absolutize(path, path.read_text()))
-    files = {p for g in TEXT_GLOBS for p in ROOT.glob(g) if p.is_file()}
+    files = {p for g in TEXT_GLOBS for p in ROOT.glob(g) if p.is_file()} - {Path(__file__).resolve()}
     for path in files:
         text = path.read_text()
         new = rename(text, moves)

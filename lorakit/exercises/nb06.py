@@ -1,11 +1,11 @@
 r"""Exercise checkers of notebook 06 (re-testing a benchmark claim from its per-example predictions).
 
-Symbols as in :mod:`lorakit.stats`: methods :math:`A` (``do``) and :math:`B` (``task_arithmetic``),
+Symbols as in :mod:`lorakit.stats.paired`: methods :math:`A` (``do``) and :math:`B` (``task_arithmetic``),
 both with the standard init, score :math:`a_{tsi}, b_{tsi} \in \{0, 1\}` on task :math:`t` (of
 :math:`T`), seed :math:`s` (of :math:`S`), test example :math:`i` (of :math:`n_t`); the test split is
 the same in every seed. The difference is :math:`\hat\Delta = \frac1T\sum_t (\bar a_t - \bar b_t)`,
 :math:`\bar a_t = \frac{1}{S n_t}\sum_{s,i} a_{tsi}`; its CI is the "shared" paired bootstrap
-(:func:`lorakit.stats.paired_bootstrap`): per resample seeds :math:`s^*_1..s^*_S` (one draw for all
+(:func:`lorakit.stats.paired.paired_bootstrap`): per resample seeds :math:`s^*_1..s^*_S` (one draw for all
 tasks), then per task examples :math:`i^*_1..i^*_{n_t}` (one draw for every drawn seed, and for A and B).
 """
 
@@ -21,7 +21,7 @@ from ..errors import LorakitError
 from ..metrics import merged_scores, seeds_of
 from ..reference import claims_report, reference_runs
 from ..results import load_results
-from ..stats import _counts, paired_bootstrap
+from ..stats.paired import _counts, paired_bootstrap
 from ._common import as_number as _as_number, check_choice as _check_choice, ok as _ok
 from ._common import report_prediction as _report_prediction
 
@@ -212,7 +212,7 @@ def check_paired_bootstrap(fn: Bootstrap, results: Mapping) -> str:
     r"""Exercise 6.1: ``fn(a, b, n_resamples, seed)`` → ``(estimate, low, high)`` of the 95 % shared paired bootstrap.
 
     ``a``, ``b``: ``{task: (S, n_t) 0/1}``. Checked on synthetic scores against
-    :func:`lorakit.stats.paired_bootstrap` (estimate to 1e-9, endpoints within 0.01 at 20 000
+    :func:`lorakit.stats.paired.paired_bootstrap` (estimate to 1e-9, endpoints within 0.01 at 20 000
     resamples), then on ``results``' DO − TA (standard init) against ``claims_report(results,
     metric="accuracy")``'s row, printed side by side.
     """
@@ -245,7 +245,7 @@ def _first_seeds(x: Scores, k: int) -> Scores:
 def seed_widths(results: Mapping, n_resamples: int = REAL_RESAMPLES, seed: int = 0) -> tuple[float, float, int]:
     r"""(width with the first seed only, width with all S seeds, S) of the 95 % CI of DO − TA (accuracy, standard init).
 
-    Widths :math:`U - L` of :func:`lorakit.stats.paired_bootstrap` (shared) on :func:`do_vs_ta`'s
+    Widths :math:`U - L` of :func:`lorakit.stats.paired.paired_bootstrap` (shared) on :func:`do_vs_ta`'s
     (S, n_t) arrays, cut to (1, n_t) for the first. Needs S ≥ 2.
     """
     a, b = do_vs_ta(results)

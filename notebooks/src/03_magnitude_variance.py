@@ -385,7 +385,7 @@ fig.tight_layout();
 
 # %%
 from lorakit.analysis import magnitude_variance_pairwise, subspace_overlap
-from lorakit.correlation import spearman_rho
+from lorakit.stats.correlation import spearman_rho
 from lorakit.diagnose import diagnose_adapters
 
 lora_updates = [lora[t].updates for t in tasks]
@@ -468,7 +468,7 @@ print("the mean share alone", "ranks them the same way (smaller share, larger R_
 #   $\text{acc}_i(\text{merged}) / \text{acc}_i(\text{task } i\text{'s own adapter})$.
 #
 # Across the groups we compute the Pearson $r$ and the Spearman $\rho$ (Pearson of the ranks) with
-# `lorakit.correlation.group_correlation`. Its p-values count how many re-pairings of the $y$ values
+# `lorakit.stats.correlation.group_correlation`. Its p-values count how many re-pairings of the $y$ values
 # with the $x$ values correlate at least as strongly. Groups that share tasks are not independent,
 # so those p-values are optimistic.
 #
@@ -478,7 +478,7 @@ print("the mean share alone", "ranks them the same way (smaller share, larger R_
 
 # %%
 from itertools import combinations
-from lorakit.correlation import group_correlation
+from lorakit.stats.correlation import group_correlation
 from lorakit.evaluate import Evaluator
 from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
@@ -555,7 +555,7 @@ ax.set_title(f"task pairs, profile {P.name}"); ax.legend(fontsize=7);
 #   values, which grows with $N$ by itself. (b) and (c) use the **pairwise** magnitude variance of
 #   section 3 (`magnitude_variance_pairwise`): the mean of (3.2) over every pair of tasks. Its
 #   expectation is the same for every $N$.
-# * **A CI and a three-valued verdict per claim** (`lorakit.stats.verdict`): *held* when the 95 % CI
+# * **A CI and a three-valued verdict per claim** (`lorakit.stats.paired.verdict`): *held* when the 95 % CI
 #   excludes 0 in the paper's direction, *contradicted* when it excludes 0 the other way, and
 #   *inconclusive* otherwise.
 #

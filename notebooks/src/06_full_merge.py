@@ -35,7 +35,7 @@
 #   (`lorakit.run.search.method_refine`). Every record stores what it tried (`curve`, `budget`).
 # * **Statistics** (`lorakit.claims`): a difference between two methods is measured on the same
 #   seeds and the same test examples, so its CI comes from a *paired* bootstrap that resamples seeds
-#   and then test examples (`lorakit.stats.paired_bootstrap`), and Holm's correction runs across
+#   and then test examples (`lorakit.stats.paired.paired_bootstrap`), and Holm's correction runs across
 #   all the claims of a report.
 #
 # `lorakit run` does all of this (`make run`); this notebook calls the same function.
@@ -154,7 +154,7 @@ for init in ref["inits"]:
 # %% [markdown]
 # ## Which claims held here?
 #
-# **The decision rule, fixed before the run** (`lorakit.stats.verdict`, `lorakit.claims`): for each
+# **The decision rule, fixed before the run** (`lorakit.stats.paired.verdict`, `lorakit.claims`): for each
 # claim, orient the 95 % CI of (ours − baseline) so that the paper's direction is positive. The
 # claim **held** if the CI excludes 0 on the paper's side, is **contradicted** if it excludes 0 on
 # the other side, and is **inconclusive** otherwise; then Holm's step-down correction over all the
@@ -302,7 +302,7 @@ if "random_orthonormal" in geom["inits"]:
 # NBVAL_CHECK_OUTPUT
 import numpy as np
 from lorakit.correctness import decode_correct
-from lorakit.stats import paired_bootstrap
+from lorakit.stats.paired import paired_bootstrap
 
 def entries(results, key, init):
     """{task: (seeds, n_test) 0/1 array} of a per-task entry list (individual, floor, …), seeds sorted."""
@@ -338,7 +338,7 @@ for init in ref["inits"]:
 #    `(estimate, low, high)`: $\hat\Delta = \frac1T\sum_t(\bar a_t - \bar b_t)$ and its 95 % percentile CI.
 #    One resample draws $S$ seeds with replacement (one draw for every task: a seed is one run), then per
 #    task $n_t$ examples with replacement, one draw used for every drawn seed and for both methods (the
-#    test split is the same in every seed). The checker compares it with `lorakit.stats.paired_bootstrap`
+#    test split is the same in every seed). The checker compares it with `lorakit.stats.paired.paired_bootstrap`
 #    on toy data, then prints your CI beside the claims report's (`claims_report(run, metric="accuracy")`).
 #    Vectorize over the resamples: a plain Python loop over 20 000 resamples works, but slowly.
 # 2. Predict, run, interpret (below).

@@ -9,7 +9,7 @@
 import numpy as np
 from lorakit import exercises
 from lorakit.exercises import nb06
-from lorakit.stats import paired_bootstrap
+from lorakit.stats.paired import paired_bootstrap
 
 ref_ex = nb06.reference_for_exercises()
 print(f"exercises use profile {ref_ex['profile']}, seeds {ref_ex['seeds']}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import LorakitError
+from ..errors import LorakitError
 
 
 def _betacf(a: float, b: float, x: float) -> float:

@@ -3,7 +3,7 @@ r"""Statistics for the magnitude-variance claims (docs/methods.md §3.5): ratio 
 Claim (a) compares *normalized* accuracies, ratios :math:`\bar m_t / \bar i_t` of a merged and an
 individual model scored on the same test examples, for two families (LoRA, full fine-tuning):
 :func:`multi_bootstrap` resamples seeds and examples once for K paired score arrays, so numerator
-and denominator move together (:func:`lorakit.stats.paired_bootstrap` carries only two). Claim (c)
+and denominator move together (:func:`lorakit.stats.paired.paired_bootstrap` carries only two). Claim (c)
 relates a per-group magnitude variance :math:`x_g` to the group's merged accuracy :math:`y_g` over
 task groups :math:`g \subset \{1..T\}`: :func:`leave_one_task_out` and
 :func:`fixed_effects_slope` separate an effect of :math:`x` from single tasks that sit in many
@@ -19,8 +19,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .correlation import spearman_rho
-from .errors import LorakitError
-from .stats import Interval, t_cdf, t_ppf
+from ..errors import LorakitError
+from .paired import Interval, t_cdf, t_ppf
 
 MultiStatistic = Callable[[np.ndarray], np.ndarray]
 
@@ -55,7 +55,7 @@ def multi_bootstrap(scores: Mapping[str, np.ndarray], statistic: MultiStatistic,
     individual model of two families) for S seeds on the same :math:`n_t` test examples. One resample
     draws seeds :math:`s^*_1..s^*_S` (shared by all tasks and all K) and, per task, examples
     :math:`i^*_1..i^*_{n_t}` (shared by all K and all drawn seeds, the crossed design of
-    :func:`lorakit.stats.paired_bootstrap`'s ``"shared"``):
+    :func:`lorakit.stats.paired.paired_bootstrap`'s ``"shared"``):
     :math:`\bar a^*_{k t} = \frac{1}{S n_t}\sum_{j,l} a_{k, s^*_j, i^*_l}`. ``statistic`` maps the
     ``(K, R, T)`` resampled accuracies to ``(R,)``. The random stream is paired_bootstrap's (per block:
     seed indices ``(B, S)``, then per task example indices ``(B, n_t)``), so for K = 2 and

@@ -1,6 +1,6 @@
 r"""Bootstrap of several aligned score sets at once (seeds × test examples), and its p-value.
 
-:func:`lorakit.stats.paired_bootstrap` compares two methods through their seed-pooled task
+:func:`lorakit.stats.paired.paired_bootstrap` compares two methods through their seed-pooled task
 accuracies. A run's metrics need more: normalized accuracy divides the merged model's accuracy by
 the individual adapter's *of the same seed*, the floor-adjusted one also subtracts the head-only
 floor, and a claim compares two such ratios. :func:`bootstrap_scores` therefore resamples any number
@@ -16,8 +16,8 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import LorakitError
-from .stats import Interval, _check_level, _counts
+from ..errors import LorakitError
+from .paired import Interval, _check_level, _counts
 
 #: ``{name: (R, S, T) per-seed task accuracies}`` → (R,) values (NaN/inf allowed: dropped, counted)
 ScoresStatistic = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -146,7 +146,7 @@ def bootstrap_scores(scores: Mapping[str, Mapping[str, np.ndarray]], statistic: 
     1 − α/2 quantiles of the finite resample values (numpy's linear interpolation); non-finite values
     (a ratio over a resampled zero) are dropped and counted in ``n_undefined``.
 
-    Assumptions as :func:`lorakit.stats.paired_bootstrap` with ``examples="shared"`` (crossed design,
+    Assumptions as :func:`lorakit.stats.paired.paired_bootstrap` with ``examples="shared"`` (crossed design,
     conservative); with S = 1 the CI covers test-example noise only. Random stream: exactly that of
     ``paired_bootstrap(..., examples="shared")`` (per block of ``block``: ``integers(0, S, (B, S),
     int32)``, then per task ``integers(0, n_t, (B, n_t), int32)``), so the mean difference of two sets

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from .errors import LorakitError
+from ..errors import LorakitError
 from .tdist import betainc, t_cdf, t_ppf  # noqa: F401  (public here too)
 
 ArrayLike = Union[np.ndarray, Sequence]

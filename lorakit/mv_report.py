@@ -1,6 +1,6 @@
 r"""Read a committed magnitude-variance study (``tools/mv_study.py``) and say what it found.
 
-The study's JSON (:func:`lorakit.mv_run.run_study` plus the tool's machine, date and command) holds
+The study's JSON (:func:`lorakit.run.mv_grid.run_study` plus the tool's machine, date and command) holds
 every number behind claims (a), (b), (c) of docs/methods.md §3.5. Notebook 03 prints it with the
 functions here, so its prose is generated from the file and stays true when the study is re-made:
 

@@ -1,6 +1,6 @@
 """Reading a run's results: the tables, curves and notes made from ``results.json``.
 
-Everything here only reads the ``results`` mapping that :func:`lorakit.benchmark.run_benchmark`
+Everything here only reads the ``results`` mapping that :func:`lorakit.run.encoder.run_benchmark`
 returns and writes to ``results.json`` (or loads it back), so the report, the figures
 (:mod:`lorakit.plots`) and the paper-claim check (:mod:`lorakit.reference`) share one source
 and none of them needs the training code. ``normalized`` accuracy is merged ÷ individual,

@@ -1,4 +1,4 @@
-"""Tests of lorakit.bench on tiny shapes: record fields, JSON-ability, peft ratios."""
+"""Tests of lorakit.run.bench on tiny shapes: record fields, JSON-ability, peft ratios."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import peft.utils.merge_utils  # noqa: F401  (imported at collection: peft's import takes seconds)
 
-from lorakit.bench import LLAMA3_8B_SHAPES, bench_llm_shapes, bench_merge
+from lorakit.run.bench import LLAMA3_8B_SHAPES, bench_llm_shapes, bench_merge
 from lorakit.merge import METHODS
 
 
@@ -52,7 +52,7 @@ def test_peft_call_does_the_same_merge_as_lorakit():
     """The ratio compares equal work: peft's call on the dense ΔW_i gives lorakit's merge of the factors."""
     import torch
 
-    from lorakit.bench import _peft_call, random_updates, resolve_bench_method
+    from lorakit.run.bench import _peft_call, random_updates, resolve_bench_method
     from lorakit.merge import merge_layer, resolve_params
 
     updates = random_updates(3, 12, 10, 2, seed=5)
@@ -68,7 +68,7 @@ def test_peft_call_does_the_same_merge_as_lorakit():
 def test_resolve_bench_method_variants():
     import pytest
 
-    from lorakit.bench import resolve_bench_method
+    from lorakit.run.bench import resolve_bench_method
     from lorakit.errors import LorakitError
 
     assert resolve_bench_method("do_dare") == ("do", {"base": "dare"})

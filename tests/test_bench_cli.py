@@ -12,7 +12,8 @@ import peft.utils.merge_utils  # noqa: F401  (imported at collection: peft's imp
 import pytest
 import torch
 
-from lorakit import bench, cli
+from lorakit import cli
+from lorakit.run import bench
 from lorakit.cli import bench as bench_cli
 from lorakit.cli.bench import llm_report, write_json
 

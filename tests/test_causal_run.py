@@ -15,7 +15,7 @@ import torch
 from lorakit.causal import exact_match, greedy_generate, train_causal_lora
 from lorakit.causal_eval import CausalEvaluator, delta_fingerprint
 from lorakit.causal_profiles import get_causal_profile
-from lorakit.causal_run import check_causal_profile, check_generative_tasks, run_causal_benchmark
+from lorakit.run.causal import check_causal_profile, check_generative_tasks, run_causal_benchmark
 from lorakit.causal_train import causal_osrm_init, prompt_batches, train_causal_adapter
 from lorakit.errors import LorakitError
 from lorakit.generative_tasks import load_generative_task
@@ -157,7 +157,7 @@ def test_wrong_track_options_get_one_line_errors(profile, tiny_folder):
         check_causal_profile(profile.replace(target_modules=("query", "value")))
     with pytest.raises(LorakitError, match="is an encoder"):
         check_causal_profile(profile.replace(model="minilm"))
-    from lorakit.benchmark import run_benchmark
+    from lorakit.run.encoder import run_benchmark
 
     with pytest.raises(LorakitError, match="generative .*--model smollm2"):
         run_benchmark("ci", tasks=["verb_past", "rt_sentiment"])

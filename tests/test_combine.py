@@ -1,4 +1,4 @@
-"""lorakit.combine: runs of one profile made side by side (disjoint seeds) or extended later, joined into one."""
+"""lorakit.run.combine: runs of one profile made side by side (disjoint seeds) or extended later, joined into one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lorakit.cli import main
-from lorakit.combine import combine_results
+from lorakit.run.combine import combine_results
 from lorakit.errors import LorakitError
 from lorakit.results import summary_rows
 

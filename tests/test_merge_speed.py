@@ -10,8 +10,8 @@ import pytest
 import torch
 from peft.utils import merge_utils as pm
 
-from lorakit.bench import random_updates
-from lorakit.timing import peak_memory as _peak, reset_peak as _reset_peak
+from lorakit.run.bench import random_updates
+from lorakit.run.timing import peak_memory as _peak, reset_peak as _reset_peak
 from lorakit.lora import LoRAUpdate
 from lorakit.merge import blocks, dare, disjoint_mean, elect_sign, merge_layer, ties, trim_topk
 from lorakit.merge.blocks import FactorBlocks, bernoulli_keep, elect_disjoint_mean_, row_spans, stack_deltas

@@ -13,7 +13,7 @@ from lorakit.stats.correlation import spearman_rho
 from lorakit.errors import LorakitError
 from lorakit.mv_report import (CLAIM_TEXT, claim_a_rows, claim_c_rows, full_ft_rows, load_mv_study, mv_study_path,
                                mv_verdict_sentences)
-from lorakit.mv_study import claim_b_record, claim_c_record
+from lorakit.run.mv_study import claim_b_record, claim_c_record
 
 COMMITTED = mv_study_path("cpu")
 

@@ -18,7 +18,7 @@ from lorakit.lora import LoRAUpdate
 from lorakit.merge import merge_adapters
 from lorakit.stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                               normalized_difference, pair_bootstrap_over_tasks)
-from lorakit.mv_study import (beats_majority, choose_lr, claim_a_record, claim_b_record, claim_c_record, group_mv,
+from lorakit.run.mv_study import (beats_majority, choose_lr, claim_a_record, claim_b_record, claim_c_record, group_mv,
                               merge_dense, pair_mv_matrix, task_groups, tune_full_ft)
 from lorakit.stats.paired import paired_bootstrap
 
@@ -232,7 +232,7 @@ def test_claim_records_on_synthetic_numbers():
 def test_study_end_to_end_tiny(tmp_path, monkeypatch):
     """The whole study on 3 ci tasks × 2 seeds at a tiny size: JSON structure and three-valued verdicts."""
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
-    from lorakit.mv_run import run_study
+    from lorakit.run.mv_grid import run_study
     from lorakit.profiles import get_profile
 
     p = get_profile("ci", train_examples=32, val_examples=16, test_examples=24, steps=2, batch_size=8, max_length=16,
@@ -260,7 +260,7 @@ def test_tool_passes_its_options_and_writes_the_json(tmp_path, monkeypatch):
     import importlib.util
     from pathlib import Path
 
-    import lorakit.mv_run
+    import lorakit.run.mv_grid
 
     spec = importlib.util.spec_from_file_location("mv_tool", Path(__file__).resolve().parents[1] / "tools" / "mv_study.py")
     tool = importlib.util.module_from_spec(spec)
@@ -271,7 +271,7 @@ def test_tool_passes_its_options_and_writes_the_json(tmp_path, monkeypatch):
         seen.update(profile=profile, tasks=tasks, seeds=seeds, **kw)
         return {"profile": profile, "verdicts": {"a": "held", "b": "inconclusive", "c": "contradicted"}}
 
-    monkeypatch.setattr(lorakit.mv_run, "run_study", fake_run)
+    monkeypatch.setattr(lorakit.run.mv_grid, "run_study", fake_run)
     out = tmp_path / "r.json"
     assert tool.main(["--profile", "ci", "--tasks", "a", "b", "--seeds", "0", "3", "--lr-factors", "0.5,2",
                       "--c-lams", "0.3,1", "--max-groups", "5", "--c-seeds", "3", "--ft-tune-seeds", "0", "3", "--out", str(out)]) == 0
@@ -289,8 +289,8 @@ def test_tool_full_ft_only_warms_the_cache_per_task_and_writes_nothing(tmp_path,
     from pathlib import Path
     from types import SimpleNamespace
 
-    import lorakit.mv_run
-    import lorakit.mv_study
+    import lorakit.run.mv_grid
+    import lorakit.run.mv_study
     from lorakit.profiles import get_profile
 
     spec = importlib.util.spec_from_file_location("mv_tool2", Path(__file__).resolve().parents[1] / "tools" / "mv_study.py")
@@ -302,13 +302,13 @@ def test_tool_full_ft_only_warms_the_cache_per_task_and_writes_nothing(tmp_path,
         calls.append((task, p.name, p.task_seeds, list(lrs), list(seeds), margin, tune_seeds))
         return SimpleNamespace(reason=f"reason {task}", kept=task != "b")
 
-    monkeypatch.setattr(lorakit.mv_run, "tune_full_ft", fake_tune)  # the name full_ft_choices calls
-    monkeypatch.setattr(lorakit.mv_run, "run_study", lambda *a, **k: pytest.fail("the study must not run"))
+    monkeypatch.setattr(lorakit.run.mv_grid, "tune_full_ft", fake_tune)  # the name full_ft_choices calls
+    monkeypatch.setattr(lorakit.run.mv_grid, "run_study", lambda *a, **k: pytest.fail("the study must not run"))
     monkeypatch.chdir(tmp_path)
     assert tool.main(["--profile", "ci", "--tasks", "a", "b", "--seeds", "0", "2", "--lr-factors", "1,3",
                       "--full-ft-only", "--out", str(tmp_path / "x.json")]) == 0
     lr = get_profile("ci").lr / 20
-    assert calls == [(t, "ci", "per_task", [lr, 3 * lr], [0, 2], lorakit.mv_study.MAJORITY_MARGIN, None) for t in "ab"]
+    assert calls == [(t, "ci", "per_task", [lr, 3 * lr], [0, 2], lorakit.run.mv_study.MAJORITY_MARGIN, None) for t in "ab"]
     out = capsys.readouterr().out
     assert "full FT a: reason a → kept" in out and "full FT b: reason b → excluded" in out
     assert list(tmp_path.iterdir()) == []

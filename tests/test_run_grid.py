@@ -40,14 +40,14 @@ def strip(value):
 
 
 def encoder_results(tmp: Path) -> dict:
-    from lorakit.benchmark import run_benchmark
+    from lorakit.run.encoder import run_benchmark
 
     return run_benchmark("ci", tasks=["rt_subjectivity", "election_tweets"], methods=METHODS, inits=["standard", "osrm"],
                          out=tmp / "encoder", progress=False, figures=False, log=lambda s: None, **SIZES)
 
 
 def causal_results(tmp: Path, model: str) -> dict:
-    from lorakit.causal_run import run_causal_benchmark
+    from lorakit.run.causal import run_causal_benchmark
 
     return run_causal_benchmark("ci", tasks=["verb_past", "noun_plural"], methods=METHODS, inits=["standard", "osrm"],
                                 out=tmp / "causal", progress=False, figures=False, log=lambda s: None, model=model,
@@ -101,7 +101,7 @@ if __name__ == "__main__" and "--write" in sys.argv:  # regenerate the golden fi
 # The search reads each method's tuned hyperparameter from the registry and names no method
 # ----------------------------------------------------------------------------------------------
 
-#: what the search did before methods declared it (the old per-name table in lorakit.benchmark)
+#: what the search did before methods declared it (the old per-name table in lorakit.run.encoder)
 EXPECTED_SECOND = {"task_arithmetic": "lam", "ties": "density", "dare": "drop_rate", "knots": "density",
                    "do": "gamma", "do_ties": "density", "do_dare": "drop_rate", "ta_normeq": "lam"}
 

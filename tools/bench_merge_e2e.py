@@ -1,7 +1,7 @@
 """`lorakit merge` end to end (read folders, merge, refactor, write) against the merge alone.
 
 Writes N synthetic PEFT adapter folders with Llama-3-8B shapes (r = 16 on q/k/v/o/gate/up/down,
-the tensors of :func:`lorakit.bench.random_updates`, untimed), then in one run times
+the tensors of :func:`lorakit.run.bench.random_updates`, untimed), then in one run times
 
 * ``merge_s``: :func:`lorakit.merge.merge_layer` on every module of every layer from the
   in-memory factors, one module at a time (the merge alone);
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.bench import LLAMA3_8B_SHAPES, random_updates
+from lorakit.run.bench import LLAMA3_8B_SHAPES, random_updates
 from lorakit.results import machine_description
 from lorakit.fsutil import atomic_file
 from lorakit.lora import write_adapter
@@ -39,7 +39,7 @@ def module_name(layer: int, module: str) -> str:
 
 
 def synthetic_adapters(n_tasks: int, n_layers: int, r: int, seed: int = 0, shrink: int = 1) -> list[dict]:
-    """``n_tasks`` adapters ``{module: LoRAUpdate}``; module k of layer l seeded like :mod:`lorakit.bench`.
+    """``n_tasks`` adapters ``{module: LoRAUpdate}``; module k of layer l seeded like :mod:`lorakit.run.bench`.
 
     ``shrink`` divides every dimension (a quick check of the tool itself; 1 = the real shapes).
     """

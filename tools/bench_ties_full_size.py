@@ -1,6 +1,6 @@
 """TIES (and DARE, task arithmetic) on 8 × (4096 × 14336) updates: lorakit vs peft in one run, same result?
 
-Llama-3-8B's down_proj shape, 8 r=16 adapters (:func:`lorakit.bench.random_updates`). For each
+Llama-3-8B's down_proj shape, 8 r=16 adapters (:func:`lorakit.run.bench.random_updates`). For each
 method, in one process: lorakit's ``merge_layer`` from the factors, then peft's
 ``peft.utils.merge_utils`` function on the dense ``ΔW_i`` (formed untimed), ``--repeats`` times
 each (best time kept), and the largest entrywise difference of the two results, absolute and
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from peft.utils import merge_utils
 
-from lorakit.bench import random_updates
+from lorakit.run.bench import random_updates
 from lorakit.results import machine_description
 from lorakit.fsutil import atomic_file
 from lorakit.merge import merge_layer

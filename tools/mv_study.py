@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lorakit.fsutil import atomic_file
-    from lorakit.mv_run import CLAIM_A_METHODS, CLAIM_C_LAMS, run_study
-    from lorakit.mv_study import FT_LR_FACTORS
+    from lorakit.run.mv_grid import CLAIM_A_METHODS, CLAIM_C_LAMS, run_study
+    from lorakit.run.mv_study import FT_LR_FACTORS
     from lorakit.results import machine_description
 
     t_start = time.perf_counter()
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warm_full_ft(profile: str, args: argparse.Namespace, log) -> int:
-    """``--full-ft-only``: the study's full-FT step alone (:func:`lorakit.mv_run.full_ft_choices`), which caches every model."""
-    from lorakit.mv_run import full_ft_choices, full_ft_lrs
-    from lorakit.mv_study import FT_LR_FACTORS, MAJORITY_MARGIN
+    """``--full-ft-only``: the study's full-FT step alone (:func:`lorakit.run.mv_grid.full_ft_choices`), which caches every model."""
+    from lorakit.run.mv_grid import full_ft_choices, full_ft_lrs
+    from lorakit.run.mv_study import FT_LR_FACTORS, MAJORITY_MARGIN
     from lorakit.profiles import apply_threads, get_profile
 
     p = get_profile(profile, task_seeds=args.task_seeds)

@@ -2,11 +2,11 @@
 
 Two modes (both write ``--out``, default ``bench.json``, atomically, and print a short table):
 
-* default — :func:`lorakit.bench.bench_merge` on each shape of :data:`BENCH_SHAPES` (one layer
+* default — :func:`lorakit.run.bench.bench_merge` on each shape of :data:`BENCH_SHAPES` (one layer
   of ``--tasks`` random rank-r updates, median of ``--repeats`` timed calls after a warm-up):
   per method lorakit's time and peft's ``merge_utils`` time for the same merge on the same
   tensors, their ratio, and DO-Merging's orthogonalisation time.
-* ``--llm-shapes`` — :func:`lorakit.bench.bench_llm_shapes`: ``--tasks`` synthetic adapters with
+* ``--llm-shapes`` — :func:`lorakit.run.bench.bench_llm_shapes`: ``--tasks`` synthetic adapters with
   the shapes of a Llama-3-8B LoRA (r = 16 on q/k/v/o/gate/up/down), merged layer by layer over
   ``--layers`` of the 32 layers (default all 32); time per layer, a full-model time extrapolated
   from it when fewer layers ran, peak memory, peft's time on the same tensors (TA, TIES, DARE; on
@@ -31,8 +31,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .. import __version__
-from .. import bench as bench_lib  # module, not names: LLAMA3_8B_SHAPES is read at call time (tests patch it)
-from ..bench import LLAMA3_8B_LAYERS, bench_llm_shapes, bench_merge, resolve_bench_method
+from ..run import bench as bench_lib  # module, not names: LLAMA3_8B_SHAPES is read at call time (tests patch it)
+from ..run.bench import LLAMA3_8B_LAYERS, bench_llm_shapes, bench_merge, resolve_bench_method
 from ..errors import LorakitError
 from ..fsutil import atomic_file
 from ..merge import METHODS

@@ -1,4 +1,4 @@
-"""``lorakit run``: the main job (train, merge and evaluate in one profile); see :func:`lorakit.benchmark.run_benchmark`."""
+"""``lorakit run``: the main job (train, merge and evaluate in one profile); see :func:`lorakit.run.encoder.run_benchmark`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 
 from ..assets import model_kind
-from ..benchmark import run_benchmark, write_results
-from ..causal_run import run_causal_benchmark, write_predictions
-from ..combine import combine_run_folders
+from ..run.encoder import run_benchmark, write_results
+from ..run.causal import run_causal_benchmark, write_predictions
+from ..run.combine import combine_run_folders
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
 from ..results import format_table
@@ -81,7 +81,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def combine_command(args: argparse.Namespace) -> int:
-    """``lorakit combine RUN... --out DIR``: :func:`lorakit.combine.combine_results`, written like a run."""
+    """``lorakit combine RUN... --out DIR``: :func:`lorakit.run.combine.combine_results`, written like a run."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LorakitError(f"--out {out} is a file; choose a folder")

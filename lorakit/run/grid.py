@@ -5,8 +5,8 @@ For every init (``standard``, ``osrm``, the controls) and seed, :func:`run_grid`
 cache) one adapter per task, scores each adapter alone on validation and test (the normalizer) and each
 task's floor (``W_0``, λ = 0), then searches every merge method on validation and reports it on test
 (:mod:`lorakit.run.search`, the same budget for every method). What differs between the encoder track
-(classification, heads, :mod:`lorakit.benchmark`) and the causal-LM track (generation, no heads,
-:mod:`lorakit.causal_run`) is a small :class:`Track` record: how to load tasks, build the evaluator,
+(classification, heads, :mod:`lorakit.run.encoder`) and the causal-LM track (generation, no heads,
+:mod:`lorakit.run.causal`) is a small :class:`Track` record: how to load tasks, build the evaluator,
 describe the tasks, prepare OSRM's ``A``, train the adapters, and what the track adds to the results.
 """
 
@@ -23,7 +23,7 @@ from ..evaluate import TaskScorer, accuracies
 from ..inits import init_depends_on_seed, init_uses_A
 from ..merge import METHODS, resolve_variant
 from ..profiles import Profile
-from ..progress import RunProgress
+from .progress import RunProgress
 from ..results import encode_correct, machine_description, mean
 from .search import PreparedSources, search_method
 

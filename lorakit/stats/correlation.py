@@ -1,7 +1,7 @@
 r"""Correlation of paired per-group values: Spearman's ρ and permutation p-values.
 
 Used by notebook 03 (magnitude variance against merged accuracy) and the magnitude-variance study
-(:mod:`lorakit.mv_study`, :mod:`lorakit.stats.mv_study`). Pure numpy, float64; checked against
+(:mod:`lorakit.run.mv_study`, :mod:`lorakit.stats.mv_study`). Pure numpy, float64; checked against
 ``scipy.stats`` and brute-force permutation counts in ``tests/test_correlation.py``.
 """
 

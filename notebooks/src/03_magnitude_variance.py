@@ -256,7 +256,7 @@ print(f"mean R = {R_mags.mean():.3f} ≥ N − 1 = {N - 1}; equal magnitudes: {e
 # A family that did not learn a task has an update that says nothing about that task, so the
 # comparison keeps a task only where **both** families beat its majority-class baseline by at least
 # 10 points; the cell prints which tasks it drops (with one untuned learning rate, full fine-tuning
-# sometimes stays near the majority rate; the magnitude-variance study, `lorakit.mv_study`, sweeps
+# sometimes stays near the majority rate; the magnitude-variance study, `lorakit.run.mv_study`, sweeps
 # full FT's learning rate and applies the same rule). LoRA must learn every task.
 
 # %%
@@ -539,7 +539,7 @@ ax.set_title(f"task pairs, profile {P.name}"); ax.legend(fontsize=7);
 # ## 5. The study that decides claims (a), (b) and (c)
 #
 # Sections 3 and 4 show the analysis on one seed and a few tasks: the numbers are real, but they cannot
-# decide anything. What decides the claims is `tools/mv_study.py` (`lorakit.mv_run.run_study`), run on
+# decide anything. What decides the claims is `tools/mv_study.py` (`lorakit.run.mv_grid.run_study`), run on
 # the `cpu` profile and committed as `data/reference/mv_study_cpu.json` with the machine, the date and
 # the exact command. The cells below only read that file (`lorakit.mv_report`). They do not recompute
 # its numbers, and those numbers do not come from the profile this notebook runs in. The study

@@ -68,7 +68,7 @@ assert set(budgets) == set(ALL_METHODS) and len(set(budgets.values())) == 1  # t
 
 # %%
 import tempfile
-from lorakit.benchmark import run_benchmark
+from lorakit.run.encoder import run_benchmark
 from lorakit.results import format_table
 
 live_dir = tempfile.mkdtemp(prefix="lorakit-06-")

@@ -158,7 +158,7 @@ assert geo["osrm"]["overlap"] > geo["random_orthonormal"]["overlap"]
 # %%
 import tempfile
 from IPython.display import Markdown
-from lorakit.causal_run import run_causal_benchmark
+from lorakit.run.causal import run_causal_benchmark
 from lorakit.results import format_table
 
 live_dir = tempfile.mkdtemp(prefix="lorakit-07-")

@@ -30,10 +30,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .lora import LoRAUpdate
+from ..lora import LoRAUpdate
 from .timing import median_time, peak_memory, reset_peak, timed
-from .merge import METHODS, merge_layer, orthogonalize_factors, resolve_params, resolve_variant
-from .merge.ortho import ORTHO_OPTIONS
+from ..merge import METHODS, merge_layer, orthogonalize_factors, resolve_params, resolve_variant
+from ..merge.ortho import ORTHO_OPTIONS
 
 #: (d_out, d_in) of the LoRA-adapted Linear layers of one Llama-3-8B decoder layer.
 LLAMA3_8B_SHAPES: dict[str, tuple[int, int]] = {

@@ -1,4 +1,4 @@
-"""Timing and peak memory of one call, on the CPU or a CUDA device (used by :mod:`lorakit.bench`).
+"""Timing and peak memory of one call, on the CPU or a CUDA device (used by :mod:`lorakit.run.bench`).
 
 Times are wall-clock seconds with the device synchronised around the call; peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU and, on Linux CPUs, the process's peak resident set

@@ -1,10 +1,10 @@
-r"""Run the magnitude-variance study (claims (a), (b), (c), :mod:`lorakit.mv_study`) for a profile, tasks and seeds.
+r"""Run the magnitude-variance study (claims (a), (b), (c), :mod:`lorakit.run.mv_study`) for a profile, tasks and seeds.
 
 Per seed: LoRA adapters from the cache (:func:`lorakit.train.train_all`, per-task seeds), full
-fine-tunes tuned per task (:func:`lorakit.mv_study.tune_full_ft`). Then
+fine-tunes tuned per task (:func:`lorakit.run.mv_study.tune_full_ft`). Then
 
 * (a) every kept task merged at once, per method, per family (LoRA: :func:`lorakit.merge.merge_adapters`;
-  full FT: :func:`lorakit.mv_study.merge_dense`), hyperparameters on validation with the benchmark's
+  full FT: :func:`lorakit.run.mv_study.merge_dense`), hyperparameters on validation with the benchmark's
   grid (:func:`lorakit.run.search.method_grid`, the profile's λ edge extension), test once;
 * (b) the pair magnitude-variance matrices of the kept tasks, both families;
 * (c) every group of 2 and 3 tasks (LoRA), task arithmetic with λ on validation from a short grid.
@@ -19,15 +19,15 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import LorakitError
-from .evaluate import Evaluator
-from .merge import merge_adapters
+from ..errors import LorakitError
+from ..evaluate import Evaluator
+from ..merge import merge_adapters
 from .mv_study import (FT_LR_FACTORS, MAJORITY_MARGIN, claim_a_record, claim_b_record, claim_c_record, group_mv,
                        merge_dense, pair_mv_matrix, task_groups, tune_full_ft)
-from .profiles import Profile, apply_threads, get_profile
-from .results import decode_correct
-from .run.search import method_grid, select_and_report
-from .train import TrainedAdapter, train_all
+from ..profiles import Profile, apply_threads, get_profile
+from ..results import decode_correct
+from .search import method_grid, select_and_report
+from ..train import TrainedAdapter, train_all
 
 CLAIM_A_METHODS = ("task_arithmetic", "ties", "dare")
 CLAIM_C_LAMS = (0.4, 0.7, 1.0)
@@ -97,7 +97,7 @@ def full_ft_lrs(p: Profile, lr_factors: Sequence[float] = FT_LR_FACTORS) -> list
 
 
 def full_ft_choices(tasks, p, seeds, lrs, margin, tune_seeds, log) -> dict:
-    """``{task: FullFTChoice}`` of :func:`lorakit.mv_study.tune_full_ft` (it caches every model it trains), one log line each."""
+    """``{task: FullFTChoice}`` of :func:`lorakit.run.mv_study.tune_full_ft` (it caches every model it trains), one log line each."""
     choices = {}
     for t in tasks:
         choices[t] = tune_full_ft(t, p, lrs, seeds, margin, tune_seeds=tune_seeds)
@@ -115,7 +115,7 @@ def run_study(profile: str | Profile | None, tasks: Sequence[str] | None = None,
     """The whole study; returns every number, the decisions and the verdicts (see the module docstring).
 
     ``lr_factors`` multiply full FT's default weight lr (profile ``lr / 20``), swept on ``ft_tune_seeds``
-    (default: the first seed; :func:`lorakit.mv_study.tune_full_ft`); ``max_groups`` caps the
+    (default: the first seed; :func:`lorakit.run.mv_study.tune_full_ft`); ``max_groups`` caps the
     claim (c) groups (a seeded subset) and ``c_seeds`` its seeds (default: all; claim (c) is most of the
     evaluation: every group is merged and scored); ``n_resamples`` sizes every bootstrap.
     """

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import LorakitError
-from .inits import INIT_NAMES
-from .profiles import ALL_METHODS
-from .results import load_results
+from ..errors import LorakitError
+from ..inits import INIT_NAMES
+from ..profiles import ALL_METHODS
+from ..results import load_results
 
 #: profile settings that must agree for two runs' numbers to be one experiment (seeds, inits and methods may differ)
 SAME_SETTINGS = ("model", "train_examples", "val_examples", "test_examples", "steps", "batch_size", "max_length",

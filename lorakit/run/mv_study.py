@@ -27,17 +27,17 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .analysis import magnitude_variance_pairwise
-from .stats.correlation import group_correlation
-from .errors import LorakitError
-from .lora import LoRAUpdate, check_compatible
-from .merge import METHODS, layer_params, resolve_params
-from .stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
+from ..analysis import magnitude_variance_pairwise
+from ..stats.correlation import group_correlation
+from ..errors import LorakitError
+from ..lora import LoRAUpdate, check_compatible
+from ..merge import METHODS, layer_params, resolve_params
+from ..stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                        normalized_difference, pair_bootstrap_over_tasks)
-from .profiles import Profile, get_profile
-from .stats.paired import paired_t_interval, verdict
-from .tasks import load_task
-from .train import TrainedAdapter, task_seed, train_full
+from ..profiles import Profile, get_profile
+from ..stats.paired import paired_t_interval, verdict
+from ..tasks import load_task
+from ..train import TrainedAdapter, task_seed, train_full
 
 #: full-FT weight learning rates tried, as multiples of train_full's default ``lr / 20``; the ci profile
 #: chose × 3 (the top of (1/3, 1, 3)) for two of its three tasks, hence the × 10 point

@@ -19,17 +19,17 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .assets import model_kind
-from .errors import LorakitError
-from .evaluate import Evaluator
-from .fsutil import atomic_folder
-from .inits import get_init, init_freezes_A, prepare_init_A
-from .merge import resolve_variant
-from .profiles import Profile, apply_threads, get_profile
-from .results import format_table, run_note
-from .run.grid import Track, run_grid
-from .tasks import TaskData, get_card, load_task
-from .train import task_seed, train_all
+from ..assets import model_kind
+from ..errors import LorakitError
+from ..evaluate import Evaluator
+from ..fsutil import atomic_folder
+from ..inits import get_init, init_freezes_A, prepare_init_A
+from ..merge import resolve_variant
+from ..profiles import Profile, apply_threads, get_profile
+from ..results import format_table, run_note
+from .grid import Track, run_grid
+from ..tasks import TaskData, get_card, load_task
+from ..train import task_seed, train_all
 
 Log = Callable[[str], object]
 
@@ -60,7 +60,7 @@ def run_benchmark(
             raise LorakitError(f"task {t!r} is generative (the causal-LM track, no heads): run it with --model smollm2")
     if model_kind(p.model) == "causal":
         raise LorakitError(f"model {p.model!r} is a causal LM: run the causal-LM track (lorakit run --model "
-                           f"{p.model}, lorakit.causal_run.run_causal_benchmark) with generative tasks")
+                           f"{p.model}, lorakit.run.causal.run_causal_benchmark) with generative tasks")
     for m in methods:
         resolve_variant(m)
     for i in inits:
@@ -119,6 +119,6 @@ def write_results(results: Mapping, folder: Path, figures: bool = True) -> None:
     (folder / "results.md").write_text(format_table(results))
     (folder / "RUN.md").write_text(run_note(results))
     if figures:
-        from .plots import plot_results  # lazy: matplotlib is slow to import and only needed for figures
+        from ..plots import plot_results  # lazy: matplotlib is slow to import and only needed for figures
 
         plot_results(results, folder)

@@ -106,3 +106,8 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def checkout_data_dir() -> Path:
+    """``data/`` of the checkout lorakit runs from (task cards, committed reference runs), wherever a module lies."""
+    return Path(__file__).resolve().parent.parent / "data"

@@ -34,6 +34,7 @@ from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved 
 )
 from . import corpora
 from .errors import LorakitError
+from .fsutil import checkout_data_dir
 from .lexicon import read_inflections
 from .splits import SPLIT_SEED, _cut_splits, _split, _split_sizes  # noqa: F401  (SPLIT_SEED, _split: importable here)
 
@@ -46,10 +47,8 @@ def cards_dir() -> Path:
     root = data_root()
     if root is not None and (root / "tasks").is_dir():
         return root / "tasks"
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "data" / "tasks", here / "data" / "tasks"):
-        if candidate.is_dir():
-            return candidate
+    if (checkout_data_dir() / "tasks").is_dir():
+        return checkout_data_dir() / "tasks"
     raise LorakitError("task cards not found: run from a lorakit checkout or set LORAKIT_DATA")
 
 

@@ -10,7 +10,7 @@ import pytest
 from lorakit.cli import main
 from lorakit.run.combine import combine_results
 from lorakit.errors import LorakitError
-from lorakit.results import summary_rows
+from lorakit.results.tables import summary_rows
 
 
 def _run(seeds, inits=("standard",), methods=("task_arithmetic",), offset=0.0):

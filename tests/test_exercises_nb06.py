@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from lorakit import exercises
-from lorakit.correctness import record_correct
+from lorakit.results.correctness import record_correct
 from lorakit.errors import LorakitError
 from lorakit.exercises import nb06
-from lorakit.reference import reference_runs
-from lorakit.results import load_results
+from lorakit.results.reference import reference_runs
+from lorakit.results.tables import load_results
 from lorakit.stats.paired import paired_bootstrap
 from test_results import bernoulli, brute_bootstrap, lose, make_run
 

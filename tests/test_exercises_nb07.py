@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from lorakit import exercises
-from lorakit.causal_report import answer_kind, answer_kinds, claims_side_by_side
+from lorakit.results.causal import answer_kind, answer_kinds, claims_side_by_side
 from lorakit.exercises.nb07 import wrong_kinds
 
 

@@ -1,4 +1,4 @@
-"""lorakit.mv_report: the committed magnitude-variance study re-derived from its own numbers, and the
+"""lorakit.results.mv_study: the committed magnitude-variance study re-derived from its own numbers, and the
 tables and sentences notebook 03 prints from it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from lorakit.stats.correlation import spearman_rho
 from lorakit.errors import LorakitError
-from lorakit.mv_report import (CLAIM_TEXT, claim_a_rows, claim_c_rows, full_ft_rows, load_mv_study, mv_study_path,
+from lorakit.results.mv_study import (CLAIM_TEXT, claim_a_rows, claim_c_rows, full_ft_rows, load_mv_study, mv_study_path,
                                mv_verdict_sentences)
 from lorakit.run.mv_study import claim_b_record, claim_c_record
 

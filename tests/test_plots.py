@@ -1,4 +1,4 @@
-"""lorakit.plots: error bars are the bootstrap CIs of results.summary_rows, never a std of one seed."""
+"""lorakit.results.plots: error bars are the bootstrap CIs of results.summary_rows, never a std of one seed."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lorakit import plots  # noqa: E402
-from lorakit.results import summary_rows  # noqa: E402
+from lorakit.results import plots  # noqa: E402
+from lorakit.results.tables import summary_rows  # noqa: E402
 from lorakit.stats.paired import paired_t_interval  # noqa: E402
 from test_results import bernoulli, lose, make_run  # noqa: E402
 

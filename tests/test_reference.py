@@ -1,4 +1,4 @@
-"""lorakit.reference / lorakit.claims: committed runs, and the papers' claims as effect, CI, p, Holm, verdict.
+"""lorakit.results.reference / lorakit.results.claims: committed runs, and the papers' claims as effect, CI, p, Holm, verdict.
 
 The synthetic runs come from ``tests/test_results.py``'s ``make_run`` (explicit per-example
 correctness); the CI is checked against a plain-loop bootstrap written there.
@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from lorakit.claims import ClaimRow, Options, apply_holm, difference_row
+from lorakit.results.claims import ClaimRow, Options, apply_holm, difference_row
 from lorakit.errors import LorakitError
-from lorakit.reference import claims_report, reference_runs
-from lorakit.results import load_results
+from lorakit.results.reference import claims_report, reference_runs
+from lorakit.results.tables import load_results
 from lorakit.stats.paired import holm
 from test_results import TASKS, bernoulli, brute_bootstrap, lose, make_run
 
@@ -256,7 +256,7 @@ def test_reference_runs_lists_result_folders(tmp_path):
 
 
 def test_grid_edge_choices_are_flagged():
-    from lorakit.reference import grid_edge_choices
+    from lorakit.results.reference import grid_edge_choices
 
     rng = np.random.default_rng(0)
     ind = bernoulli(rng, 0.8, 1)
@@ -271,7 +271,7 @@ def test_grid_edge_choices_are_flagged():
 
 
 def test_compare_runs_puts_runs_side_by_side():
-    from lorakit.reference import compare_runs, run_setting
+    from lorakit.results.reference import compare_runs, run_setting
 
     rng = np.random.default_rng(1)
     ind = {i: bernoulli(rng, 0.8, 1) for i in ("standard", "osrm")}
@@ -296,7 +296,7 @@ def test_compare_runs_puts_runs_side_by_side():
 
 
 def test_variant_pairs_skip_names_this_registry_does_not_know():
-    from lorakit.reference import variant_pairs
+    from lorakit.results.reference import variant_pairs
 
     assert variant_pairs(["task_arithmetic", "do", "do_ties", "ta_normeq_from_the_future"]) == {
         "do": "task_arithmetic", "do_ties": "ties"}
@@ -306,7 +306,7 @@ def test_variant_pairs_skip_names_this_registry_does_not_know():
 def test_per_example_correctness_round_trips(n):
     import numpy as np
 
-    from lorakit.results import decode_correct, encode_correct
+    from lorakit.results.tables import decode_correct, encode_correct
 
     bits = np.random.default_rng(n).random(n) < 0.6
     encoded = encode_correct(bits)
@@ -315,7 +315,7 @@ def test_per_example_correctness_round_trips(n):
 
 
 def test_malformed_per_example_correctness_is_a_one_line_error():
-    from lorakit.results import decode_correct, record_correct
+    from lorakit.results.tables import decode_correct, record_correct
 
     with pytest.raises(LorakitError, match="re-run the benchmark"):
         decode_correct({"n": 20, "bits": "AA=="})  # 8 bits for 20 examples
@@ -326,7 +326,7 @@ def test_malformed_per_example_correctness_is_a_one_line_error():
 
 
 def test_replicated_reference_prefers_gpu_then_per_task_then_more_seeds(tmp_path):
-    from lorakit.reference import replicated_reference
+    from lorakit.results.reference import replicated_reference
 
     def put(name, profile, seeds, task_seeds=None):
         (tmp_path / name).mkdir()
@@ -349,7 +349,7 @@ def test_replicated_reference_prefers_gpu_then_per_task_then_more_seeds(tmp_path
 
 
 def test_verdict_sentences_group_rows_in_verdict_order_with_their_cis():
-    from lorakit.claims import verdict_sentences
+    from lorakit.results.claims import verdict_sentences
 
     def row(claim, v, eff=0.1, lo=0.05, hi=0.15):
         r = ClaimRow(claim, "", 1, "normalized", None, None, eff, lo, hi, 0.95, 0.01, 5, v, "rule")

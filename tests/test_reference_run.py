@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lorakit.correctness import decode_correct, record_correct
-from lorakit.reference import claims_report, reference_runs, run_setting
-from lorakit.results import load_results
+from lorakit.results.correctness import decode_correct, record_correct
+from lorakit.results.reference import claims_report, reference_runs, run_setting
+from lorakit.results.tables import load_results
 
 
 def _replicated():

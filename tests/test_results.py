@@ -1,4 +1,4 @@
-"""lorakit.results / lorakit.metrics: the three metrics with bootstrap CIs, results.md, tasks lost to majority.
+"""lorakit.results.tables / lorakit.results.metrics: the three metrics with bootstrap CIs, results.md, tasks lost to majority.
 
 ``make_run`` builds a synthetic ``results.json`` from explicit per-example correctness, so every
 number a test checks can be recomputed here by hand (plain numpy loops), independently of the code.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from lorakit.errors import LorakitError
-from lorakit.metrics import metric_interval, metric_row, tasks_at_or_below_majority
-from lorakit.results import encode_correct, format_table, summary_rows
+from lorakit.results.metrics import metric_interval, metric_row, tasks_at_or_below_majority
+from lorakit.results.tables import encode_correct, format_table, summary_rows
 
 TASKS = {"a": 240, "b": 160, "c": 200}
 

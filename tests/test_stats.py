@@ -449,6 +449,7 @@ def test_reused_draws_are_the_stream_itself(monkeypatch):
     """The second claim of a report reuses the first one's draws: same resamples as a fresh stream, and
     as paired_bootstrap; a stream over DRAWS_CACHE_BYTES is not kept; the kept draws are read-only."""
     from lorakit.stats import bootstrap as resample
+
     rng = gen(8)
     shape = {f"t{t}": (4, 30 + 11 * t) for t in range(3)}
     sets = [{k: (rng.random(v) < q).astype(float) for k, v in shape.items()} for q in (0.8, 0.5, 0.65)]

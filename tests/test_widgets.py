@@ -12,7 +12,7 @@ import torch
 
 from lorakit.errors import LorakitError
 from lorakit.evaluate import normalized_accuracy
-from lorakit.results import mean
+from lorakit.results.tables import mean
 from lorakit.run.search import select_and_report
 from lorakit.widgets import (
     available_splits,

@@ -42,7 +42,7 @@ import torch
 from lorakit.evaluate import Evaluator
 from lorakit.lora_update import LoRAUpdate
 from lorakit.profiles import get_profile
-from lorakit.results import machine_description
+from lorakit.results.tables import machine_description
 from lorakit.train import TrainedAdapter, train_adapter
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lorakit.run.bench import random_updates
-from lorakit.results import machine_description
+from lorakit.results.tables import machine_description
 from lorakit.fsutil import atomic_file
 from lorakit.merge.ortho import orthogonalize_factors
 

@@ -23,7 +23,7 @@ import torch
 from peft.utils import merge_utils
 
 from lorakit.run.bench import random_updates
-from lorakit.results import machine_description
+from lorakit.results.tables import machine_description
 from lorakit.fsutil import atomic_file
 from lorakit.merge import merge_layer
 from lorakit.merge.blocks import dare_drop

@@ -17,7 +17,7 @@ merge benchmark on Llama-shaped tensors:
    b. ``lorakit bench --llm-shapes --device cuda`` on a few layers, under a time cap;
    c. ``GPU_RUN.md``: machine, date, the exact commands, each part's wall time and exit status.
    Everything goes to ``$OUT`` (at most 8 files come back: the runs are written without figures,
-   which ``lorakit combine`` or :func:`lorakit.plots.plot_results` make here from ``results.json``).
+   which ``lorakit combine`` or :func:`lorakit.results.plots.plot_results` make here from ``results.json``).
 
 ``--dry-run`` prints the plan, the sizes and the time estimate, and parses every ``lorakit`` command of
 it with lorakit's own parser, so a renamed option fails here, not on the GPU.

@@ -73,7 +73,7 @@ def relativize(path: Path, text: str) -> str:
 
 
 DOTTED = re.compile(r"(?<![\w.])lorakit(?:\.\w+)*")
-FROM_PACKAGE = re.compile(r"^(\s*)from lorakit import (\w+)(?: as (\w+))?\s*(#.*)?$", re.M)
+FROM_PACKAGE = re.compile(r"^([ \t]*)from lorakit import (\w+)(?: as (\w+))?[ \t]*(#.*)?$", re.M)
 
 
 def rename(text: str, moves: list[tuple[str, str]]) -> str:

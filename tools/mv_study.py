@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorakit.fsutil import atomic_file
     from lorakit.run.mv_grid import CLAIM_A_METHODS, CLAIM_C_LAMS, run_study
     from lorakit.run.mv_study import FT_LR_FACTORS
-    from lorakit.results import machine_description
+    from lorakit.results.tables import machine_description
 
     t_start = time.perf_counter()
     profile = args.profile or os.environ.get("LORAKIT_PROFILE") or "cpu"

@@ -13,7 +13,7 @@ Two modes (both write ``--out``, default ``bench.json``, atomically, and print a
   the first ``--peft-layers`` layers, default all), the measured copy-bandwidth roofline and each
   time's multiple of it, and DO-Merging's orthogonalisation cost per layer.
 
-The JSON carries ``machine`` (:func:`lorakit.results.machine_description`), ``date`` (UTC),
+The JSON carries ``machine`` (:func:`lorakit.results.tables.machine_description`), ``date`` (UTC),
 ``command`` (exactly as typed), ``settings``, ``notes`` (what each number means) and ``results``.
 """
 
@@ -37,7 +37,7 @@ from ..errors import LorakitError
 from ..fsutil import atomic_file
 from ..merge import METHODS
 from ..profiles import apply_threads, get_profile
-from ..results import machine_description
+from ..results.tables import machine_description
 
 #: Default-mode layers: ``{label: (d_out, d_in, r)}`` — MiniLM's attention projections with the
 #: profiles' rank, and a BERT-large/RoBERTa-large sized projection with r = 16.

@@ -12,7 +12,7 @@ from ..run.causal import run_causal_benchmark, write_predictions
 from ..run.combine import combine_run_folders
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
-from ..results import format_table
+from ..results.tables import format_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

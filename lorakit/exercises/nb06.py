@@ -16,11 +16,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..correctness import encode_correct
+from ..results.correctness import encode_correct
 from ..errors import LorakitError
-from ..metrics import merged_scores, seeds_of
-from ..reference import claims_report, reference_runs
-from ..results import load_results
+from ..results.metrics import merged_scores, seeds_of
+from ..results.reference import claims_report, reference_runs
+from ..results.tables import load_results
 from ..stats.paired import _counts, paired_bootstrap
 from ._common import as_number as _as_number, check_choice as _check_choice, ok as _ok
 from ._common import report_prediction as _report_prediction
@@ -33,7 +33,7 @@ CHECK_RESAMPLES, REAL_RESAMPLES, TOLERANCE = 20_000, 10_000, 0.01
 def per_example(results: Mapping, method: str, init: str, seeds: list[int] | None = None) -> Scores:
     """``{task: (S, n_t) float64 0/1}``: test correctness of ``method`` (``init``) per seed (sorted) and example.
 
-    Read from the records' ``test_correct`` (:func:`lorakit.metrics.merged_scores`); ``seeds``: a subset
+    Read from the records' ``test_correct`` (:func:`lorakit.results.metrics.merged_scores`); ``seeds``: a subset
     (default: every seed the method has). Runs made before per-example data was recorded: an error.
     """
     seeds = sorted(seeds if seeds is not None else seeds_of(results, method, init))

@@ -33,7 +33,7 @@ from ..generative_tasks import GenerativeTaskData, load_generative_task
 from ..inits import get_init, task_seed
 from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads
-from ..results import mean
+from ..results.tables import mean
 from .grid import Track, run_grid
 from ..tasks import get_card, list_tasks
 

@@ -3,7 +3,7 @@
 ``lorakit run`` writes one ``results.json`` per run. A replicated reference is cheaper made as
 several runs side by side (one per core, disjoint seeds) or extended afterwards (a control init or
 method on seeds whose adapters are cached); :func:`combine_results` joins them into the one
-``results.json`` that every reader (:mod:`lorakit.results`, :mod:`lorakit.reference`) expects.
+``results.json`` that every reader (:mod:`lorakit.results.tables`, :mod:`lorakit.results.reference`) expects.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 from ..errors import LorakitError
 from ..inits import INIT_NAMES
 from ..profiles import ALL_METHODS
-from ..results import load_results
+from ..results.tables import load_results
 
 #: profile settings that must agree for two runs' numbers to be one experiment (seeds, inits and methods may differ)
 SAME_SETTINGS = ("model", "train_examples", "val_examples", "test_examples", "steps", "batch_size", "max_length",

@@ -26,7 +26,7 @@ from ..fsutil import atomic_folder
 from ..inits import get_init, init_freezes_A, prepare_init_A
 from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads, get_profile
-from ..results import format_table, run_note
+from ..results.tables import format_table, run_note
 from .grid import Track, run_grid
 from ..tasks import TaskData, get_card, load_task
 from ..train import task_seed, train_all
@@ -119,6 +119,6 @@ def write_results(results: Mapping, folder: Path, figures: bool = True) -> None:
     (folder / "results.md").write_text(format_table(results))
     (folder / "RUN.md").write_text(run_note(results))
     if figures:
-        from ..plots import plot_results  # lazy: matplotlib is slow to import and only needed for figures
+        from ..results.plots import plot_results  # lazy: matplotlib is slow to import and only needed for figures
 
         plot_results(results, folder)

@@ -24,7 +24,7 @@ from ..inits import init_depends_on_seed, init_uses_A
 from ..merge import METHODS, resolve_variant
 from ..profiles import Profile
 from .progress import RunProgress
-from ..results import encode_correct, machine_description, mean
+from ..results.tables import encode_correct, machine_description, mean
 from .search import PreparedSources, search_method
 
 Log = Callable[[str], object]

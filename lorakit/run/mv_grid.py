@@ -25,7 +25,7 @@ from ..merge import merge_adapters
 from .mv_study import (FT_LR_FACTORS, MAJORITY_MARGIN, claim_a_record, claim_b_record, claim_c_record, group_mv,
                        merge_dense, pair_mv_matrix, task_groups, tune_full_ft)
 from ..profiles import Profile, apply_threads, get_profile
-from ..results import decode_correct
+from ..results.tables import decode_correct
 from .search import method_grid, select_and_report
 from ..train import TrainedAdapter, train_all
 

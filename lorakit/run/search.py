@@ -29,7 +29,7 @@ from ..evaluate import TaskScorer, accuracies, normalized_accuracy
 from ..lora import LoRAUpdate
 from ..merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from ..profiles import Profile
-from ..results import encode_correct, mean
+from ..results.tables import encode_correct, mean
 
 Refine = Callable[[Mapping], Sequence[dict]]
 
@@ -123,7 +123,7 @@ def select_and_report(
 
     Returns a record with ``params``, ``curve`` (per grid point: mean normalized validation accuracy,
     and test accuracy too when ``test_curve``), per-task test ``accuracy`` at the chosen point and
-    ``test_correct`` (its per-example correctness, :func:`lorakit.results.encode_correct`),
+    ``test_correct`` (its per-example correctness, :func:`lorakit.results.tables.encode_correct`),
     ``normalized``, ``avg_accuracy``, ``avg_normalized`` (+ the evaluator's ``describe_chosen`` of the
     ΔW). Without ``test_curve`` the test split is scored once, at the chosen point.
     """

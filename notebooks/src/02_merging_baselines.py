@@ -460,7 +460,7 @@ print(f"relative error of ΔW over {len(true_sum)} layers: linear {min(errors['l
 import copy
 from lorakit.assets import load_tokenizer
 from lorakit.evaluate import Evaluator, normalized_accuracy
-from lorakit.results import mean
+from lorakit.results.tables import mean
 from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
 

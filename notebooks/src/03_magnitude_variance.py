@@ -541,7 +541,7 @@ ax.set_title(f"task pairs, profile {P.name}"); ax.legend(fontsize=7);
 # Sections 3 and 4 show the analysis on one seed and a few tasks: the numbers are real, but they cannot
 # decide anything. What decides the claims is `tools/mv_study.py` (`lorakit.run.mv_grid.run_study`), run on
 # the `cpu` profile and committed as `data/reference/mv_study_cpu.json` with the machine, the date and
-# the exact command. The cells below only read that file (`lorakit.mv_report`). They do not recompute
+# the exact command. The cells below only read that file (`lorakit.results.mv_study`). They do not recompute
 # its numbers, and those numbers do not come from the profile this notebook runs in. The study
 # differs from sections 3 and 4 in four ways:
 #
@@ -578,7 +578,7 @@ ax.set_title(f"task pairs, profile {P.name}"); ax.legend(fontsize=7);
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.mv_report import claim_a_rows, claim_c_rows, full_ft_rows, load_mv_study, mv_verdict_sentences
+from lorakit.results.mv_study import claim_a_rows, claim_c_rows, full_ft_rows, load_mv_study, mv_verdict_sentences
 
 study = load_mv_study("cpu")
 m = study["machine"]

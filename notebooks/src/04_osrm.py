@@ -523,12 +523,12 @@ print(f"predicted mean R for frozen OSRM subspaces {float(R_pred[off].mean()):.2
 # each adapter scored alone (the normalizer), each method's grid from `lorakit.run.search.method_grid`
 # (a λ grid; TIES' density is fixed there, not searched), λ chosen on validation by
 # `lorakit.run.search.select_and_report`, reported on test, and summarised by
-# `lorakit.results.summary_rows`.
+# `lorakit.results.tables.summary_rows`.
 
 # %%
 from lorakit.evaluate import Evaluator, normalized_accuracy
 from lorakit.merge import resolve_variant
-from lorakit.results import summary_rows
+from lorakit.results.tables import summary_rows
 from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
 
@@ -655,8 +655,8 @@ print(f"- λ curve (max − min over λ ∈ {lam_curve}, validation): OSRM {spre
 # %%
 # NBVAL_CHECK_OUTPUT
 from IPython.display import Markdown
-from lorakit.claims import verdict_sentences
-from lorakit.reference import claims_report, replicated_reference, run_setting
+from lorakit.results.claims import verdict_sentences
+from lorakit.results.reference import claims_report, replicated_reference, run_setting
 
 ref_name, ref = replicated_reference()
 assert len(ref["seeds"]) >= 5 and run_setting(ref, "task_seeds") == "per_task"

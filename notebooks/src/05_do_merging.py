@@ -694,8 +694,8 @@ print("\n".join(lines))
 # %%
 # NBVAL_CHECK_OUTPUT
 from IPython.display import Markdown
-from lorakit.claims import verdict_sentences
-from lorakit.reference import claims_report, replicated_reference, run_setting
+from lorakit.results.claims import verdict_sentences
+from lorakit.results.reference import claims_report, replicated_reference, run_setting
 
 ref_name, ref = replicated_reference()
 assert len(ref["seeds"]) >= 5 and run_setting(ref, "task_seeds") == "per_task"

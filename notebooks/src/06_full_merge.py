@@ -33,7 +33,7 @@
 #   (extended past an edge it lands on), then two more points at the chosen λ on the method's
 #   second hyperparameter — TIES density, DARE drop rate, DO's γ, or λ itself for task arithmetic
 #   (`lorakit.run.search.method_refine`). Every record stores what it tried (`curve`, `budget`).
-# * **Statistics** (`lorakit.claims`): a difference between two methods is measured on the same
+# * **Statistics** (`lorakit.results.claims`): a difference between two methods is measured on the same
 #   seeds and the same test examples, so its CI comes from a *paired* bootstrap that resamples seeds
 #   and then test examples (`lorakit.stats.paired.paired_bootstrap`), and Holm's correction runs across
 #   all the claims of a report.
@@ -69,7 +69,7 @@ assert set(budgets) == set(ALL_METHODS) and len(set(budgets.values())) == 1  # t
 # %%
 import tempfile
 from lorakit.run.encoder import run_benchmark
-from lorakit.results import format_table
+from lorakit.results.tables import format_table
 
 live_dir = tempfile.mkdtemp(prefix="lorakit-06-")
 live = run_benchmark(P, out=f"{live_dir}/run", progress=show_progress(P),
@@ -99,8 +99,8 @@ Markdown(format_table(live))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.results import load_results
-from lorakit.reference import reference_runs, replicated_reference, run_setting
+from lorakit.results.tables import load_results
+from lorakit.results.reference import reference_runs, replicated_reference, run_setting
 
 refs = {name: load_results(path) for name, path in reference_runs().items()}
 for name, r in refs.items():
@@ -122,7 +122,7 @@ Markdown(format_table(ref))
 
 # %%
 import matplotlib.pyplot as plt
-from lorakit import plots
+from lorakit.results import plots
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
 plots.bars_normalized(ref, ax=axes[0])
@@ -142,8 +142,8 @@ fig.tight_layout();
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.metrics import records_of
-from lorakit.results import tasks_at_or_below_majority
+from lorakit.results.metrics import records_of
+from lorakit.results.tables import tasks_at_or_below_majority
 
 for init in ref["inits"]:
     for method in ref["methods"]:
@@ -154,7 +154,7 @@ for init in ref["inits"]:
 # %% [markdown]
 # ## Which claims held here?
 #
-# **The decision rule, fixed before the run** (`lorakit.stats.paired.verdict`, `lorakit.claims`): for each
+# **The decision rule, fixed before the run** (`lorakit.stats.paired.verdict`, `lorakit.results.claims`): for each
 # claim, orient the 95 % CI of (ours − baseline) so that the paper's direction is positive. The
 # claim **held** if the CI excludes 0 on the paper's side, is **contradicted** if it excludes 0 on
 # the other side, and is **inconclusive** otherwise; then Holm's step-down correction over all the
@@ -164,7 +164,7 @@ for init in ref["inits"]:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.reference import claims_report
+from lorakit.results.reference import claims_report
 
 report = claims_report(ref)
 for line in report.lines:
@@ -181,7 +181,7 @@ Markdown(report.table())
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.claims import verdict_sentences
+from lorakit.results.claims import verdict_sentences
 
 Markdown(verdict_sentences(report.rows))
 
@@ -200,7 +200,7 @@ Markdown(verdict_sentences(report.rows))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.claims import ClaimsReport
+from lorakit.results.claims import ClaimsReport
 
 by_metric = {m: claims_report(ref, metric=m) for m in ("accuracy", "floor_adjusted")}
 print(f"{'claim':<62} {'normalized':>13} {'accuracy':>13} {'floor-adj.':>13}")
@@ -301,7 +301,7 @@ if "random_orthonormal" in geom["inits"]:
 # %%
 # NBVAL_CHECK_OUTPUT
 import numpy as np
-from lorakit.correctness import decode_correct
+from lorakit.results.correctness import decode_correct
 from lorakit.stats.paired import paired_bootstrap
 
 def entries(results, key, init):
@@ -408,7 +408,7 @@ except NotImplementedError:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.reference import compare_runs
+from lorakit.results.reference import compare_runs
 
 old = {run_setting(r, "task_seeds", "shared"): (n, r) for n, r in refs.items()
        if r["profile"] == "cpu" and len(r["seeds"]) == 1 and len(r["tasks"]) == 6}

@@ -159,7 +159,7 @@ assert geo["osrm"]["overlap"] > geo["random_orthonormal"]["overlap"]
 import tempfile
 from IPython.display import Markdown
 from lorakit.run.causal import run_causal_benchmark
-from lorakit.results import format_table
+from lorakit.results.tables import format_table
 
 live_dir = tempfile.mkdtemp(prefix="lorakit-07-")
 live = run_causal_benchmark(C, out=f"{live_dir}/run", progress=show_progress(P),
@@ -221,7 +221,7 @@ for t, d in show.items():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.causal_report import causal_reference
+from lorakit.results.causal import causal_reference
 
 ref_name, ref = causal_reference()
 print(f"{ref_name}: {len(ref['tasks'])} tasks, seeds {ref['seeds']}, inits {ref['inits']}, {len(ref['methods'])} methods, "
@@ -245,9 +245,9 @@ Markdown(format_table(ref))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.causal_report import claims_side_by_side
-from lorakit.claims import verdict_sentences
-from lorakit.reference import claims_report, replicated_reference
+from lorakit.results.causal import claims_side_by_side
+from lorakit.results.claims import verdict_sentences
+from lorakit.results.reference import claims_report, replicated_reference
 
 report = claims_report(ref)
 enc_name, enc = replicated_reference()
@@ -273,13 +273,13 @@ Markdown(verdict_sentences(report.rows))
 #
 # With no head, a wrong answer could be *the right word for another task*: `walking` when the prompt
 # asked for the past tense of `walk` (three of the tasks share their verbs, two their adjectives).
-# Per-task heads would hide that confusion on the encoder track. `lorakit.causal_report.answer_kinds`
+# Per-task heads would hide that confusion on the encoder track. `lorakit.results.causal.answer_kinds`
 # sorts every test answer of the reference into right, another task's form of the same lemma, a
 # copy of the input, empty, or anything else (shares of all test answers over tasks and seeds).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.causal_report import ANSWER_KINDS, answer_kinds, targets_by_input
+from lorakit.results.causal import ANSWER_KINDS, answer_kinds, targets_by_input
 
 others = targets_by_input(list(ref["tasks"]))
 rows = {"individual": answer_kinds(ref, None, "standard", others, model="individual")}

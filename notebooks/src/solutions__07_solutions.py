@@ -6,7 +6,7 @@
 
 # %%
 from lorakit import exercises
-from lorakit.causal_report import causal_reference, targets_by_input
+from lorakit.results.causal import causal_reference, targets_by_input
 
 ref_name, ref = causal_reference()
 others = targets_by_input(list(ref["tasks"]))

@@ -5,7 +5,7 @@ then be the *right word for another task* (``walking`` when the prompt asks for 
 ``walk``): the cross-task confusion that per-task heads hide on the encoder track.
 :func:`answer_kinds` sorts every test prediction of a run into :data:`ANSWER_KINDS`, using the other
 tasks' targets of the same input (the lexicon tasks share lemmas). :func:`claims_side_by_side`
-puts the verdicts of two runs' claim reports (:func:`lorakit.reference.claims_report`) in one table;
+puts the verdicts of two runs' claim reports (:func:`lorakit.results.reference.claims_report`) in one table;
 :func:`causal_reference` finds the committed causal-track reference.
 """
 
@@ -15,11 +15,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
-from .causal import exact_match, normalize_answer
-from .errors import LorakitError
-from .generative_tasks import load_generative_task
+from ..causal import exact_match, normalize_answer
+from ..errors import LorakitError
+from ..generative_tasks import load_generative_task
 from .reference import reference_dir
-from .results import load_results
+from .tables import load_results
 
 #: right: exact match; other_task: the input's target in another task of the run; copy: the input
 #: itself; empty: nothing before eos; other: anything else
@@ -87,7 +87,7 @@ def claims_side_by_side(encoder_rows, causal_rows) -> list[tuple[str, str, str]]
 def causal_reference(folder: str | Path | None = None) -> tuple[str, dict]:
     """(name, results) of the committed causal-track run under ``data/reference/causal/``: the most seeds, then newest.
 
-    The encoder track's references sit one level up (:func:`lorakit.reference.reference_runs`); the
+    The encoder track's references sit one level up (:func:`lorakit.results.reference.reference_runs`); the
     causal ones have their own folder so that nothing reading those mixes the two tracks.
     """
     root = Path(folder) if folder else reference_dir() / "causal"

@@ -2,10 +2,10 @@
 
 Everything here only reads the ``results`` mapping that :func:`lorakit.run.encoder.run_benchmark`
 returns and writes to ``results.json`` (or loads it back), so the report, the figures
-(:mod:`lorakit.plots`) and the paper-claim check (:mod:`lorakit.reference`) share one source
+(:mod:`lorakit.results.plots`) and the paper-claim check (:mod:`lorakit.results.reference`) share one source
 and none of them needs the training code. ``normalized`` accuracy is merged ÷ individual,
 per task :math:`\text{acc}_t(\text{merged}) / \text{acc}_t(\text{individual})`, averaged over tasks;
-:mod:`lorakit.metrics` defines it with raw and floor-adjusted accuracy and makes their 95 % CIs.
+:mod:`lorakit.results.metrics` defines it with raw and floor-adjusted accuracy and makes their 95 % CIs.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Iterable, Mapping
 
 import torch
 
-# per-example correctness lives in lorakit.correctness; these names stay importable from here
+# per-example correctness lives in lorakit.results.correctness; these names stay importable from here
 from .correctness import decode_correct, encode_correct, record_correct  # noqa: F401
-from .errors import LorakitError
+from ..errors import LorakitError
 from .metrics import METRICS, can_bootstrap, has_floor, metric_row, seed_std, tasks_at_or_below_majority
 
 
@@ -56,12 +56,12 @@ def machine_description(device: str = "cpu") -> dict:
 
 
 def summary_rows(results: Mapping, ci: bool = True, n_resamples: int = 2000) -> list[dict]:
-    """Per (method, init): the three metrics (:mod:`lorakit.metrics`), mean over seeds, with 95 % CIs.
+    """Per (method, init): the three metrics (:mod:`lorakit.results.metrics`), mean over seeds, with 95 % CIs.
 
     Keys: ``method``, ``init``, ``n_seeds``; ``normalized_mean`` and ``accuracy_mean`` (mean over seeds
     of the records' ``avg_normalized`` / ``avg_accuracy``), ``*_std`` over seeds (NaN for one seed);
     with ``ci`` (and a run that holds its per-task scores): ``{metric}_low``/``_high`` for every metric
-    of :data:`lorakit.metrics.METRICS` (bootstrap over seeds × test examples, ``n_resamples`` draws),
+    of :data:`lorakit.results.metrics.METRICS` (bootstrap over seeds × test examples, ``n_resamples`` draws),
     ``floor_adjusted_mean`` (None without a recorded floor) and ``ci_note`` (what noise the CI covers).
     """
     rows = []

@@ -10,14 +10,14 @@ from typing import Mapping
 import matplotlib.pyplot as plt  # matplotlib falls back to Agg without a display
 
 from .metrics import METRIC_LABELS
-from .results import lambda_curve, mean, summary_rows
-from .stats.paired import paired_t_interval
+from .tables import lambda_curve, mean, summary_rows
+from ..stats.paired import paired_t_interval
 
 
 def bars_normalized(results: Mapping, ax=None, metric: str = "normalized"):
     """A metric per method (default average normalized accuracy), one bar per init, with its 95 % CI.
 
-    The CI is :func:`lorakit.results.summary_rows`' bootstrap over seeds × test examples; with one seed
+    The CI is :func:`lorakit.results.tables.summary_rows`' bootstrap over seeds × test examples; with one seed
     it covers test-example noise only, and the legend says so. No bar gets a seed std from one seed.
     """
     rows = summary_rows(results)
@@ -103,7 +103,7 @@ def lambda_curves(results: Mapping, method: str = "task_arithmetic", ax=None):
 
 
 def lambda_points(results: Mapping, method: str, init: str) -> dict[float, list[float]]:
-    """``{λ: [one value per seed]}`` behind :func:`lorakit.results.lambda_curve` (test where recorded)."""
+    """``{λ: [one value per seed]}`` behind :func:`lorakit.results.tables.lambda_curve` (test where recorded)."""
     points: dict[float, list[float]] = {}
     for r in results["records"]:
         if r["method"] == method and r["init"] == init:

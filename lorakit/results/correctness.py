@@ -2,7 +2,7 @@
 
 A run stores, for every merged record, individual adapter and head-only floor, each test example's
 right/wrong in the split's own order (fixed across seeds, ``lorakit.tasks.SPLIT_SEED``), so any two
-of them can be compared example by example later (:mod:`lorakit.metrics`, :mod:`lorakit.claims`).
+of them can be compared example by example later (:mod:`lorakit.results.metrics`, :mod:`lorakit.results.claims`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import LorakitError
+from ..errors import LorakitError
 
 
 def encode_correct(correct) -> dict:

@@ -3,7 +3,7 @@
 A reference run folder holds what ``lorakit run`` wrote (``results.json``, ``results.md``,
 figures) plus a ``RUN.md`` naming machine, date, versions and command. :func:`claims_report`
 turns one run's numbers into one row per paper claim, with effect, 95 % CI, p-value, Holm-adjusted
-p and a three-valued verdict (:mod:`lorakit.claims` says how each is made), so the notebook's
+p and a three-valued verdict (:mod:`lorakit.results.claims` says how each is made), so the notebook's
 discussion is computed from the data rather than typed by hand.
 """
 
@@ -24,14 +24,15 @@ from .claims import (  # noqa: F401  (ClaimRow, variant_pairs: public here too)
     spread_row,
     variant_pairs,
 )
-from .errors import LorakitError
+from ..errors import LorakitError
+from ..fsutil import checkout_data_dir
 from .metrics import can_bootstrap, check_metric
-from .results import load_results, mean, summary_rows
+from .tables import load_results, mean, summary_rows
 
 
 def reference_dir() -> Path:
     """``data/reference`` of the source tree."""
-    return Path(__file__).resolve().parents[1] / "data" / "reference"
+    return checkout_data_dir() / "reference"
 
 
 def reference_runs(folder: str | Path | None = None) -> dict[str, Path]:
@@ -94,7 +95,7 @@ def claims_report(results: Mapping, tolerance_pp: float = 1.0, *, metric: str = 
     opts = Options(check_metric(metric), level, n_resamples, seed)
     if not can_bootstrap(results):
         raise LorakitError("claims need results['tasks'] with n_test and individual scores; pass a whole "
-                           "results.json (lorakit.results.load_results)")
+                           "results.json (lorakit.results.tables.load_results)")
     inits, methods = list(results["inits"]), list(results["methods"])
     rows = []
     if "standard" in inits and do_claims:

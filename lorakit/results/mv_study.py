@@ -22,9 +22,10 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import LorakitError
+from ..errors import LorakitError
+from ..fsutil import checkout_data_dir
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "data" / "reference"
+REFERENCE_DIR = checkout_data_dir() / "reference"
 CLAIM_TEXT = {
     "a": "(a) merged LoRA adapters keep less normalized accuracy than merged full fine-tunes",
     "b": "(b) LoRA updates vary more in magnitude across tasks than full fine-tuning",

@@ -2,7 +2,7 @@ r"""The papers' benchmark claims checked against one run, each with an effect, a
 
 Every claim compares two sides scored on the same test examples (the split is fixed across seeds)
 and pairs them by seed and by example. For a difference claim the effect is
-:math:`\Delta = M(A) - M(B)`, :math:`M` the chosen metric (:mod:`lorakit.metrics`: normalized by
+:math:`\Delta = M(A) - M(B)`, :math:`M` the chosen metric (:mod:`lorakit.results.metrics`: normalized by
 default) over the seeds both sides hold; its CI is the percentile bootstrap over seeds × test
 examples (:func:`lorakit.stats.bootstrap.bootstrap_scores`), its p-value the two-sided inversion of the same
 bootstrap (:func:`lorakit.stats.bootstrap.bootstrap_pvalue`: p < 0.05 exactly when the 95 % CI excludes 0,
@@ -25,11 +25,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import LorakitError
-from .merge import METHODS, resolve_variant, variant_base
+from ..errors import LorakitError
+from ..merge import METHODS, resolve_variant, variant_base
 from .metrics import METRIC_LABELS, check_metric, entry_scores, metric_values, records_of, seeds_of, side_scores
-from .stats.bootstrap import ScoresBootstrap, bootstrap_pvalue, bootstrap_scores
-from .stats.paired import holm, paired_t_interval, t_cdf, verdict
+from ..stats.bootstrap import ScoresBootstrap, bootstrap_pvalue, bootstrap_scores
+from ..stats.paired import holm, paired_t_interval, t_cdf, verdict
 
 DO_PAPER = "DO-Merging: decoupling and orthogonalizing beats the base merge (docs/methods.md §3.1, §3.7)"
 OSRM_PAPER = "OSRM: the constrained init raises merged accuracy (docs/methods.md §2.10)"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .errors import LorakitError
 from .fit import optimizer_step, set_seed, warmup_linear_schedule
-from .lora import read_adapter
+from .lora.peft import read_adapter
 from .osrm import init_lora_A
 
 IGNORE_INDEX = -100
@@ -190,7 +190,7 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
     (:func:`lorakit.fit.warmup_linear_schedule`); batches of ``batch_size`` drawn without replacement
     from a ``seed``-ed permutation, cut to their longest row. No head: the LM head and embeddings stay
     frozen. Returns ``(peft_model, updates, losses)``: ``updates`` is
-    :func:`lorakit.lora.read_adapter` of the trained model, ``{module: LoRAUpdate}`` with
+    :func:`lorakit.lora.peft.read_adapter` of the trained model, ``{module: LoRAUpdate}`` with
     ``A (r, d_in)``, ``B (d_out, r)``, scaling ``alpha / r`` (for grouped-query attention ``k_proj`` and
     ``v_proj`` have ``d_out = n_kv_heads · head_dim``, smaller than ``q_proj``'s).
 

@@ -26,7 +26,7 @@ from .errors import LorakitError
 from .fsutil import atomic_folder
 from .generative_tasks import GenerativeTaskData
 from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
-from .lora import read_adapter
+from .lora.peft import read_adapter
 from .osrm import find_linear_modules, osrm_init_from_inputs, osrm_options
 from .profiles import Profile, apply_threads
 from .train import TrainedAdapter, tensor_digest

@@ -7,17 +7,17 @@ docs/methods.md §1). Everything is computed from the factors in float64 and nev
 * **norm** — :math:`\lVert s B A \rVert_F^2 = s^2 \operatorname{tr}\big((B^\top B)(A A^\top)\big)`.
 * **cosine** — :math:`\langle \Delta W_i, \Delta W_j \rangle_F = s_i s_j \operatorname{tr}\big((B_i^\top B_j)(A_j A_i^\top)\big)`
   over the norms; ``overall`` sums the inner products over layers (one flattened task vector per
-  adapter: :func:`lorakit.analysis.cosine_matrix`).
+  adapter: :func:`lorakit.lora.measures.cosine_matrix`).
 * **magnitude variance** — the column norms :math:`\alpha_i[j]^2 = s_i^2\, a_j^\top (B_i^\top B_i)\, a_j`
   (:math:`a_j` = column j of :math:`A_i`; ``axis "out"``: rows of B with :math:`A_i A_i^\top`), then
-  :func:`lorakit.analysis.layer_magnitude_variance`: ``magnitude_variance`` is notebook 03's (3.2)
-  (:func:`~lorakit.analysis.magnitude_variance`, population CV, which grows with N by itself) and
+  :func:`lorakit.lora.measures.layer_magnitude_variance`: ``magnitude_variance`` is notebook 03's (3.2)
+  (:func:`~lorakit.lora.measures.magnitude_variance`, population CV, which grows with N by itself) and
   ``magnitude_variance_pairwise`` the bias-free mean over task pairs
-  (:func:`~lorakit.analysis.magnitude_variance_pairwise`, whose docstring has the derivation:
+  (:func:`~lorakit.lora.measures.magnitude_variance_pairwise`, whose docstring has the derivation:
   a U-statistic, expectation independent of N for i.i.d. tasks). Kinds: ``column_in``,
   ``column_out``, ``frobenius`` (docs/methods.md §3.5). ``overall``: the mean over layers.
 * **A overlap** — :math:`O_{ij} = \lVert P_i P_j \rVert_F^2 / \min(r_i, r_j)`, :math:`P_i` the orthogonal
-  projector on the row space of :math:`A_i` (from its SVD; :func:`lorakit.analysis.subspace_overlap`):
+  projector on the row space of :math:`A_i` (from its SVD; :func:`lorakit.lora.measures.subspace_overlap`):
   1 = same subspace, 0 = orthogonal, :math:`\approx \max(r_i, r_j)/d_{in}` for random subspaces
   (``a_overlap_random``). Adapters trained from one seed start from the identical ``A`` (the
   shared-init artefact): 1 at the start; training lowers it (notebook 03's ``ci`` adapters: about
@@ -66,9 +66,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .analysis import layer_magnitude_variance
+from .lora.measures import layer_magnitude_variance
 from .errors import LorakitError
-from .lora import LoRAUpdate, check_compatible
+from .lora.peft import LoRAUpdate, check_compatible
 from .merge.sources import check_same_base, read_source
 
 SHARED_A = 0.5
@@ -153,10 +153,10 @@ RULE = (f"a pair with A cosine >= {SHARED_A_COSINE} or A overlap >= {SHARED_A} -
         f"{HIGH_INTERFERENCE} -> do (orthogonalisation, §3.3); else task_arithmetic")
 DEFINITIONS = {
     "norm": "‖s B A‖_F per adapter (overall: over all layers)",
-    "magnitude_variance": "notebook 03 (3.2), population CV of column norms across adapters (lorakit.analysis."
+    "magnitude_variance": "notebook 03 (3.2), population CV of column norms across adapters (lorakit.lora.measures."
                           "magnitude_variance); grows with N by itself",
     "magnitude_variance_pairwise": "mean over adapter pairs of (3.2): expectation independent of N "
-                                   "(lorakit.analysis.magnitude_variance_pairwise)",
+                                   "(lorakit.lora.measures.magnitude_variance_pairwise)",
     "cosine": "<ΔW_i, ΔW_j>_F / (‖ΔW_i‖ ‖ΔW_j‖) (overall: of the flattened task vectors)",
     "a_overlap": "‖P_i P_j‖_F² / min(r_i, r_j), P = projector on the row space of A (1 = same, ~r/d random)",
     "a_cosine": "<A_i, A_j>_F / (‖A_i‖ ‖A_j‖), entry by entry (0 for different ranks); ~1/sqrt(r d_in) for "
@@ -201,7 +201,7 @@ def row_basis(A: torch.Tensor) -> torch.Tensor:
 
 
 def column_norms(update: LoRAUpdate, axis: str = "in") -> torch.Tensor:
-    r"""Factored :func:`lorakit.analysis.column_magnitudes`: ``axis "in"`` :math:`\sqrt{s^2\,\mathrm{diag}(A^\top B^\top B A)}`."""
+    r"""Factored :func:`lorakit.lora.measures.column_magnitudes`: ``axis "in"`` :math:`\sqrt{s^2\,\mathrm{diag}(A^\top B^\top B A)}`."""
     A, B, s = update.A.to(torch.float64), update.B.to(torch.float64), update.scaling
     if axis == "in":
         sq = ((B.T @ B @ A) * A).sum(dim=0)

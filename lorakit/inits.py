@@ -35,7 +35,7 @@ import torch
 from .assets import load_base
 from .errors import LorakitError
 from .fit import set_seed
-from .lora import read_adapter
+from .lora.peft import read_adapter
 from .merge.registry import layer_seed
 from .osrm import find_linear_modules, init_geometry, osrm_init_for_tasks
 from .profiles import Profile, get_profile

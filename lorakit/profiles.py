@@ -33,7 +33,7 @@ class Profile:
         tasks: default task names for ``lorakit run``.
         course_tasks: the tasks notebooks 02–05 train and merge live (empty: ``tasks``). ``cpu``
             uses five of its eight, all packaged, so 00–05 fit an hour of one CPU core; the
-            reference runs and notebook 06 use ``tasks``. Read it with :func:`lorakit.nb.course_tasks`.
+            reference runs and notebook 06 use ``tasks``. Read it with :func:`lorakit.course.notebook.course_tasks`.
         train_examples / val_examples / test_examples: per-task split sizes (``None`` = all).
         steps: optimisation steps per adapter.
         batch_size: training batch size.

@@ -28,7 +28,7 @@ from .fsutil import atomic_folder
 from .inits import (  # noqa: F401  (TASK_SEEDS, task_seed: re-exported, they lived here)
     INIT_NAMES, TASK_SEEDS, get_init, init_freezes_A, init_uses_A, make_peft_model, task_seed,
 )
-from .lora import LoRAUpdate, read_adapter, read_head
+from .lora.peft import LoRAUpdate, read_adapter, read_head
 from .osrm import init_lora_A
 from .profiles import Profile, apply_threads, get_profile
 from .tasks import TaskData, load_task

@@ -1,4 +1,4 @@
-"""Tests of lorakit.analysis: magnitudes, magnitude variance, cosines, direction share, spectrum."""
+"""Tests of lorakit.lora.measures: magnitudes, magnitude variance, cosines, direction share, spectrum."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.analysis import (
+from lorakit.lora.measures import (
     column_magnitudes,
     cosine_matrix,
     direction_share,
@@ -20,7 +20,7 @@ from lorakit.analysis import (
     spectrum,
 )
 from lorakit.errors import LorakitError
-from lorakit.lora import LoRAUpdate
+from lorakit.lora.peft import LoRAUpdate
 
 
 def lora(r=3, d_out=12, d_in=10, seed=0, scale=1.0, scaling=2.0):
@@ -139,7 +139,7 @@ def test_analysis_input_errors():
 
 from itertools import combinations  # noqa: E402
 
-from lorakit.analysis import layer_magnitude_variance, magnitude_variance_pairwise, subspace_overlap  # noqa: E402
+from lorakit.lora.measures import layer_magnitude_variance, magnitude_variance_pairwise, subspace_overlap  # noqa: E402
 
 
 def iid_adapters(n, gen, d_out=10, d_in=8, r=2):

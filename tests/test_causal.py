@@ -117,11 +117,11 @@ def test_exact_and_normalized_match():
 
 def test_causal_lora_learns_a_toy_task_and_merged_weights_generate_the_same(tokenizer, tiny_llama):
     """Train LoRA on q/k/v/o of the GQA model to map verbs to fixed answers; then W0 + s·B·A written into a
-    copy of the base model (lorakit.lora.apply_deltas) generates exactly what the peft model does."""
+    copy of the base model (lorakit.lora.peft.apply_deltas) generates exactly what the peft model does."""
     import copy
 
     from lorakit.causal import LLAMA_ATTENTION_TARGETS, train_causal_lora
-    from lorakit.lora import apply_deltas
+    from lorakit.lora.peft import apply_deltas
 
     base = copy.deepcopy(tiny_llama)
     prompts = [format_prompt(p) for p in PROMPTS]

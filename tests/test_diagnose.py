@@ -1,5 +1,5 @@
 """Tests of lorakit.diagnose and ``lorakit diagnose``: factored numbers against dense numpy brute
-force, against lorakit.analysis on the same adapters, the bias-free magnitude variance, the A
+force, against lorakit.lora.measures on the same adapters, the bias-free magnitude variance, the A
 overlap and the shared-initial-A artefact, the verdict, and the command line on adapter folders."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit import analysis
+from lorakit.lora import measures as analysis
 from lorakit.cli import main
 from lorakit.diagnose import HIGH_MV_FROBENIUS, SHARED_A, SHARED_A_COSINE, column_norms, diagnose_adapters, diagnose_folders
 from lorakit.errors import LorakitError
-from lorakit.lora import LoRAUpdate, write_adapter
+from lorakit.lora.peft import LoRAUpdate, write_adapter
 
 MODULES = ("bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value")
 
@@ -94,7 +94,7 @@ def test_diagnosis_never_forms_the_dense_update(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# The same numbers as lorakit.analysis
+# The same numbers as lorakit.lora.measures
 # ----------------------------------------------------------------------------------------------
 
 
@@ -273,10 +273,10 @@ def test_cli_writes_json_and_figure(folders, capsys):
                 "interference", "interference_total"):
         assert key in data["overall"] and key in data["layers"][0], key
     assert data["verdict"]["method"] in ("do", "task_arithmetic") and data["verdict"]["reasons"]
-    # the JSON holds the numbers of the in-memory diagnosis and of lorakit.analysis on the read adapters
+    # the JSON holds the numbers of the in-memory diagnosis and of lorakit.lora.measures on the read adapters
     ref = diagnose_folders(paths)
     assert data["overall"]["magnitude_variance_pairwise"] == pytest.approx(ref.overall["magnitude_variance_pairwise"])
-    from lorakit.lora import read_adapter
+    from lorakit.lora.peft import read_adapter
     read = [read_adapter(p) for p in paths]
     assert data["overall"]["magnitude_variance"]["column_in"] == pytest.approx(analysis.magnitude_variance(read), rel=1e-6)
     np.testing.assert_allclose(data["overall"]["a_overlap"], analysis.subspace_overlap(read).numpy(), atol=1e-6)

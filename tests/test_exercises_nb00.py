@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorakit import exercises
-from lorakit.exercises.nb00 import HALF_CHOICES, SAME_WITHIN
-from lorakit.lora import LoRAUpdate
+from lorakit.course import exercises
+from lorakit.course.exercises.nb00 import HALF_CHOICES, SAME_WITHIN
+from lorakit.lora.peft import LoRAUpdate
 
 
 def right(deltas, lam):

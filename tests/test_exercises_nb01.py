@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit import exercises
-from lorakit.lora import lora_delta, lora_scaling
+from lorakit.course import exercises
+from lorakit.lora.peft import lora_delta, lora_scaling
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__01_solutions.py"
 

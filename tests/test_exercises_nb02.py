@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit import exercises
+from lorakit.course import exercises
 from lorakit.merge import dare_drop, disjoint_mean, elect_sign
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__02_solutions.py"
@@ -268,7 +268,7 @@ def test_ties_conflict_accepts_any_prediction():
 
 def test_ties_conflict_measurement_is_what_it_says():
     """The pair is anti-correlated, and TIES' cosine with τ_2 is below task arithmetic's (recomputed by hand)."""
-    from lorakit.exercises.nb02 import anticorrelated_pair
+    from lorakit.course.exercises.nb02 import anticorrelated_pair
 
     pair = anticorrelated_pair()
     assert float(torch.corrcoef(pair)[0, 1]) < -0.5

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit import exercises
-from lorakit.analysis import column_magnitudes, interference_from_magnitudes, magnitude_variance
+from lorakit.course import exercises
+from lorakit.lora.measures import column_magnitudes, interference_from_magnitudes, magnitude_variance
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__03_solutions.py"
 
@@ -206,7 +206,7 @@ def test_scale_free_test_rejects(wrong, hint):
 
 def test_checker_measures_are_what_they_claim():
     """The checker's own answer key, verified by rescaling with numpy-free arithmetic."""
-    from lorakit.exercises.nb03 import _measures
+    from lorakit.course.exercises.nb03 import _measures
 
     gen = torch.Generator().manual_seed(3)
     deltas = [s * torch.randn(5, 4, generator=gen, dtype=torch.float64) for s in (1.0, 0.4, 2.5)]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit import exercises
-from lorakit.exercises.nb05 import magnitude_toy, mean_over_rms
+from lorakit.course import exercises
+from lorakit.course.exercises.nb05 import magnitude_toy, mean_over_rms
 from lorakit.merge import decouple, factor_cross_terms, merge_layer
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__05_solutions.py"

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorakit import exercises
+from lorakit.course import exercises
 from lorakit.results.correctness import record_correct
 from lorakit.errors import LorakitError
-from lorakit.exercises import nb06
+from lorakit.course.exercises import nb06
 from lorakit.results.reference import reference_runs
 from lorakit.results.tables import load_results
 from lorakit.stats.paired import paired_bootstrap

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from lorakit import exercises
+from lorakit.course import exercises
 from lorakit.results.causal import answer_kind, answer_kinds, claims_side_by_side
-from lorakit.exercises.nb07 import wrong_kinds
+from lorakit.course.exercises.nb07 import wrong_kinds
 
 
 def right_labels(p, t, eos):

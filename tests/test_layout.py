@@ -191,15 +191,15 @@ def _code_strings(tree: ast.Module) -> list[ast.Constant]:
 
 
 def test_peft_key_names_only_in_lora():
-    """PEFT's ``base_model.model.`` prefix and ``lora_A.weight`` key layout are spelled out in lorakit.lora only."""
+    """PEFT's ``base_model.model.`` prefix and ``lora_A.weight`` key layout are spelled out in lorakit.lora.peft only."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "lora.py" and path.parent == PACKAGE:
+        if path.name == "peft.py" and path.parent == PACKAGE / "lora":
             continue
         for node in _code_strings(ast.parse(path.read_text(), str(path))):
             if "base_model.model" in node.value or ".lora_A.weight" in node.value or ".lora_B.weight" in node.value:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r}")
-    assert not found, f"PEFT key names outside lorakit.lora (use peft_key / peft_lora_key): {found}"
+    assert not found, f"PEFT key names outside lorakit.lora.peft (use peft_key / peft_lora_key): {found}"
 
 
 def test_one_atomic_writer():

@@ -1,4 +1,4 @@
-"""lorakit.lora: parity with peft's own merge, save and load (docs/methods.md §1 and §5.1–5.3).
+"""lorakit.lora.peft: parity with peft's own merge, save and load (docs/methods.md §1 and §5.1–5.3).
 
 Every adapter here is made by peft itself on a tiny random BERT classifier; ``lora_B`` is
 randomised (peft initialises it to zero, which would make every ΔW comparison vacuous). The
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora import (
+from lorakit.lora.peft import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     ADAPTER_WEIGHTS_BIN,

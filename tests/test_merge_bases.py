@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 from lorakit.assets import resolve_model_path
 from lorakit.cli import main
-from lorakit.lora import read_head
+from lorakit.lora.peft import read_head
 from lorakit.merge.folders import SUMMARY_FILE
 
 transformers.logging.set_verbosity_error()

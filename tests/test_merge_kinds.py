@@ -27,7 +27,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora import read_head
+from lorakit.lora.peft import read_head
 from lorakit.merge import METHODS
 from lorakit.merge.folders import merge_adapter_folders
 

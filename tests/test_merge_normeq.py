@@ -18,7 +18,7 @@ from test_merge_cli import cli, max_diff, peft_deltas_of, zoo  # noqa: F401  (zo
 from transformers import AutoModelForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora import LoRAUpdate, read_adapter
+from lorakit.lora.peft import LoRAUpdate, read_adapter
 from lorakit.merge import (
     METHODS,
     factored_frobenius_sq,

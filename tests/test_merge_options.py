@@ -22,7 +22,7 @@ from test_merge_cli import assert_nothing_written, cli, error_line, load_base, p
 from transformers import AutoModelForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora import ADAPTER_WEIGHTS
+from lorakit.lora.peft import ADAPTER_WEIGHTS
 from lorakit.merge.folders import SUMMARY_FILE, merge_adapter_folders
 from lorakit.merge.plan import parse_size
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.lora import factorize_delta
+from lorakit.lora.peft import factorize_delta
 from lorakit.merge.refactor import RSVD_OVERSAMPLE, randomized_factors, refactor_dense, use_randomized
 
 

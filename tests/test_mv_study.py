@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.analysis import magnitude_variance_pairwise
+from lorakit.lora.measures import magnitude_variance_pairwise
 from lorakit.stats.correlation import spearman_rho
 from lorakit.errors import LorakitError
-from lorakit.lora import LoRAUpdate
+from lorakit.lora.peft import LoRAUpdate
 from lorakit.merge import merge_adapters
 from lorakit.stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                               normalized_difference, pair_bootstrap_over_tasks)

@@ -158,7 +158,7 @@ def test_keep_outputs_takes_a_moved_import_and_a_comment_but_not_a_renamed_call(
     """A module move changes import lines only: outputs are kept (nbval runs the cell in make test)."""
     src, path = tool
     old = nbformat.read(path, as_version=4)
-    src.write_text(SOURCE.replace("y = x * 3", "from math import prod  # moved here\n# a comment\ny = x * 3"))
+    src.write_text(SOURCE.replace("y = x * 3", "from math import prod  # moved here\n# a comment\n\ny = x * 3  # x times 3"))
     assert build.main(["--keep-outputs", "01_demo"]) == 0
     new = nbformat.read(path, as_version=4)
     code = [c for c in new.cells if c.cell_type == "code"]

@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora import LoRAUpdate, read_adapter
+from lorakit.lora.peft import LoRAUpdate, read_adapter
 from lorakit.osrm import (
     collect_features,
     counterexample,
@@ -586,11 +586,11 @@ def test_osrm_init_for_tasks_on_ci_profile_real_data():
 
 def test_package_reexports_every_public_name():
     """lorakit.osrm is a package now; the old flat names still import from it, peft naming comes from lora."""
-    import lorakit.lora
+    import lorakit.lora.peft
     import lorakit.osrm as osrm
 
     for name in osrm.__all__:
         assert getattr(osrm, name) is not None, name
-    assert osrm.PEFT_PREFIX is lorakit.lora.PEFT_PREFIX
+    assert osrm.PEFT_PREFIX is lorakit.lora.peft.PEFT_PREFIX
     assert osrm.collect_features.__module__ == "lorakit.osrm.features"
     assert osrm.subspace.__module__ == "lorakit.osrm.subspace"

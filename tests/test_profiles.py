@@ -169,7 +169,7 @@ def test_gpu_profile_tasks_have_cards():
 
 
 def test_course_tasks_are_the_profiles_own_and_default_to_all():
-    from lorakit.nb import course_tasks
+    from lorakit.course.notebook import course_tasks
     from lorakit.profiles import PROFILES
 
     for p in PROFILES.values():

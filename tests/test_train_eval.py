@@ -97,7 +97,7 @@ def test_normalized_accuracy_definition():
 def test_freeze_A_keeps_A_fixed():
     """freeze_A: A stays at its initialisation (compare with a second untrained init of the same seed)."""
     from lorakit.train import _make_peft_model, task_seed
-    from lorakit.lora import read_adapter
+    from lorakit.lora.peft import read_adapter
 
     p = get_profile("ci", steps=2, train_examples=32)
     trained = train_adapter("rt_subjectivity", p, freeze_A=True, seed=3, cache=False, progress=False)

@@ -1,4 +1,4 @@
-"""lorakit.widgets: the pure grid-point selection behind the explorer, and the explorer itself."""
+"""lorakit.course.widgets: the pure grid-point selection behind the explorer, and the explorer itself."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lorakit.errors import LorakitError
 from lorakit.evaluate import normalized_accuracy
 from lorakit.results.tables import mean
 from lorakit.run.search import select_and_report
-from lorakit.widgets import (
+from lorakit.course.widgets import (
     available_splits,
     bar_data,
     best_point,
@@ -47,7 +47,7 @@ def make_curves():
 
 def test_import_needs_no_display_and_no_ipywidgets():
     code = ("import sys; sys.modules['ipywidgets'] = None\n"
-            "import lorakit.widgets as w\n"
+            "import lorakit.course.widgets as w\n"
             "assert 'ipywidgets' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
             "print('ok')")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}

@@ -1,6 +1,6 @@
 """How aligned the tasks' trained LoRA ``A`` matrices are, in the cpu profile with shared and with
 per-task seeds (standard init): the mean over modules and task pairs of |cos(A_i, A_j)| of the
-flattened ``lora_A`` (``lorakit.analysis.cosine_matrix`` per module). Adapters missing from the
+flattened ``lora_A`` (``lorakit.lora.measures.cosine_matrix`` per module). Adapters missing from the
 cache are trained first (about 15 min on 2 cores)::
 
     LORAKIT_CACHE=... python tools/a_alignment.py
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lorakit.analysis import cosine_matrix
+from lorakit.lora.measures import cosine_matrix
 from lorakit.profiles import get_profile
 from lorakit.train import train_all
 

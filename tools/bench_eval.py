@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from lorakit.evaluate import Evaluator
-from lorakit.lora_update import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.profiles import get_profile
 from lorakit.results.tables import machine_description
 from lorakit.train import TrainedAdapter, train_adapter

@@ -29,7 +29,7 @@ import torch
 from lorakit.run.bench import LLAMA3_8B_SHAPES, random_updates
 from lorakit.results.tables import machine_description
 from lorakit.fsutil import atomic_file
-from lorakit.lora import write_adapter
+from lorakit.lora.peft import write_adapter
 from lorakit.merge import merge_adapter_folders, merge_layer
 
 

@@ -71,13 +71,24 @@ def _short(text: str, width: int = 60) -> str:
 
 
 def executable_lines(source: str) -> list[str]:
-    """The lines of a code cell that ``--keep-outputs`` compares: not comments, not imports."""
+    """The lines of a code cell that ``--keep-outputs`` compares: comments cut, blank and import lines dropped."""
+    import io
+    import tokenize
+
+    cut: dict[int, int] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                cut[tok.start[0]] = tok.start[1]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        cut = {}  # not Python (a cell magic): compare the lines as they are
     kept = []
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#") or stripped.startswith("from ") or stripped.startswith("import "):
+    for number, line in enumerate(source.splitlines(), start=1):
+        code = line[: cut[number]].rstrip() if number in cut else line.rstrip()
+        stripped = code.strip()
+        if not stripped or stripped.startswith("from ") or stripped.startswith("import "):
             continue
-        kept.append(line)
+        kept.append(code)
     return kept
 
 

@@ -120,8 +120,9 @@ def main(argv: list[str]) -> int:
         new = rename(text, moves)
         if new != text:
             path.write_text(new)
+    sources = {old: path_of(old) for old, _ in moves}  # before any move makes a new package folder
     for old, new in moves:
-        source = path_of(old)
+        source = sources[old]
         target = ROOT / Path(*new.split(".")) if source.is_dir() else path_of(new)
         target.parent.mkdir(parents=True, exist_ok=True)
         init = target.parent / "__init__.py"

@@ -8,7 +8,7 @@ The fast paths (:mod:`.ties`, :mod:`.dare`) never hold the N dense updates at on
 :class:`TaskBlocks` source one **block** at a time, a flat span ``[start, stop)`` of every task,
 ``(N, stop - start)``. :class:`FactorBlocks` recomputes a block of rows of every
 ``ΔW_i = s_i B_i[rows] A_i`` from the factors (r ≪ d: cheap, and bit-identical to
-:meth:`~lorakit.lora.LoRAUpdate.delta` for blocks of ≥ :data:`MIN_ROWS` rows on CPU);
+:meth:`~lorakit.lora.peft.LoRAUpdate.delta` for blocks of ≥ :data:`MIN_ROWS` rows on CPU);
 :class:`DenseBlocks` takes views of a ready stack.
 
 Block size (:data:`BLOCK_ENTRIES`): a block holds ``N × c ≈ 2^20`` entries, 4 MiB per float32
@@ -25,7 +25,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from ..lora import LoRAUpdate
+from ..lora.peft import LoRAUpdate
 
 #: Entries (all N tasks together) in one block of the chunked kernels; see the module docstring.
 BLOCK_ENTRIES = 1 << 20
@@ -261,7 +261,7 @@ class FactorBlocks:
     r"""N LoRA updates of one layer; a block is rows ``[a, b)`` of every :math:`\Delta W_i = s_i B_i A_i`.
 
     Recomputed on demand as ``s_i · (B_i[a:b] @ A_i)`` (r multiply-adds per entry), the same
-    expression as :meth:`~lorakit.lora.LoRAUpdate.delta`, so the N dense updates never exist at once.
+    expression as :meth:`~lorakit.lora.peft.LoRAUpdate.delta`, so the N dense updates never exist at once.
     """
 
     fresh = True

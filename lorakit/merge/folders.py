@@ -3,7 +3,7 @@ r"""Merge PEFT adapter folders on disk into one PEFT adapter or one merged model
 The Python side of ``lorakit merge`` (:func:`merge_adapter_folders`, also reachable as
 ``lorakit.merge.merge_adapter_folders``). For every adapted Linear layer, with adapter
 :math:`i = 1 \dots N` read from disk (peft's scaling :math:`s_i = \alpha_i / r_i`, or
-:math:`\alpha_i / \sqrt{r_i}` with rsLoRA, folded in by :mod:`lorakit.lora`):
+:math:`\alpha_i / \sqrt{r_i}` with rsLoRA, folded in by :mod:`lorakit.lora.peft`):
 
 .. math::
 
@@ -19,7 +19,7 @@ Output (``format``):
 * ``"adapter"`` — a PEFT adapter folder. Task arithmetic without ``rank`` is refactored exactly
   by concatenation, :math:`B^* = \lambda [w_1 s_1 B_1 \cdots w_N s_N B_N]`,
   :math:`A^* = [A_1; \dots; A_N]` (rank :math:`\sum_i r_i`). Every other method gives a dense
-  :math:`\Delta W^*`, refactored by SVD (:func:`lorakit.lora.factorize_delta`) at its full
+  :math:`\Delta W^*`, refactored by SVD (:func:`lorakit.lora.peft.factorize_delta`) at its full
   numerical rank (exact), or — with ``rank=k`` — truncated to rank k, keeping the energy
   :math:`\sum_{j \le k} \sigma_j^2 / \sum_j \sigma_j^2` (reported per layer).
 * ``"merged"`` — the base model with :math:`W_0 + \Delta W^*` in every layer, saved for
@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LorakitError
 from ..fsutil import atomic_file, atomic_folder
-from ..lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, adapter_config, check_compatible, peft_key, peft_lora_key
+from ..lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, adapter_config, check_compatible, peft_key, peft_lora_key
 from .bases import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for, meta_base_for, module_map
 from .plan import DTYPES, FORMATS, MergePlan, check_options, estimate_memory, parse_size  # noqa: F401
 from .refactor import SafetensorsStream

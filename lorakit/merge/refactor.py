@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..errors import LorakitError
-from ..lora import LoRAUpdate, factorize_delta
+from ..lora.peft import LoRAUpdate, factorize_delta
 
 
 def weighted(update: LoRAUpdate, weight: float, device: torch.device | str = "cpu") -> LoRAUpdate:
@@ -43,7 +43,7 @@ def truncate_factors(A: torch.Tensor, B: torch.Tensor, rank: int) -> tuple[torch
     :math:`R_B R_A^\top = U \Sigma V^\top` gives :math:`BA = (Q_B U)\,\Sigma\,(Q_A V)^\top`, so
     :math:`B_k = Q_B U_k \Sigma_k^{1/2}`, :math:`A_k = \Sigma_k^{1/2} V_k^\top Q_A^\top`, and the
     energy kept is :math:`\sum_{j \le k}\sigma_j^2 / \sum_j \sigma_j^2` — the same as
-    :func:`lorakit.lora.factorize_delta` on :math:`BA`, at a cost linear in ``d_out + d_in``.
+    :func:`lorakit.lora.peft.factorize_delta` on :math:`BA`, at a cost linear in ``d_out + d_in``.
     Returns ``(A_k, B_k, energy)`` in A's dtype.
     """
     Q_B, R_B = torch.linalg.qr(B.double())

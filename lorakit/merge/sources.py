@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import LorakitError
-from ..lora import Adapter, read_adapter, read_adapter_config, read_head
+from ..lora.peft import Adapter, read_adapter, read_adapter_config, read_head
 from .bases import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for  # noqa: F401  (the old home of these)
 
 #: The key suffix of peft's ``lora_bias`` (a bias on lora_B: ΔW x + Δb with Δb = s·b).

@@ -2,7 +2,7 @@ r"""OSRM: choose each task's LoRA input subspace *before* fine-tuning (notebook 
 
 Notation (notebook 04; docs/methods.md §2). A target Linear layer computes ``y = W h``, with
 ``W0`` of shape ``(d_out, d_in)``; task ``i``'s LoRA update is ``ΔW_i = s B_i A_i``
-(``A_i``: ``(r, d_in)``, ``B_i``: ``(d_out, r)``, see :mod:`lorakit.lora`). ``H_j`` has shape
+(``A_i``: ``(r, d_in)``, ``B_i``: ``(d_out, r)``, see :mod:`lorakit.lora.peft`). ``H_j`` has shape
 ``(k, d_in)``: ``k`` inputs of that layer in the **pre-trained** model, computed on task ``j``'s
 data (one row per token, or one row per task).
 
@@ -52,7 +52,7 @@ public name is importable from ``lorakit.osrm`` itself.
 
 from __future__ import annotations
 
-from ..lora import PEFT_PREFIX  # noqa: F401  (the old lorakit.osrm.PEFT_PREFIX; peft naming lives in lora)
+from ..lora.peft import PEFT_PREFIX  # noqa: F401  (the old lorakit.osrm.PEFT_PREFIX; peft naming lives in lora)
 from .features import FEATURE_MODES, collect_features
 from .geometry import init_geometry, own_energy_fraction
 from .init_lora import (

@@ -26,13 +26,13 @@ from typing import Mapping
 
 import torch
 
-from ..analysis import row_space_projector, subspace_overlap
+from ..lora.measures import row_space_projector, subspace_overlap
 from ..errors import LorakitError
-from ..lora import LoRAUpdate
+from ..lora.peft import LoRAUpdate
 
 
 def _as_update(A: torch.Tensor) -> LoRAUpdate:
-    """``A`` as a LoRA update (``B = 0``) for :mod:`lorakit.analysis`'s row-space functions."""
+    """``A`` as a LoRA update (``B = 0``) for :mod:`lorakit.lora.measures`'s row-space functions."""
     A = torch.as_tensor(A).detach().double().cpu()
     return LoRAUpdate(A, torch.zeros(1, A.shape[0], dtype=A.dtype), 1.0)
 
@@ -84,7 +84,7 @@ def init_geometry(
     Returns:
         A JSON-able dict: ``overlap`` (mean of :math:`O_{ij}` over task pairs ``i < j`` and modules;
         None for one task; :math:`O` divides by the smaller rank, ``r`` for full-rank ``A``, as
-        :func:`lorakit.analysis.subspace_overlap`), ``overlap_matrix`` (``N × N``, mean over modules,
+        :func:`lorakit.lora.measures.subspace_overlap`), ``overlap_matrix`` (``N × N``, mean over modules,
         tasks in ``A_by_task`` order), ``energy`` (``{task: mean over modules of E_t}``),
         ``random`` (mean over modules of ``r / d_in``: what a random subspace gets for both), and
         ``per_module`` (``{module: {"overlap": mean over pairs, "energy": {task: E_t}}}``).

@@ -14,7 +14,7 @@ import torch
 from ..assets import load_base, load_tokenizer
 from ..cache import cached_init_A, texts_digest
 from ..errors import LorakitError
-from ..lora import peft_key
+from ..lora.peft import peft_key
 from ..profiles import get_profile
 from ..tasks import load_task
 from .features import collect_features

@@ -17,7 +17,7 @@ from typing import Mapping, NamedTuple
 import torch
 
 from ..errors import LorakitError
-from ..lora import LoRAUpdate
+from ..lora.peft import LoRAUpdate
 
 
 def _feature_response(update: LoRAUpdate, H: torch.Tensor) -> float:
@@ -37,7 +37,7 @@ def interference_ratio(
     adapter moves them. ``0`` is no interference; OSRM aims at ``R ≪ 1``.
 
     Args:
-        updates_t, updates_j: ``{module: LoRAUpdate}`` (e.g. from :func:`lorakit.lora.read_adapter`).
+        updates_t, updates_j: ``{module: LoRAUpdate}`` (e.g. from :func:`lorakit.lora.peft.read_adapter`).
         features_j: ``{module: H_j (k × d_in)}``, pre-trained features of task ``j`` (ideally
             held out from the data the subspace was built on).
 

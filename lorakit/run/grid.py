@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import __version__
-from ..analysis import magnitude_variance
+from ..lora.measures import magnitude_variance
 from ..evaluate import TaskScorer, accuracies
 from ..inits import init_depends_on_seed, init_uses_A
 from ..merge import METHODS, resolve_variant

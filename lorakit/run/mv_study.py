@@ -8,7 +8,7 @@ r"""The magnitude-variance claims (a), (b), (c) of docs/methods.md §3.5, as tes
   registered method's dense rule (``task_arithmetic_dense``, ``ties_dense``, ``dare_dense``) on the
   stacked :math:`(N, d_{out}, d_{in})` deltas, with :func:`lorakit.merge.merge_adapters`' per-layer seeds.
 * **Pair magnitude variance:** :func:`pair_mv_matrix` gives :math:`M_{ik}` =
-  :func:`lorakit.analysis.magnitude_variance_pairwise` of tasks i and k; the bias-free group measure
+  :func:`lorakit.lora.measures.magnitude_variance_pairwise` of tasks i and k; the bias-free group measure
   is the mean of :math:`M` over the group's pairs (:func:`group_mv`), so every group of every size is
   read off one matrix.
 * **Claim records:** :func:`claim_a_record`, :func:`claim_b_record`, :func:`claim_c_record` turn
@@ -27,10 +27,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..analysis import magnitude_variance_pairwise
+from ..lora.measures import magnitude_variance_pairwise
 from ..stats.correlation import group_correlation
 from ..errors import LorakitError
-from ..lora import LoRAUpdate, check_compatible
+from ..lora.peft import LoRAUpdate, check_compatible
 from ..merge import METHODS, layer_params, resolve_params
 from ..stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                        normalized_difference, pair_bootstrap_over_tasks)

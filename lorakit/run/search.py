@@ -26,7 +26,7 @@ import torch
 
 from ..errors import LorakitError
 from ..evaluate import TaskScorer, accuracies, normalized_accuracy
-from ..lora import LoRAUpdate
+from ..lora.peft import LoRAUpdate
 from ..merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from ..profiles import Profile
 from ..results.tables import encode_correct, mean

@@ -44,7 +44,7 @@
 # scale; the default with CUDA). Every size can also be overridden by argument.
 
 # %%
-from lorakit.nb import setup, show_progress
+from lorakit.course.notebook import setup, show_progress
 from lorakit.profiles import PROFILES
 P = setup()
 
@@ -144,7 +144,7 @@ for t, j in [(tasks[0], tasks[1]), (tasks[1], tasks[0])]:
 # $\lambda$, measures, and explains what it saw (any prediction is accepted).
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 
 prediction = None  # your prediction: "higher", "lower" or "about the same"
 

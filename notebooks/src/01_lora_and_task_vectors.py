@@ -16,7 +16,7 @@
 # steps.
 
 # %%
-from lorakit.nb import setup, show_progress
+from lorakit.course.notebook import setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -34,12 +34,12 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # | $s$ | `scaling` | $\alpha / r$ (rsLoRA: $\alpha/\sqrt{r}$) |
 #
 # So $\Delta W$ has exactly $W_0$'s shape and rank at most $r$. In lorakit this is
-# `lorakit.lora.lora_delta` / `LoRAUpdate.delta()` — the only place the scaling is applied.
+# `lorakit.lora.peft.lora_delta` / `LoRAUpdate.delta()` — the only place the scaling is applied.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 import torch
-from lorakit.lora import LoRAUpdate, lora_delta, lora_scaling
+from lorakit.lora.peft import LoRAUpdate, lora_delta, lora_scaling
 
 torch.manual_seed(0)
 d_out, d_in, r, alpha = 6, 5, 2, 4
@@ -65,7 +65,7 @@ print("s =", s, "| ΔW shape", tuple(dW.shape), "| rank", int(torch.linalg.matri
 import copy
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
-from lorakit.lora import read_adapter
+from lorakit.lora.peft import read_adapter
 
 def tiny_bert():
     torch.manual_seed(0)
@@ -252,7 +252,7 @@ print("W0 + ΔW with the task's head reproduces the peft model's accuracy:", abs
 # 4. Predict, run, interpret (below).
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 
 def my_delta(A, B, alpha, r):
     raise NotImplementedError  # your code here
@@ -304,7 +304,7 @@ prediction = None  # your prediction: "r", "n*r" or "min(d_out, d_in)"
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.exercises.nb01 import sum_rank_case
+from lorakit.course.exercises.nb01 import sum_rank_case
 
 for label, shared in (("independent factors", False), ("one shared A     ", True)):
     ups = sum_rank_case(shared_A=shared)

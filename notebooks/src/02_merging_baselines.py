@@ -22,7 +22,7 @@
 # 03–06), then merges and evaluates them.
 
 # %%
-from lorakit.nb import course_tasks, setup, show_progress
+from lorakit.course.notebook import course_tasks, setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -46,7 +46,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # NBVAL_CHECK_OUTPUT
 import torch
 from peft.utils import merge_utils as pm
-from lorakit.lora import LoRAUpdate
+from lorakit.lora.peft import LoRAUpdate
 from lorakit.merge import merge_layer, task_arithmetic_merge
 
 def toy_updates(n=3, d_out=20, d_in=16, r=4, seed=0):
@@ -93,7 +93,7 @@ print(f"TA: lorakit = scratch = peft (atol 1e-5); rank of ΔW* = {rank} ≤ N·r
 #   truncated SVD at `svd_rank` (default: the largest $r_i$): exact only if that rank is large enough.
 #
 # We check all of this on a tiny BERT with two LoRA adapters, reading every merged adapter back with
-# `lorakit.lora.read_adapter(model, adapter_name=...)`.
+# `lorakit.lora.peft.read_adapter(model, adapter_name=...)`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -101,7 +101,7 @@ import math
 import warnings
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
-from lorakit.lora import read_adapter
+from lorakit.lora.peft import read_adapter
 
 def tiny_bert():
     torch.manual_seed(0)
@@ -398,7 +398,7 @@ assert TUNE_GRID == {"density": (0.1, 0.4), "drop_rate": (0.3, 0.7), "gamma": (0
 # %%
 from lorakit.train import train_adapter
 
-tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.nb.course_tasks)
+tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)
 adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
 for t, a in adapters.items():
     print(f"{t:>16}: test accuracy {a.metrics['test_acc']:.3f} (majority {a.metrics['majority_test']:.3f}), "
@@ -627,7 +627,7 @@ print(f"Averaging the factors instead of the products changes the average normal
 # grids (in `ci` only the profile's λ values; the `cpu` and `gpu` profiles give the slider more stops).
 
 # %%
-from lorakit.widgets import explorer_figure, lambda_explorer
+from lorakit.course.widgets import explorer_figure, lambda_explorer
 
 split = "test" if P.test_curves else "val"
 individual = ind_test if split == "test" else ind_val
@@ -676,7 +676,7 @@ lambda_explorer(curves, individual, split=split)
 # 4. Predict, run, interpret (below the three cells).
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 
 def my_ties_sign_mean(stack):
     raise NotImplementedError  # your code here
@@ -721,7 +721,7 @@ prediction = None  # your prediction: "more", "less" or "same"
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.exercises.nb02 import anticorrelated_pair, conflict_shares
+from lorakit.course.exercises.nb02 import anticorrelated_pair, conflict_shares
 
 pair = anticorrelated_pair()
 print(f"corr(τ_1, τ_2) = {float(torch.corrcoef(pair)[0, 1]):.2f}")

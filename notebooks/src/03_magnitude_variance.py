@@ -29,7 +29,7 @@
 # merges every pair of tasks.
 
 # %%
-from lorakit.nb import course_tasks, setup, show_progress
+from lorakit.course.notebook import course_tasks, setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -54,8 +54,8 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # %%
 # NBVAL_CHECK_OUTPUT
 import torch
-from lorakit.analysis import column_magnitudes
-from lorakit.lora import LoRAUpdate
+from lorakit.lora.measures import column_magnitudes
+from lorakit.lora.peft import LoRAUpdate
 from lorakit.merge import decouple, recompose
 
 torch.manual_seed(0)
@@ -107,7 +107,7 @@ print("max |α ⊙ W̃ − ΔW| < 1e-12:", (alpha[None, :] * W_dir - dW).abs().m
 # %%
 # NBVAL_CHECK_OUTPUT
 import numpy as np
-from lorakit.analysis import magnitude_variance
+from lorakit.lora.measures import magnitude_variance
 
 def toy_adapter(seed, scale, layers=("q", "v"), d_out=8, d_in=6, r=2):
     g = torch.Generator().manual_seed(seed)
@@ -201,13 +201,13 @@ print(f"Frobenius variant: {magnitude_variance(toys, kind='frobenius'):.6f} | ax
 # * It is a statement about the weights, under orthogonal directions. It predicts that unequal
 #   magnitudes drown the quiet tasks, not by how much accuracy falls. Section 4 measures that.
 #
-# The cell checks (3.3') and (3.4)–(3.6) with `lorakit.analysis` (`magnitude_shares`,
+# The cell checks (3.3') and (3.4)–(3.6) with `lorakit.lora.measures` (`magnitude_shares`,
 # `interference_from_magnitudes`, `interference_exact`) on updates built with exactly orthogonal column
 # directions.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.analysis import interference_exact, interference_from_magnitudes, layer_magnitude_variance, magnitude_shares
+from lorakit.lora.measures import interference_exact, interference_from_magnitudes, layer_magnitude_variance, magnitude_shares
 
 g = torch.Generator().manual_seed(3)
 N, d_out_t, d_t = 4, 16, 5
@@ -264,7 +264,7 @@ import math
 import time
 from lorakit.train import train_adapter, train_full
 
-tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.nb.course_tasks)
+tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)
 t0 = time.perf_counter()
 lora = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
 full = {t: train_full(t, P, progress=show_progress(P)) for t in tasks}
@@ -380,11 +380,11 @@ fig.tight_layout();
 # start. `diagnose_adapters` warns about such pairs (A cosine ≥ 0.3 or overlap ≥ 0.5).
 #
 # The cell checks that `diagnose_adapters` reports exactly the magnitude variances computed above
-# with `lorakit.analysis`, and the $A$ overlap that `lorakit.analysis.subspace_overlap` computes
+# with `lorakit.lora.measures`, and the $A$ overlap that `lorakit.lora.measures.subspace_overlap` computes
 # from dense projectors.
 
 # %%
-from lorakit.analysis import magnitude_variance_pairwise, subspace_overlap
+from lorakit.lora.measures import magnitude_variance_pairwise, subspace_overlap
 from lorakit.stats.correlation import spearman_rho
 from lorakit.diagnose import diagnose_adapters
 
@@ -458,7 +458,7 @@ print("the mean share alone", "ranks them the same way (smaller share, larger R_
 # set gives one point, so we use every **pair** of the profile's tasks. (3.5) and (3.6) say why pairs
 # only: the interference floor $N - 1$ grows with the group size $N$, so groups of different sizes
 # differ for that reason alone, whatever their magnitudes. The `ci` profile's 3 tasks give 3 pairs; the
-# `cpu` profile's five course tasks give 10 (its benchmark has eight; `lorakit.nb.course_tasks`). For
+# `cpu` profile's five course tasks give 10 (its benchmark has eight; `lorakit.course.notebook.course_tasks`). For
 # each pair $G$ of LoRA adapters:
 #
 # * $x_G$ = the magnitude variance (3.2) of the group's updates;
@@ -700,7 +700,7 @@ print(f"this run (profile {P.name}, {len(groups)} LoRA pairs): claim (c): {verdi
 # 4. Predict, run, interpret (below the three cells).
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 
 def my_column_magnitudes(delta):
     raise NotImplementedError  # your code here

@@ -19,7 +19,7 @@
 # $A$ frozen.
 
 # %%
-from lorakit.nb import course_tasks, setup, show_progress
+from lorakit.course.notebook import course_tasks, setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -40,7 +40,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # %%
 # NBVAL_CHECK_OUTPUT
 import torch
-from lorakit.lora import LoRAUpdate
+from lorakit.lora.peft import LoRAUpdate
 from lorakit.merge import merge_layer
 
 g = torch.Generator().manual_seed(0)
@@ -258,7 +258,7 @@ from lorakit.osrm import collect_features
 from lorakit.tasks import load_task
 
 tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)
-tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.nb.course_tasks)
+tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)
 
 def text_batches(texts, size=P.eval_batch_size):
     return [dict(tok(texts[i:i + size], truncation=True, max_length=P.max_length, padding=True, return_tensors="pt"))
@@ -393,7 +393,7 @@ fig.suptitle(f"{layer.split('.', 2)[-1]}: where the rows of OSRM's A_t sit in th
 # %%
 # NBVAL_CHECK_OUTPUT
 from peft import LoraConfig, get_peft_model
-from lorakit.lora import read_adapter
+from lorakit.lora.peft import read_adapter
 from lorakit.osrm import init_lora_A
 
 def fresh_lora(num_labels=2):
@@ -692,7 +692,7 @@ Markdown(verdict_sentences(osrm_rows))
 # 4. Predict, run, interpret (below the three cells).
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 
 def my_osrm_A(H_other, r):
     raise NotImplementedError  # your code here

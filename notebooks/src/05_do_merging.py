@@ -25,7 +25,7 @@
 # measured (no GPU was lent). It reuses 02's adapters when they are cached.
 
 # %%
-from lorakit.nb import course_tasks, setup, show_progress
+from lorakit.course.notebook import course_tasks, setup, show_progress
 P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 
 # %% [markdown]
@@ -34,7 +34,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # Task arithmetic merges $N$ updates of one layer as $\Delta W^* = \lambda \sum_i \Delta W_i$. How much
 # of task $k$ survives in that sum? Measure it by the cosine of the merged update with the task's own
 # update, $\cos(\Delta W^*, \Delta W_k) = \langle \Delta W^*, \Delta W_k\rangle_F / (\lVert\Delta W^*\rVert_F \lVert \Delta W_k\rVert_F)$
-# (`lorakit.analysis.direction_share`). When the tasks' updates are nearly orthogonal
+# (`lorakit.lora.measures.direction_share`). When the tasks' updates are nearly orthogonal
 # ($\langle \Delta W_i, \Delta W_j \rangle_F \approx 0$, as random high-dimensional matrices are), the
 # cross terms drop out and
 #
@@ -56,8 +56,8 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # %%
 # NBVAL_CHECK_OUTPUT
 import torch
-from lorakit.analysis import direction_share
-from lorakit.lora import LoRAUpdate
+from lorakit.lora.measures import direction_share
+from lorakit.lora.peft import LoRAUpdate
 from lorakit.merge import merge_layer
 
 def toy_updates(b_scales, d_out=64, d_in=64, r=4, seed=1, scaling=2.0):
@@ -174,7 +174,7 @@ fig.tight_layout();
 # %%
 # NBVAL_CHECK_OUTPUT
 from peft.tuners.lora.dora import DoraLinearLayer
-from lorakit.analysis import column_magnitudes
+from lorakit.lora.measures import column_magnitudes
 from lorakit.merge import decouple, decouple_update, recompose
 
 u = toy_updates([1.0], d_out=6, d_in=5, r=2, seed=3)[0]
@@ -444,7 +444,7 @@ assert result["out"][1] < 1e-12 and result["out"][0] > 1e-3    # "out" keeps the
 # %%
 from lorakit.train import train_adapter
 
-tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.nb.course_tasks)
+tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)
 adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
 updates = [adapters[t].updates for t in tasks]
 for t, a in adapters.items():
@@ -457,7 +457,7 @@ for t, a in adapters.items():
 # and of the decoupled merge (λ = 1), as in section 1:
 
 # %%
-from lorakit.analysis import magnitude_variance
+from lorakit.lora.measures import magnitude_variance
 from lorakit.merge import merge_adapters
 
 tv_norms = [math.sqrt(sum(float(u.delta(torch.float64).norm() ** 2) for u in ad.values())) for ad in updates]
@@ -762,7 +762,7 @@ assert METHODS["do"].params["magnitude_axis"] == "in" and METHODS["do"].params["
 # 4. Predict, run, interpret (below the three cells).
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 
 def my_decouple(delta):
     raise NotImplementedError  # your code here
@@ -806,7 +806,7 @@ prediction = None  # your prediction: "larger", "smaller" or "same"
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.exercises.nb05 import magnitude_toy
+from lorakit.course.exercises.nb05 import magnitude_toy
 
 for label, ups in (("toy, B scaled 1 : 0.1 : 0.3", magnitude_toy()), ("B of equal scale", magnitude_toy((1.0, 1.0, 1.0), seed=2))):
     n_ta = float(merge_layer(ups, "task_arithmetic").double().norm())

@@ -41,7 +41,7 @@
 # `lorakit run` does all of this (`make run`); this notebook calls the same function.
 
 # %%
-from lorakit.nb import setup, show_progress
+from lorakit.course.notebook import setup, show_progress
 P = setup()
 
 # %%
@@ -344,8 +344,8 @@ for init in ref["inits"]:
 # 2. Predict, run, interpret (below).
 
 # %%
-from lorakit import exercises
-from lorakit.exercises import nb06
+from lorakit.course import exercises
+from lorakit.course.exercises import nb06
 
 ref_ex = nb06.reference_for_exercises()
 do_scores, ta_scores = nb06.do_vs_ta(ref_ex)

@@ -32,7 +32,7 @@
 # lemma-disjoint: a test word was never seen in training.
 
 # %%
-from lorakit.nb import setup, show_progress
+from lorakit.course.notebook import setup, show_progress
 P = setup()
 
 # %%
@@ -190,7 +190,7 @@ Markdown(format_table(live))
 # %%
 from transformers import AutoModelForCausalLM
 from lorakit.causal_eval import CausalEvaluator
-from lorakit.lora import read_adapter
+from lorakit.lora.peft import read_adapter
 from lorakit.merge import merge_adapter_folders, merge_adapters
 
 folders = [next(e["adapter"] for e in live["tasks"][t]["individual"] if e["init"] == "standard") for t in C.tasks]
@@ -313,7 +313,7 @@ assert all(r["params"]["lam"] < 1 for r in ref["records"] if r["method"] == "tas
 # row of the sequence `prompt_ids + target_ids + [eos_id]`, with −100 wherever the loss must not look.
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 
 def my_labels(prompt_ids, target_ids, eos_id):
     return None  # your code here

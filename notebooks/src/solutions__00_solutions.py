@@ -5,8 +5,8 @@
 # (cached by notebook 00; trained here if it has not run).
 
 # %%
-from lorakit.nb import setup
-from lorakit import exercises
+from lorakit.course.notebook import setup
+from lorakit.course import exercises
 from lorakit.evaluate import Evaluator, normalized_accuracy
 from lorakit.train import train_adapter
 

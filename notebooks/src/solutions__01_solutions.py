@@ -6,7 +6,7 @@
 # %%
 import math
 import torch
-from lorakit import exercises
+from lorakit.course import exercises
 
 # %%
 # NBVAL_CHECK_OUTPUT

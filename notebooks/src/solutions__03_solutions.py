@@ -6,7 +6,7 @@
 # %%
 import math
 import torch
-from lorakit import exercises
+from lorakit.course import exercises
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -47,7 +47,7 @@ _ = exercises.check_scale_free_test(my_is_scale_free)
 # %%
 # NBVAL_CHECK_OUTPUT
 import numpy as np
-from lorakit.analysis import column_magnitudes, magnitude_variance
+from lorakit.lora.measures import column_magnitudes, magnitude_variance
 
 def raw_spread(adapters):
     return float(np.mean([np.stack([column_magnitudes(ad[n]).numpy() for ad in adapters]).std(0).mean() for n in adapters[0]]))

@@ -5,7 +5,7 @@
 
 # %%
 import torch
-from lorakit import exercises
+from lorakit.course import exercises
 
 # %% [markdown]
 # **1. OSRM's $A$.** By (4.3)–(4.4): the eigenvectors of the uncentered Gram $H^\top H$ for its $r$
@@ -67,6 +67,6 @@ def my_overlap(H, r):
     lam = torch.linalg.eigvalsh(H.double().T @ H.double())       # ascending
     return float(lam[:r].sum() / lam.sum() * H.shape[1] / r)
 
-from lorakit.exercises.nb04 import graded_features
+from lorakit.course.exercises.nb04 import graded_features
 H_other = graded_features(1000, 96, seed=3) + 2.0
 _ = exercises.check_predict_osrm_rank(prediction, my_overlap, H_other, (2, 8, 32))

@@ -5,7 +5,7 @@
 
 # %%
 import torch
-from lorakit import exercises
+from lorakit.course import exercises
 
 # %% [markdown]
 # **1.** One norm per input column (reduce over dim 0 of the *(d_out, d_in)* matrix), then divide each

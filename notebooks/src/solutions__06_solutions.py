@@ -7,8 +7,8 @@
 
 # %%
 import numpy as np
-from lorakit import exercises
-from lorakit.exercises import nb06
+from lorakit.course import exercises
+from lorakit.course.exercises import nb06
 from lorakit.stats.paired import paired_bootstrap
 
 ref_ex = nb06.reference_for_exercises()

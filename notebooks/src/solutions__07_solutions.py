@@ -5,7 +5,7 @@
 # the committed causal-track reference, as the notebook does.
 
 # %%
-from lorakit import exercises
+from lorakit.course import exercises
 from lorakit.results.causal import causal_reference, targets_by_input
 
 ref_name, ref = causal_reference()

@@ -6,9 +6,9 @@ import platform
 
 import torch
 
-from .assets import quiet
-from .errors import LorakitError
-from .profiles import Profile, apply_threads, get_profile
+from ..assets import quiet
+from ..errors import LorakitError
+from ..profiles import Profile, apply_threads, get_profile
 
 
 def setup(profile: str | None = None, seed: int = 0, **overrides) -> Profile:

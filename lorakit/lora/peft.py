@@ -13,7 +13,7 @@ Notation (notebook 01, eq. 1.1–1.3; peft's convention):
 
 Everything else in lorakit (merging, analysis, OSRM) works on :class:`LoRAUpdate` objects or on
 dense ``ΔW`` tensors made by :meth:`LoRAUpdate.delta`; the scaling is folded in exactly once,
-here. The math lives in :mod:`lorakit.lora_update` (re-exported here); this module holds the
+here. The math lives in :mod:`lorakit.lora.update` (re-exported here); this module holds the
 PEFT naming rules (the only place that knows peft's ``base_model.model.`` prefix and
 ``lora_A``/``lora_B`` key layout) and reading/writing adapter folders.
 """
@@ -31,9 +31,9 @@ import safetensors.torch  # module attribute calls: a monkeypatched save_file/lo
 import torch
 from safetensors import SafetensorError
 
-from .errors import LorakitError
-from .fsutil import atomic_folder
-from .lora_update import (  # noqa: F401  (re-exported: the public names of lorakit.lora)
+from ..errors import LorakitError
+from ..fsutil import atomic_folder
+from .update import (  # noqa: F401  (re-exported: the public names of lorakit.lora.peft)
     Adapter,
     LoRAUpdate,
     adapter_deltas,

@@ -11,8 +11,8 @@ import random
 from collections import Counter
 from typing import Callable, Mapping, Sequence
 
-from ..causal import IGNORE_INDEX, normalized_match
-from ..results.causal import ANSWER_KINDS, answer_kinds
+from ...causal import IGNORE_INDEX, normalized_match
+from ...results.causal import ANSWER_KINDS, answer_kinds
 from ._common import check_choice as _check_choice, ok as _ok, report_prediction as _report_prediction
 
 WRONG_KINDS = tuple(k for k in ANSWER_KINDS if k != "right")

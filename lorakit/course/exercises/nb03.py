@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..analysis import column_magnitudes, interference_from_magnitudes, layer_magnitude_variance, magnitude_variance
+from ...lora.measures import column_magnitudes, interference_from_magnitudes, layer_magnitude_variance, magnitude_variance
 from ._common import as_number as _as_number, as_tensor as _as_tensor, assert_unmodified as _assert_unmodified
 from ._common import check_choice as _check_choice, ok as _ok, random_lora as _random_lora
 from ._common import report_prediction as _report_prediction
@@ -192,7 +192,7 @@ def check_predict_louder_task(prediction: str | None, fn: Callable[[torch.Tensor
     ``fn(mags)`` must return (3.5)'s mean interference-to-signal ratio for an ``(N, d)`` magnitude
     matrix: the mean over tasks k and over the columns where every task is nonzero of
     :math:`R_k[j] = \sum_{i \ne k} \alpha_i[j]^2 / \alpha_k[j]^2`. It is checked against
-    :func:`lorakit.analysis.interference_from_magnitudes` on random matrices, then run on
+    :func:`lorakit.lora.measures.interference_from_magnitudes` on random matrices, then run on
     ``layer_mags`` (``{layer: (N, d)}``, the notebook's real group) with the first task's row multiplied by
     each of ``scales``; the curve's shape is compared with ``prediction`` (any of :data:`LOUDER_CHOICES`).
     """

@@ -6,7 +6,7 @@ Notation (docs/methods.md §1, §3.2, §3.5): for one layer and task :math:`i`,
 magnitude vector has length ``d_in``; ``axis="out"`` is the DoRA/peft-style alternative (one
 norm per output row, length ``d_out``).
 
-Every function accepts dense ``ΔW`` tensors or :class:`~lorakit.lora.LoRAUpdate` objects, and the
+Every function accepts dense ``ΔW`` tensors or :class:`~lorakit.lora.peft.LoRAUpdate` objects, and the
 multi-layer ones also accept adapters (``{module name: LoRAUpdate | Tensor}``). Everything is
 computed in float64.
 """
@@ -17,8 +17,8 @@ from typing import Mapping, Sequence, Union
 
 import torch
 
-from .errors import LorakitError
-from .lora import LoRAUpdate
+from ..errors import LorakitError
+from .peft import LoRAUpdate
 
 Delta = Union[torch.Tensor, LoRAUpdate]
 TaskInput = Union[Delta, Mapping[str, Delta]]

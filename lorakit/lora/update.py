@@ -13,7 +13,7 @@ Notation (notebook 01, eq. 1.1–1.3; peft's convention):
 
 Everything else in lorakit (merging, analysis, OSRM) works on :class:`LoRAUpdate` objects or on
 dense ``ΔW`` tensors made by :meth:`LoRAUpdate.delta`; the scaling is folded in exactly once,
-here. Import these names from :mod:`lorakit.lora`, which re-exports them beside the PEFT
+here. Import these names from :mod:`lorakit.lora.peft`, which re-exports them beside the PEFT
 naming rules and the adapter-folder I/O.
 """
 
@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .errors import LorakitError
+from ..errors import LorakitError
 
 __all__ = [
     "Adapter", "LoRAUpdate", "adapter_deltas", "check_compatible", "factorize_delta", "lora_delta", "lora_scaling",

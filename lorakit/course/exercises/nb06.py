@@ -16,12 +16,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..results.correctness import encode_correct
-from ..errors import LorakitError
-from ..results.metrics import merged_scores, seeds_of
-from ..results.reference import claims_report, reference_runs
-from ..results.tables import load_results
-from ..stats.paired import _counts, paired_bootstrap
+from ...results.correctness import encode_correct
+from ...errors import LorakitError
+from ...results.metrics import merged_scores, seeds_of
+from ...results.reference import claims_report, reference_runs
+from ...results.tables import load_results
+from ...stats.paired import _counts, paired_bootstrap
 from ._common import as_number as _as_number, check_choice as _check_choice, ok as _ok
 from ._common import report_prediction as _report_prediction
 

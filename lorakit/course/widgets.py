@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from .errors import LorakitError
+from ..errors import LorakitError
 
 Point = Mapping[str, Any]
 Curve = Sequence[Point]
@@ -132,7 +132,7 @@ def explorer_figure(curves: Mapping[str, Curve], individual: Mapping[str, float]
     methods that have one), marks the selected point (●) and the best point on ``split`` (★).
     Returns the matplotlib figure.
     """
-    import matplotlib.pyplot as plt  # lazy: importing lorakit.widgets needs no display (module docstring)
+    import matplotlib.pyplot as plt  # lazy: importing lorakit.course.widgets needs no display (module docstring)
 
     if method not in curves:
         raise LorakitError(f"no curve for method {method!r}; have {', '.join(curves)}")

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .assets import cache_dir
+from .data.models import cache_dir
 from .fsutil import atomic_file
 
 #: bump when the code that computes an init's ``A`` changes what it produces

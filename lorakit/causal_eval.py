@@ -21,11 +21,11 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .assets import load_base, load_tokenizer, quiet
+from .data.models import load_base, load_tokenizer, quiet
 from .causal import _ids, exact_match, greedy_generate, normalized_match
 from .errors import LorakitError
 from .evaluate import TaskScorer
-from .generative_tasks import GenerativeTaskData
+from .data.generative import GenerativeTaskData
 from .osrm import find_linear_modules
 from .packed_bert import resolve_eval_dtype
 from .profiles import Profile, get_profile

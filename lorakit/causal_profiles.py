@@ -2,7 +2,7 @@
 fields as the encoder track, sized for SmolLM2-135M and greedy generation.
 
 Chosen like the encoder track's (``LORAKIT_PROFILE`` or ``--profile``; ``gpu`` with CUDA, else ``cpu``)
-and overridable field by field. The defaults are the six packaged lexicon tasks (:mod:`lorakit.lexicon`),
+and overridable field by field. The defaults are the six packaged lexicon tasks (:mod:`lorakit.data.lexicon`),
 so every profile runs offline; the BIG-bench generative cards (``past_tense``, ``plural``, …) can be
 named with ``--tasks`` once ``lorakit data fetch`` has them. ``eval_dtype`` is the dtype the merged
 model generates in (``W_0 + ΔW`` is summed in float32 first); ``auto`` is bfloat16 on a CPU with

@@ -19,12 +19,12 @@ from typing import Mapping, Sequence
 import torch
 
 from . import __version__
-from .assets import cache_dir, load_base, load_tokenizer, quiet
+from .data.models import cache_dir, load_base, load_tokenizer, quiet
 from .cache import cache_key
 from .causal import encode_prompts, train_causal_lora
 from .errors import LorakitError
 from .fsutil import atomic_folder
-from .generative_tasks import GenerativeTaskData
+from .data.generative import GenerativeTaskData
 from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
 from .lora.peft import read_adapter
 from .osrm import find_linear_modules, osrm_init_from_inputs, osrm_options

@@ -18,11 +18,11 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .assets import load_base, load_tokenizer, quiet
+from .data.models import load_base, load_tokenizer, quiet
 from .errors import LorakitError
 from .packed_bert import PackedBert, PackedSet, onednn_linear_works, resolve_eval_dtype
 from .profiles import Profile, get_profile
-from .tasks import TaskData, load_task
+from .data.tasks import TaskData, load_task
 from .train import TrainedAdapter, encode_texts, predict
 
 

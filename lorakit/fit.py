@@ -14,11 +14,11 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .assets import load_tokenizer
+from .data.models import load_tokenizer
 from .errors import LorakitError
 from .packed_bert import resolve_eval_dtype
 from .profiles import Profile
-from .tasks import TaskData
+from .data.tasks import TaskData
 
 
 def set_seed(seed: int) -> None:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .assets import cache_dir, load_base, quiet
+from .data.models import cache_dir, load_base, quiet
 from .cache import cache_key  # noqa: F401  (re-exported: it lived here)
 from .errors import LorakitError
 from .fit import accuracy, encode_texts, fit, predict, set_seed, task_metrics  # noqa: F401  (re-exported)
@@ -31,7 +31,7 @@ from .inits import (  # noqa: F401  (TASK_SEEDS, task_seed: re-exported, they li
 from .lora.peft import LoRAUpdate, read_adapter, read_head
 from .osrm import init_lora_A
 from .profiles import Profile, apply_threads, get_profile
-from .tasks import TaskData, load_task
+from .data.tasks import TaskData, load_task
 
 INITS = INIT_NAMES  # the old name; the registry is lorakit.inits
 TRAIN_CACHE_VERSION = 1  # bump when the training loop changes what it produces

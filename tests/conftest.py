@@ -23,7 +23,7 @@ def tiny_llama_folder(tmp_path_factory):
     """A 2-layer Llama (4 query heads, 2 key/value heads) with the packaged WordPiece tokenizer, eos = [SEP]."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lorakit.assets import load_tokenizer
+    from lorakit.data.models import load_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny_llama")
     tok = load_tokenizer("minilm")

@@ -16,7 +16,7 @@ TARGETS = ["walked", "sat down", "ran", "jumped", "ate"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from lorakit.assets import load_tokenizer
+    from lorakit.data.models import load_tokenizer
 
     tok = load_tokenizer("minilm")
     tok.eos_token = "[SEP]"  # WordPiece has no eos; any special token will do for the mechanics

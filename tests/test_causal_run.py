@@ -18,8 +18,8 @@ from lorakit.causal_profiles import get_causal_profile
 from lorakit.run.causal import check_causal_profile, check_generative_tasks, run_causal_benchmark
 from lorakit.causal_train import causal_osrm_init, prompt_batches, train_causal_adapter
 from lorakit.errors import LorakitError
-from lorakit.generative_tasks import load_generative_task
-from lorakit.lexicon import read_inflections
+from lorakit.data.generative import load_generative_task
+from lorakit.data.lexicon import read_inflections
 
 TASKS = ("verb_past", "noun_plural")
 
@@ -41,7 +41,7 @@ def data(profile):
 
 
 def test_evaluator_scores_w0_plus_delta_exactly_as_the_peft_model_generates(profile, data, tiny_folder):
-    from lorakit.assets import load_base, load_tokenizer
+    from lorakit.data.models import load_base, load_tokenizer
 
     tok = load_tokenizer(tiny_folder)
     d = data["verb_past"]
@@ -69,7 +69,7 @@ def test_evaluator_scores_w0_plus_delta_exactly_as_the_peft_model_generates(prof
 
 
 def test_osrm_features_are_layer0_inputs_of_the_prompt_tokens_padding_dropped(profile, data, tiny_folder):
-    from lorakit.assets import load_base, load_tokenizer
+    from lorakit.data.models import load_base, load_tokenizer
 
     A, feats = causal_osrm_init(data, profile, return_features=True)
     model, tok = load_base(tiny_folder).eval(), load_tokenizer(tiny_folder)
@@ -191,7 +191,7 @@ def test_lexicon_reader_keeps_only_unambiguous_lowercase_pairs(tmp_path):
 def test_missing_llm_packages_name_the_install_command(monkeypatch, tmp_path):
     import importlib.util
 
-    from lorakit import assets
+    from lorakit.data import models as assets
 
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))  # no dequantised copy to fall back on
     real = importlib.util.find_spec
@@ -204,7 +204,7 @@ def test_missing_llm_packages_name_the_install_command(monkeypatch, tmp_path):
 
 
 def test_model_kind_of_aliases_and_folders(tiny_folder, tmp_path):
-    from lorakit.assets import model_kind
+    from lorakit.data.models import model_kind
 
     assert model_kind("smollm2") == "causal" and model_kind("minilm") == "encoder"
     assert model_kind(tiny_folder) == "causal"
@@ -219,7 +219,7 @@ def test_lorakit_merge_of_causal_adapters_loads_as_a_causal_lm_and_generates_lik
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorakit.assets import load_base, load_tokenizer
+    from lorakit.data.models import load_base, load_tokenizer
     from lorakit.cli import main
     from lorakit.merge import merge_adapters
 
@@ -262,7 +262,7 @@ def test_combine_joins_causal_runs_of_two_inits_with_their_predictions(profile, 
 def test_an_index_without_the_bigbench_release_gets_a_one_line_error_that_says_what_to_do(monkeypatch, tmp_path):
     import subprocess
 
-    from lorakit import bigbench
+    from lorakit.data import bigbench
 
     done = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for bigbench==1.0.0\n")
     monkeypatch.setattr(bigbench.subprocess, "run", lambda *a, **k: done)
@@ -283,7 +283,7 @@ def test_mlp_projections_are_an_option(profile, data):
 
 
 def test_bfloat16_generation_sums_w0_and_delta_in_float32_first(profile, data, tiny_folder):
-    from lorakit.assets import load_base
+    from lorakit.data.models import load_base
 
     fp32 = {n: p.detach().clone() for n, p in load_base(tiny_folder).named_parameters()}
     ev = CausalEvaluator(list(data.values()), profile.replace(eval_dtype="bfloat16"))

@@ -53,7 +53,7 @@ def test_unwritable_output(tmp_path, capsys):
 
 
 def test_missing_asset_package(monkeypatch, capsys):
-    import lorakit.assets as assets
+    import lorakit.data.models as assets
 
     monkeypatch.setattr(assets, "_package_dir", lambda module, dist: None)
     monkeypatch.delenv("LORAKIT_DATA", raising=False)

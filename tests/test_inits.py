@@ -31,7 +31,7 @@ from lorakit.inits import (
 )
 from lorakit.osrm import init_geometry, leave_one_out_subspaces, osrm_init_for_tasks, own_energy_fraction, subspace
 from lorakit.profiles import Profile, get_profile
-from lorakit.tasks import load_task
+from lorakit.data.tasks import load_task
 from lorakit.train import cache_key, train_adapter, train_config
 
 R, D = 4, 48

@@ -18,7 +18,7 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from lorakit.assets import resolve_model_path
+from lorakit.data.models import resolve_model_path
 from lorakit.cli import main
 from lorakit.lora.peft import read_head
 from lorakit.merge.folders import SUMMARY_FILE

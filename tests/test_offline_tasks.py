@@ -24,12 +24,12 @@ import subprocess
 
 import pytest
 
-import lorakit.bigbench as bigbench
-import lorakit.tasks as tasks
+import lorakit.data.bigbench as bigbench
+import lorakit.data.tasks as tasks
 from lorakit.causal_profiles import CAUSAL_PROFILES
-from lorakit.generative_tasks import load_generative_task
+from lorakit.data.generative import load_generative_task
 from lorakit.profiles import PROFILES
-from lorakit.splits import _cut_splits
+from lorakit.data.splits import _cut_splits
 
 #: the fewest test examples a task may give, per (track, profile) that may fall short of its ask; the causal
 #: adjective tasks hold 787 lemmas, so 158 test examples in gpu (the evidence issue rebuilds that split)

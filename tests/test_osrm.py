@@ -560,10 +560,10 @@ def test_minilm_osrm_init_end_to_end():
 @pytest.mark.skipif(not MINILM.is_dir(), reason="all-MiniLM-L6-v2 is not installed")
 def test_osrm_init_for_tasks_on_ci_profile_real_data():
     """The benchmark's entry point: real task texts, MiniLM, the ci profile's rank and targets."""
-    from lorakit.assets import load_base, load_tokenizer
+    from lorakit.data.models import load_base, load_tokenizer
     from lorakit.osrm import osrm_init_for_tasks
     from lorakit.profiles import get_profile
-    from lorakit.tasks import load_task
+    from lorakit.data.tasks import load_task
 
     p = get_profile("ci", extra={"osrm_samples": 16})
     tasks = list(p.tasks)

@@ -146,8 +146,8 @@ def test_requirements_assets_exact_pins():
     for name, version in ASSETS.items():
         assert reqs.get(name) == f"=={version}", name
     assert "torch" not in reqs
-    # the aliases in lorakit.assets name the same versions
-    from lorakit.assets import PACKAGED_MODELS
+    # the aliases in lorakit.data.models name the same versions
+    from lorakit.data.models import PACKAGED_MODELS
 
     for info in PACKAGED_MODELS.values():
         if canonicalize_name(info["distribution"]) in reqs:

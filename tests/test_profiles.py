@@ -48,7 +48,7 @@ def test_three_profiles_exist_and_scale_up(no_cuda):
 
 @pytest.mark.parametrize("name", ["ci", "cpu"])
 def test_profile_tasks_have_cards(name):
-    from lorakit.tasks import list_tasks
+    from lorakit.data.tasks import list_tasks
 
     assert set(PROFILES[name].tasks) <= set(list_tasks())
 
@@ -162,7 +162,7 @@ def test_profile_is_a_frozen_dataclass_with_documented_fields():
 
 
 def test_gpu_profile_tasks_have_cards():
-    from lorakit.tasks import list_tasks
+    from lorakit.data.tasks import list_tasks
 
     missing = sorted(set(PROFILES["gpu"].tasks) - set(list_tasks()))
     assert not missing, f"gpu profile names tasks without a card in data/tasks: {missing}"

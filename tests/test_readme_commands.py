@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lorakit.cli import main
-from lorakit.tasks import get_card
+from lorakit.data.tasks import get_card
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = re.compile(r"^(\[|#|[A-Z]+(\.\.\.)?$|[A-Z]+\.\.\.)")

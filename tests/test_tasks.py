@@ -1,4 +1,4 @@
-"""lorakit.tasks: every task card loads real data; splits are deterministic, disjoint and nested.
+"""lorakit.data.tasks: every task card loads real data; splits are deterministic, disjoint and nested.
 
 Brute-force references: pandas for Orange ``.tab`` files, ``collections.Counter`` for the majority
 baseline, the cards' own ``size`` lines for pool sizes. BIG-bench is tested with a fake
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-import lorakit.tasks as tasks
-from lorakit.generative_tasks import load_generative_task
+import lorakit.data.tasks as tasks
+from lorakit.data.generative import load_generative_task
 from lorakit.errors import LorakitError
-from lorakit.tasks import (
+from lorakit.data.tasks import (
     SPLIT_SEED,
     _read_pools,
     _read_tab,

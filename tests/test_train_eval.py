@@ -383,7 +383,7 @@ def test_cached_embedding_output_follows_in_place_changes_to_the_embeddings(ci_a
 
 def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
     """``correct`` un-sorts the length-sorted set: index i is the split's example i, as HF predicts it."""
-    from lorakit.assets import load_base, load_tokenizer
+    from lorakit.data.models import load_base, load_tokenizer
     from lorakit.results.tables import decode_correct, encode_correct
     from lorakit.train import encode_texts, predict
 

@@ -72,7 +72,7 @@ def slice_commands(out: str) -> list[list[str]]:
 
 def split_sizes(tasks: list[str]) -> dict[str, dict[str, int]]:
     """Each slice task's train / val / test sizes in the gpu profile (from the export, or the packages)."""
-    from lorakit.tasks import load_task
+    from lorakit.data.tasks import load_task
 
     return {t: load_task(t, profile=PROFILES["gpu"]).sizes() for t in tasks}
 
@@ -140,7 +140,7 @@ def print_plan(info: dict) -> None:
 
 def prepare() -> int:
     """Export the slice's tasks and MiniLM (fp16) into ``.gpu-data`` and check the carry limit."""
-    from lorakit.export import export_data
+    from lorakit.data.export import export_data
 
     export_data(ROOT / CARRY, tasks=SLICE["tasks"], overwrite=True)
     total = tree_bytes() + carry_bytes()

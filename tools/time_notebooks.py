@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache:
         os.environ["LORAKIT_CACHE"] = str(Path(args.cache).resolve())
     if args.fresh_cache:
-        from lorakit.assets import cache_dir
+        from lorakit.data.models import cache_dir
 
         fresh = Path(args.fresh_cache)
         if fresh.exists() and any(fresh.iterdir()):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..export import export_data
-from ..tasks import fetch_bigbench, task_cards
+from ..data.export import export_data
+from ..data.tasks import fetch_bigbench, task_cards
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def fetch_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    """``lorakit data export DIR``: model and task data in one folder (:func:`lorakit.export.export_data`)."""
+    """``lorakit data export DIR``: model and task data in one folder (:func:`lorakit.data.export.export_data`)."""
     path = export_data(args.dir, tasks=args.tasks, fp16=not args.fp32, overwrite=args.overwrite)
     print(f"exported to {path}; use it with LORAKIT_DATA={path}")
     return 0

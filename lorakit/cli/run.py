@@ -6,7 +6,7 @@ import argparse
 
 from pathlib import Path
 
-from ..assets import model_kind
+from ..data.models import model_kind
 from ..run.encoder import run_benchmark, write_results
 from ..run.causal import run_causal_benchmark, write_predictions
 from ..run.combine import combine_run_folders

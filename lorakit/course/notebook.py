@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from ..assets import quiet
+from ..data.models import quiet
 from ..errors import LorakitError
 from ..profiles import Profile, apply_threads, get_profile
 

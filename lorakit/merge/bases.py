@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..assets import quiet, resolve_model_path
+from ..data.models import quiet, resolve_model_path
 from ..errors import LorakitError
 from ..lora.peft import Adapter
 

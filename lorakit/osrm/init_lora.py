@@ -11,12 +11,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from ..assets import load_base, load_tokenizer
+from ..data.models import load_base, load_tokenizer
 from ..cache import cached_init_A, texts_digest
 from ..errors import LorakitError
 from ..lora.peft import peft_key
 from ..profiles import get_profile
-from ..tasks import load_task
+from ..data.tasks import load_task
 from .features import collect_features
 from .modules import _resolve_modules, find_linear_modules
 from .subspace import leave_one_out_subspaces

@@ -17,7 +17,7 @@ from typing import Mapping
 
 from ..causal import exact_match, normalize_answer
 from ..errors import LorakitError
-from ..generative_tasks import load_generative_task
+from ..data.generative import load_generative_task
 from .reference import reference_dir
 from .tables import load_results
 

@@ -1,7 +1,7 @@
 """Per-example test correctness in ``results.json``: packing, unpacking, and reading it from a record.
 
 A run stores, for every merged record, individual adapter and head-only floor, each test example's
-right/wrong in the split's own order (fixed across seeds, ``lorakit.tasks.SPLIT_SEED``), so any two
+right/wrong in the split's own order (fixed across seeds, ``lorakit.data.tasks.SPLIT_SEED``), so any two
 of them can be compared example by example later (:mod:`lorakit.results.metrics`, :mod:`lorakit.results.claims`).
 """
 

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..assets import model_kind
+from ..data.models import model_kind
 from .encoder import Log, write_results
 from ..causal import exact_match
 from ..causal_eval import CausalEvaluator
@@ -29,13 +29,13 @@ from ..causal_profiles import get_causal_profile
 from ..causal_train import prepare_causal_init_A, train_all_causal
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
-from ..generative_tasks import GenerativeTaskData, load_generative_task
+from ..data.generative import GenerativeTaskData, load_generative_task
 from ..inits import get_init, task_seed
 from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads
 from ..results.tables import mean
 from .grid import Track, run_grid
-from ..tasks import get_card, list_tasks
+from ..data.tasks import get_card, list_tasks
 
 
 def check_generative_tasks(tasks: Sequence[str]) -> None:

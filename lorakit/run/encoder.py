@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..assets import model_kind
+from ..data.models import model_kind
 from ..errors import LorakitError
 from ..evaluate import Evaluator
 from ..fsutil import atomic_folder
@@ -28,7 +28,7 @@ from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads, get_profile
 from ..results.tables import format_table, run_note
 from .grid import Track, run_grid
-from ..tasks import TaskData, get_card, load_task
+from ..data.tasks import TaskData, get_card, load_task
 from ..train import task_seed, train_all
 
 Log = Callable[[str], object]

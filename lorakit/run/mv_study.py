@@ -36,7 +36,7 @@ from ..stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one
                        normalized_difference, pair_bootstrap_over_tasks)
 from ..profiles import Profile, get_profile
 from ..stats.paired import paired_t_interval, verdict
-from ..tasks import load_task
+from ..data.tasks import load_task
 from ..train import TrainedAdapter, task_seed, train_full
 
 #: full-FT weight learning rates tried, as multiples of train_full's default ``lr / 20``; the ci profile

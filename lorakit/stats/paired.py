@@ -4,7 +4,7 @@ Methods :math:`A`, :math:`B` are scored on the same examples: :math:`a_{tsi}, b_
 :math:`t` (of :math:`T`), seed :math:`s` (of :math:`S`), test example :math:`i` (of :math:`n_t`), 1/0
 correctness or any real score. Task accuracy :math:`\bar a_t = \frac{1}{S n_t}\sum_{s,i} a_{tsi}`. A
 *seed* is one run of the pipeline (train every adapter, merge): seed :math:`s` of every task comes
-from the same run, on test splits fixed across seeds (``lorakit.tasks.SPLIT_SEED``). Numpy only at
+from the same run, on test splits fixed across seeds (``lorakit.data.tasks.SPLIT_SEED``). Numpy only at
 run time: the Student-t comes from a continued fraction of the incomplete beta (:func:`t_ppf`).
 Draws use ``numpy.random.Generator(PCG64(seed))``: the same ``seed`` gives the same numbers.
 """

@@ -62,7 +62,7 @@ for name, prof in PROFILES.items():
 # LoRA adapter per task on the packaged MiniLM encoder (cached on disk after the first run).
 
 # %%
-from lorakit.tasks import load_task
+from lorakit.data.tasks import load_task
 from lorakit.train import train_adapter
 
 tasks = ["rt_subjectivity", "election_tweets"]
@@ -112,7 +112,7 @@ ax.legend(loc="lower right"); ax.set_title("merging two adapters: interference")
 # %%
 import torch
 from lorakit.osrm import collect_features, interference_ratio
-from lorakit.assets import load_base, load_tokenizer
+from lorakit.data.models import load_base, load_tokenizer
 
 tok = load_tokenizer(P.model)
 base = load_base(P.model, num_labels=2)

@@ -137,7 +137,7 @@ print(f"relative error of summing factors: {((factor_sum - true_sum).norm() / tr
 # disk (a second call is instant). Sizes come from the profile.
 
 # %%
-from lorakit.tasks import load_task
+from lorakit.data.tasks import load_task
 
 task = load_task("rt_subjectivity", profile=P)
 print(task.card.title, "|", task.sizes(), "| labels:", task.label_names)
@@ -154,7 +154,7 @@ print(task.card.title, "|", task.sizes(), "| labels:", task.label_names)
 # %%
 # NBVAL_CHECK_OUTPUT
 import copy
-from lorakit.assets import load_base, load_tokenizer
+from lorakit.data.models import load_base, load_tokenizer
 from lorakit.fit import fit
 from lorakit.profiles import get_profile
 

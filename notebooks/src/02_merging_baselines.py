@@ -410,7 +410,7 @@ for t, a in adapters.items():
 # and let peft merge them with `linear` (factors) and `cat` (products), weights 1.
 
 # %%
-from lorakit.assets import load_base
+from lorakit.data.models import load_base
 
 def peft_model_with(adapters, tasks):
     """One peft model holding every task's trained factors as a named adapter."""
@@ -458,7 +458,7 @@ print(f"relative error of ΔW over {len(true_sum)} layers: linear {min(errors['l
 # %%
 # NBVAL_CHECK_OUTPUT
 import copy
-from lorakit.assets import load_tokenizer
+from lorakit.data.models import load_tokenizer
 from lorakit.evaluate import Evaluator, normalized_accuracy
 from lorakit.results.tables import mean
 from lorakit.run.search import method_grid, select_and_report

@@ -253,9 +253,9 @@ assert objective(A_centred, H) > 100 * objective(A_osrm, H)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.assets import load_base, load_tokenizer
+from lorakit.data.models import load_base, load_tokenizer
 from lorakit.osrm import collect_features
-from lorakit.tasks import load_task
+from lorakit.data.tasks import load_task
 
 tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)
 tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)

@@ -516,9 +516,9 @@ print(f"all {len(reports)} layers: largest ρ on A {rho_max['A']:.3f}, on B {rho
 # any decoupling, so that nothing else changes.
 
 # %%
-from lorakit.assets import load_base, load_tokenizer
+from lorakit.data.models import load_base, load_tokenizer
 from lorakit.osrm import OSRM_DEFAULTS, collect_features, interference_matrix
-from lorakit.tasks import load_task
+from lorakit.data.tasks import load_task
 
 tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)
 def text_batches(texts, size=P.eval_batch_size):

@@ -27,7 +27,7 @@
 # is, so after a merge nothing task-specific is left outside the merged weights.
 #
 # The tasks are six English inflections from a packaged lexicon (the NLM SPECIALIST Lexicon, shipped
-# by the `lemminflect` package; `lorakit.lexicon`): give one word, the past tense, the `-ing` form,
+# by the `lemminflect` package; `lorakit.data.lexicon`): give one word, the past tense, the `-ing` form,
 # the third person, the plural, the comparative or the superlative of a lemma. The splits are
 # lemma-disjoint: a test word was never seen in training.
 
@@ -38,7 +38,7 @@ P = setup()
 # %%
 # NBVAL_CHECK_OUTPUT
 from lorakit.causal_profiles import CAUSAL_PROFILES, LEXICON_TASKS, get_causal_profile
-from lorakit.generative_tasks import load_generative_task
+from lorakit.data.generative import load_generative_task
 
 C = get_causal_profile(P.name)
 print(f"causal profile {C.name}: model {C.model}, tasks {list(C.tasks)}, steps {C.steps}, batch {C.batch_size}, "
@@ -64,7 +64,7 @@ for name in LEXICON_TASKS:
 
 # %%
 import torch
-from lorakit.assets import load_base, load_tokenizer
+from lorakit.data.models import load_base, load_tokenizer
 
 tok = load_tokenizer(C.model)  # the first call dequantises the packaged GGUF into the cache once (~30 s, a bar)
 base = load_base(C.model).eval()

@@ -1,8 +1,8 @@
 """Readers of packaged corpora that replace the BIG-bench tasks a fresh machine can no longer fetch.
 
 Each reader takes a task card's ``source`` block and ``locate(rel) -> Path``, which finds a file inside
-an installed package (``lorakit.tasks._package_file``), and returns a pool of ``(text, label)`` pairs in
-file order; :func:`lorakit.tasks.load_task` cuts the splits. The carrier packages are installed with
+an installed package (``lorakit.data.tasks._package_file``), and returns a pool of ``(text, label)`` pairs in
+file order; :func:`lorakit.data.tasks.load_task` cuts the splits. The carrier packages are installed with
 ``--no-deps`` and never imported (their ``__init__`` pulls heavy dependencies): only their data files
 are read.
 
@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .errors import LorakitError
+from ..errors import LorakitError
 
 Pool = list[tuple[str, str]]
 Locate = Callable[[str], Path]

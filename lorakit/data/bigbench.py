@@ -4,7 +4,7 @@
 dependencies), streams ``benchmark_tasks/<task>/task.json`` members out of it into the cache
 (:func:`bigbench_cache`) and :func:`read_task_json` turns one such file into a pool of
 ``(text, label)`` pairs. Which lorakit task is which BIG-bench folder is the task cards' business
-(:func:`lorakit.tasks.bigbench_members`).
+(:func:`lorakit.data.tasks.bigbench_members`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .assets import cache_dir, data_root
-from .errors import LorakitError
-from .fsutil import atomic_file
+from .models import cache_dir, data_root
+from ..errors import LorakitError
+from ..fsutil import atomic_file
 
 BIGBENCH_SDIST = "bigbench==1.0.0"
 

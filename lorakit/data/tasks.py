@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .assets import _package_dir, data_root
+from .models import _package_dir, data_root
 from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved there, still importable here)
     BIGBENCH_SDIST,
     bigbench_cache,
@@ -33,8 +33,8 @@ from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved 
     read_task_json,
 )
 from . import corpora
-from .errors import LorakitError
-from .fsutil import checkout_data_dir
+from ..errors import LorakitError
+from ..fsutil import checkout_data_dir
 from .lexicon import read_inflections
 from .splits import SPLIT_SEED, _cut_splits, _split, _split_sizes  # noqa: F401  (SPLIT_SEED, _split: importable here)
 
@@ -274,14 +274,14 @@ def _read_hf_datasets(card: TaskCard) -> tuple[Pool, Pool | None]:
 
 
 def _read_lemminflect(card: TaskCard) -> tuple[Pool, Pool | None]:
-    """A generative task from the packaged inflection lexicon (:mod:`lorakit.lexicon`); card keys ``category``, ``form``."""
+    """A generative task from the packaged inflection lexicon (:mod:`lorakit.data.lexicon`); card keys ``category``, ``form``."""
     s = card.source
     return read_inflections(_package_file(card, s.get("file", "lemminflect/resources/infl_lu.csv.gz")),
                             s["category"], s["form"]), None
 
 
 def _corpus_reader(read):
-    """A :mod:`lorakit.corpora` reader as a card reader (files found inside the card's package)."""
+    """A :mod:`lorakit.data.corpora` reader as a card reader (files found inside the card's package)."""
     return lambda card: (read(card.source, lambda rel: _package_file(card, rel)), None)
 
 
@@ -343,7 +343,7 @@ def load_task(
     card = get_card(name)
     if card.generative:
         raise LorakitError(f"task {name!r} is generative (the causal-LM track): load it with "
-                           "lorakit.generative_tasks.load_generative_task")
+                           "lorakit.data.generative.load_generative_task")
     train_pool, test_pool = _read_pools(name)
     train, val, test = _cut_splits(name, train_pool, test_pool)
     label_names = list(card.labels) if card.labels else sorted({y for _, y in train_pool} | {y for _, y in (test_pool or ())})
@@ -364,7 +364,7 @@ def load_task(
 
 
 # ----------------------------------------------------------------------------------------------
-# BIG-bench: fetch only the needed task.json files from the sdist (never install bigbench; see lorakit.bigbench)
+# BIG-bench: fetch only the needed task.json files from the sdist (never install bigbench; see lorakit.data.bigbench)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """Generative tasks of the causal-LM track: ``(input, target)`` strings per split, from cards of ``type: generative``.
 
-The cards live beside the classification ones (``data/tasks``, :mod:`lorakit.tasks`) and share their
-readers, the split cut (:data:`lorakit.splits.SPLIT_SEED`, text-disjoint splits) and the BIG-bench fetch
+The cards live beside the classification ones (``data/tasks``, :mod:`lorakit.data.tasks`) and share their
+readers, the split cut (:data:`lorakit.data.splits.SPLIT_SEED`, text-disjoint splits) and the BIG-bench fetch
 step; only the rows are strings on both sides, and each card carries a prompt template.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .causal import PROMPT_TEMPLATE, format_prompt
-from .errors import LorakitError
+from ..causal import PROMPT_TEMPLATE, format_prompt
+from ..errors import LorakitError
 from .splits import _cut_splits, _split_sizes
 from .tasks import TaskCard, _read_pools, get_card
 
@@ -36,7 +36,7 @@ class GenerativeTaskData:
 
 def load_generative_task(name: str, train_examples: int | None = None, val_examples: int | None = None,
                          test_examples: int | None = None, profile=None) -> GenerativeTaskData:
-    """A generative task (card ``type: generative``) with the deterministic splits of :func:`lorakit.tasks.load_task`.
+    """A generative task (card ``type: generative``) with the deterministic splits of :func:`lorakit.data.tasks.load_task`.
 
     Targets longer than the card's ``max_target_words`` are dropped (``meta["dropped_long_targets"]``);
     a task that would lose more than 5 % of its examples that way is refused: the causal-LM track
@@ -46,7 +46,7 @@ def load_generative_task(name: str, train_examples: int | None = None, val_examp
     card = get_card(name)
     if not card.generative:
         raise LorakitError(f"task {name!r} is a classification task (the encoder track): load it with "
-                           "lorakit.tasks.load_task")
+                           "lorakit.data.tasks.load_task")
     train_pool, test_pool = _read_pools(name)
     rows = list(train_pool) + list(test_pool or ())
     long = sum(len(t.split()) > card.max_target_words for _, t in rows)

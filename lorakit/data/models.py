@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import LorakitError
-from .fsutil import atomic_folder
+from ..errors import LorakitError
+from ..fsutil import atomic_folder
 
 ENV_DATA = "LORAKIT_DATA"
 ENV_CACHE = "LORAKIT_CACHE"

@@ -16,7 +16,7 @@ import gzip
 import re
 from pathlib import Path
 
-from .errors import LorakitError
+from ..errors import LorakitError
 
 LEXICON_FILE = "lemminflect/resources/infl_lu.csv.gz"
 #: the forms each category's line lists, in order (lemminflect's InflectionLUCodec)

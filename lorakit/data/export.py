@@ -1,7 +1,7 @@
 """``lorakit data export DIR``: the base model and the task data in one folder for an offline GPU run.
 
-Layout of ``DIR`` (read back with ``LORAKIT_DATA=DIR``; see :func:`lorakit.assets.resolve_model_path`
-and :func:`lorakit.tasks.load_task`)::
+Layout of ``DIR`` (read back with ``LORAKIT_DATA=DIR``; see :func:`lorakit.data.models.resolve_model_path`
+and :func:`lorakit.data.tasks.load_task`)::
 
     models/minilm/        config.json, tokenizer files, model.safetensors (fp16 unless fp16=False)
     pools/<task>.json.xz  each task's example pools exactly as the package readers return them
@@ -34,12 +34,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from .. import __version__
 from . import tasks as task_sources  # module, not names: _read_pools is looked up at call time (tests patch it)
-from .assets import PACKAGED_MODELS, resolve_model_path
-from .errors import LorakitError
-from .fsutil import atomic_folder
-from .profiles import PROFILES
+from .models import PACKAGED_MODELS, resolve_model_path
+from ..errors import LorakitError
+from ..fsutil import atomic_folder
+from ..profiles import PROFILES
 from .tasks import bigbench_cache, cards_dir, get_card
 
 #: Largest allowed export (fp16), in bytes (decimal megabytes: 60 MB).
@@ -111,7 +111,7 @@ def write_model(dest: Path, alias: str = "minilm", fp16: bool = True) -> dict[st
 
 
 def write_pools(path: Path, train: Sequence, test: Sequence | None) -> None:
-    """One task's pools as xz-compressed JSON (the format :func:`lorakit.tasks.read_exported_pools` reads)."""
+    """One task's pools as xz-compressed JSON (the format :func:`lorakit.data.tasks.read_exported_pools` reads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT_VERSION, "train": [list(x) for x in train], "test": None if test is None else [list(x) for x in test]}
     with lzma.open(path, "wt", encoding="utf-8", preset=6) as fh:

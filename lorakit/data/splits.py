@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from .profiles import get_profile
+from ..profiles import get_profile
 
 SPLIT_SEED = 1234  # fixed: splits never depend on the training seed
 

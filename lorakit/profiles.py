@@ -155,7 +155,7 @@ PROFILES: dict[str, Profile] = {
         name="gpu",
         tasks=(
             "rt_sentiment", "rt_subjectivity", "reuters_r8", "election_tweets", "fine_foods",
-            "newsgroups20", "vader_sentiment", "boolq", "trec_questions",
+            "newsgroups20", "vader_sentiment", "privacy_qa", "trec_questions",
         ),
         train_examples=None,
         val_examples=500,

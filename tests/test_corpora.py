@@ -91,7 +91,7 @@ def test_jsonl_pairs_drop_unlabelled_rows_and_refuse_unknown_labels(tmp_path):
         corpora.read_jsonl_pairs(source, lambda rel: path)
 
 
-@pytest.mark.parametrize("name", ["vader_sentiment", "trec_questions", "boolq"])
+@pytest.mark.parametrize("name", ["vader_sentiment", "trec_questions", "privacy_qa", "boolq"])
 def test_replacement_tasks_are_off_the_floor_by_construction(name):
     """Several classes, none above 65 % (majority stays well below 100 %, so an adapter has room to show)."""
     data = load_task(name)

@@ -43,7 +43,7 @@ def test_dry_run_plan_is_a_slice_of_the_gpu_profile_that_fits(gpu_run):
 def test_dry_run_prints_plan_sizes_and_commands():
     out = subprocess.run([sys.executable, "tools/gpu_run.py", "--dry-run"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
-    assert "gpu slice: 5 of 9 gpu tasks" in out and "boolq" in out and "test  2000" in out
+    assert "gpu slice: 5 of 9 gpu tasks" in out and "privacy_qa" in out and "test  2000" in out
     assert "estimate on assumed H100 throughput" in out and "carry: tree" in out
     assert out.count("$ LORAKIT_DATA=.gpu-data lorakit ") == 3
 

@@ -48,7 +48,7 @@ from lorakit.profiles import PROFILES  # noqa: E402  (after the path: the GPU ma
 #: the slice of the gpu profile: five of its nine tasks (both sentiment granularities, a topic task, the
 #: question types and the sentence-pair task), one seed, both inits, the DO family against its baselines
 SLICE = {
-    "tasks": ["rt_sentiment", "reuters_r8", "trec_questions", "vader_sentiment", "boolq"],
+    "tasks": ["rt_sentiment", "reuters_r8", "trec_questions", "vader_sentiment", "privacy_qa"],
     "seeds": [0],
     "inits": ["standard", "osrm"],
     "methods": ["task_arithmetic", "ties", "do", "do_ties", "ta_normeq"],

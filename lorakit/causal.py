@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import LorakitError
-from .fit import optimizer_step, set_seed, warmup_linear_schedule
+from .train.loop import optimizer_step, set_seed, warmup_linear_schedule
 from .lora.peft import read_adapter
 from .osrm import init_lora_A
 
@@ -187,14 +187,14 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
     r"""Fine-tune LoRA factors on ``model`` (a causal LM, wrapped by peft here) for prompt → target.
 
     Minimises :func:`masked_lm_loss` (target tokens and eos only) with AdamW and lorakit's schedule
-    (:func:`lorakit.fit.warmup_linear_schedule`); batches of ``batch_size`` drawn without replacement
+    (:func:`lorakit.train.loop.warmup_linear_schedule`); batches of ``batch_size`` drawn without replacement
     from a ``seed``-ed permutation, cut to their longest row. No head: the LM head and embeddings stay
     frozen. Returns ``(peft_model, updates, losses)``: ``updates`` is
     :func:`lorakit.lora.peft.read_adapter` of the trained model, ``{module: LoRAUpdate}`` with
     ``A (r, d_in)``, ``B (d_out, r)``, scaling ``alpha / r`` (for grouped-query attention ``k_proj`` and
     ``v_proj`` have ``d_out = n_kv_heads · head_dim``, smaller than ``q_proj``'s).
 
-    ``init_A`` (``{module: A (r × d_in)}``, OSRM's or a control's, :mod:`lorakit.inits`) is written
+    ``init_A`` (``{module: A (r × d_in)}``, OSRM's or a control's, :mod:`lorakit.train.inits`) is written
     into ``lora_A`` with ``lora_B ← 0`` before the first step (:func:`lorakit.osrm.init_lora_A`);
     ``freeze_A`` trains ``B`` only; ``init_lora_weights`` is peft's (``True`` Kaiming-uniform A,
     ``"gaussian"``).

@@ -52,7 +52,7 @@ class Profile:
         test_curves: also score the test split at every grid point (λ curves on test); otherwise
             λ curves are on validation and test is scored once, at the chosen point.
         task_seeds: ``per_task`` (default): the run's seed is mixed with the task name
-            (:func:`lorakit.train.task_seed`), so every task starts from its own random ``A``.
+            (:func:`lorakit.train.encoder.task_seed`), so every task starts from its own random ``A``.
             ``shared``: every task's adapter is trained with the run's seed itself, so tasks with the
             same label count start from the *identical* ``A`` (what one ``set_seed`` before every
             fine-tune gives with peft). That is an artefact, kept as an option and an ablation: the
@@ -67,7 +67,7 @@ class Profile:
         eval_dtype: compute dtype of the evaluator's packed CPU path: ``float32`` (exact to float
             rounding), ``bfloat16``, or ``auto`` (bfloat16 where the CPU multiplies it natively, AMX or
             AVX512-BF16: about 2× faster, a few predictions in a thousand flip;
-            :func:`lorakit.packed_bert.resolve_eval_dtype`). Training is always float32.
+            :func:`lorakit.eval.packed_bert.resolve_eval_dtype`). Training is always float32.
         extra: OSRM settings (``osrm_samples``, ``osrm_mode``, ``osrm_max_rows``, ``osrm_seed``).
     """
 

@@ -12,7 +12,7 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def ci_adapters():
     """Two tiny real adapters (ci profile, few steps), shared by the slow tests."""
-    from lorakit.train import train_adapter
+    from lorakit.train.encoder import train_adapter
 
     tasks = ["rt_subjectivity", "election_tweets"]
     return {t: train_adapter(t, "ci", progress=False) for t in tasks}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorakit.cache import cache_key, cached_init_A, texts_digest
+from lorakit.train.cache import cache_key, cached_init_A, texts_digest
 from lorakit.osrm import osrm_options, osrm_recipe
 from lorakit.profiles import get_profile
 

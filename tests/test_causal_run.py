@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from lorakit.causal import exact_match, greedy_generate, train_causal_lora
-from lorakit.causal_eval import CausalEvaluator, delta_fingerprint
+from lorakit.eval.causal import CausalEvaluator, delta_fingerprint
 from lorakit.causal_profiles import get_causal_profile
 from lorakit.run.causal import check_causal_profile, check_generative_tasks, run_causal_benchmark
-from lorakit.causal_train import causal_osrm_init, prompt_batches, train_causal_adapter
+from lorakit.train.causal import causal_osrm_init, prompt_batches, train_causal_adapter
 from lorakit.errors import LorakitError
 from lorakit.data.generative import load_generative_task
 from lorakit.data.lexicon import read_inflections
@@ -305,7 +305,7 @@ def test_bfloat16_generation_sums_w0_and_delta_in_float32_first(profile, data, t
 def test_selection_keeps_the_first_point_when_no_adapter_learned_anything():
     """Individual accuracy 0 on every task makes every point's normalized score NaN (a causal adapter can learn
     nothing in a few steps): the first point is kept and reported, instead of no point at all."""
-    from lorakit.evaluate import TaskScorer
+    from lorakit.eval.encoder import TaskScorer
     from lorakit.run.search import select_and_report
 
     class Scorer(TaskScorer):

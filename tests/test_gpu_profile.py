@@ -22,7 +22,7 @@ from lorakit.run.encoder import run_benchmark
 from lorakit.causal_profiles import CAUSAL_PROFILES, get_causal_profile
 from lorakit.run.causal import run_causal_benchmark
 from lorakit.data.export import export_data
-from lorakit.packed_bert import PackedBert
+from lorakit.eval.packed_bert import PackedBert
 from lorakit.profiles import ALL_METHODS, PROFILES, get_profile
 
 ENCODER_TASKS = ["rt_subjectivity", "election_tweets"]

@@ -1,4 +1,4 @@
-"""The A-init registry (lorakit.inits) and the geometry of every init (lorakit.osrm.geometry), docs/methods.md §2.13.
+"""The A-init registry (lorakit.train.inits) and the geometry of every init (lorakit.osrm.geometry), docs/methods.md §2.13.
 
 Geometry is checked against brute force in numpy (projectors ``Aᵀ(AAᵀ)⁻¹A`` and ``(AAᵀ)^{-1/2}``
 from ``np.linalg``); peft's inits against what peft itself builds (``train_adapter`` with zero
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import lorakit.train
+import lorakit.train.encoder
 from lorakit.errors import LorakitError
-from lorakit.inits import (
+from lorakit.train.inits import (
     INIT_NAMES,
     get_init,
     init_depends_on_seed,
@@ -32,7 +32,7 @@ from lorakit.inits import (
 from lorakit.osrm import init_geometry, leave_one_out_subspaces, osrm_init_for_tasks, own_energy_fraction, subspace
 from lorakit.profiles import Profile, get_profile
 from lorakit.data.tasks import load_task
-from lorakit.train import cache_key, train_adapter, train_config
+from lorakit.train.encoder import cache_key, train_adapter, train_config
 
 R, D = 4, 48
 
@@ -56,7 +56,7 @@ def similar_tasks(n_tasks=3, n_modules=4, k=200, seed=0):
 
 def test_registry_names_and_capabilities():
     assert INIT_NAMES == ("standard", "gaussian", "osrm", "random_orthonormal", "osrm_task_mean", "osrm_frozen")
-    assert lorakit.train.INITS == INIT_NAMES and lorakit.train.task_seed is task_seed
+    assert lorakit.train.encoder.INITS == INIT_NAMES and lorakit.train.encoder.task_seed is task_seed
     assert [n for n in INIT_NAMES if init_freezes_A(n)] == ["osrm_frozen"]
     assert [n for n in INIT_NAMES if not init_uses_A(n)] == ["standard", "gaussian"]
     assert [n for n in INIT_NAMES if init_depends_on_seed(n)] == ["standard", "gaussian", "random_orthonormal"]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.evaluate import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator, normalized_accuracy
 from lorakit.run.search import select_and_report
 from lorakit.errors import LorakitError
-from lorakit.train import cache_key, load_trained, train_adapter, train_config
+from lorakit.train.encoder import cache_key, load_trained, train_adapter, train_config
 from lorakit.profiles import get_profile
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def test_normalized_accuracy_definition():
 
 def test_freeze_A_keeps_A_fixed():
     """freeze_A: A stays at its initialisation (compare with a second untrained init of the same seed)."""
-    from lorakit.train import _make_peft_model, task_seed
+    from lorakit.train.encoder import _make_peft_model, task_seed
     from lorakit.lora.peft import read_adapter
 
     p = get_profile("ci", steps=2, train_examples=32)
@@ -111,7 +111,7 @@ def test_task_seed_shared_and_per_task():
     """shared: the run's seed for every task; per_task: seed + CRC-32 of the name (checked with binascii)."""
     import binascii
 
-    from lorakit.train import task_seed
+    from lorakit.train.encoder import task_seed
 
     assert task_seed(5, "rt_sentiment") == task_seed(5, "reuters_r8") == 5
     a, b = task_seed(5, "rt_sentiment", "per_task"), task_seed(5, "rt_subjectivity", "per_task")
@@ -200,7 +200,7 @@ def test_edge_extension_rule():
 
 @torch.no_grad()
 def _old_predict(model, encodings, batch_size, device="cpu"):
-    """lorakit.fit.predict before the packed path: HF's forward, batches cut to their longest text."""
+    """lorakit.train.loop.predict before the packed path: HF's forward, batches cut to their longest text."""
     model.eval()
     preds = []
     for i in range(0, encodings["input_ids"].shape[0], batch_size):
@@ -269,7 +269,7 @@ def test_packed_and_generic_paths_give_exactly_the_old_accuracies(ci_adapters):
 def test_dynamic_padding_and_packing_change_no_logits(ci_adapters):
     """Logits of HF's forward padded to max_length, cut to each batch's longest text, and of the
     packed path (no padding at all) agree to 1e-5 on a few batches, with a real ΔW and head."""
-    from lorakit.fit import encode_texts
+    from lorakit.train.loop import encode_texts
 
     task = "election_tweets"
     adapter = ci_adapters[task]
@@ -311,7 +311,7 @@ def test_dynamic_padding_and_packing_change_no_logits(ci_adapters):
 @pytest.mark.parametrize("packed", [True, False])
 def test_weights_are_restored_bitwise_even_when_scoring_fails_midway(ci_adapters, monkeypatch, packed):
     """An error in the forward (after ΔW was applied on the generic path) leaves every weight bit-identical."""
-    import lorakit.evaluate as evaluate
+    import lorakit.eval.encoder as evaluate
 
     adapter = ci_adapters["rt_subjectivity"]
     ev = Evaluator(["rt_subjectivity"], "ci")
@@ -354,7 +354,7 @@ def test_delta_outside_the_packed_layers_takes_the_generic_path(ci_adapters):
 
 def test_scoring_never_tokenizes_again(ci_adapters, monkeypatch):
     """Each set is tokenized once, in the constructor; scores (both paths, any λ) only read the cache."""
-    import lorakit.evaluate as evaluate
+    import lorakit.eval.encoder as evaluate
 
     ev = Evaluator(list(ci_adapters), "ci")
     calls = []
@@ -385,7 +385,7 @@ def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
     """``correct`` un-sorts the length-sorted set: index i is the split's example i, as HF predicts it."""
     from lorakit.data.models import load_base, load_tokenizer
     from lorakit.results.tables import decode_correct, encode_correct
-    from lorakit.train import encode_texts, predict
+    from lorakit.train.encoder import encode_texts, predict
 
     task = "rt_subjectivity"
     adapter = ci_adapters[task]
@@ -409,7 +409,7 @@ def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
 def test_bf16_packed_path_keeps_delta_apart_and_agrees_with_float32(ci_adapters):
     """eval_dtype=bfloat16: logits within bf16 rounding of float32's (W_0 + ΔW formed in float32 first:
     the same logits as rounding the merged weights), and predictions equal on almost every text."""
-    from lorakit.packed_bert import native_bf16
+    from lorakit.eval.packed_bert import native_bf16
 
     task = "election_tweets"
     adapter = ci_adapters[task]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.evaluate import normalized_accuracy
+from lorakit.eval.encoder import normalized_accuracy
 from lorakit.results.tables import mean
 from lorakit.run.search import select_and_report
 from lorakit.course.widgets import (
@@ -111,7 +111,7 @@ def test_curve_series_groups_by_density_and_sorts_lambda():
 
 
 class TableEvaluator:
-    """Stands in for lorakit.evaluate.Evaluator: accuracies looked up from a table by the merge params."""
+    """Stands in for lorakit.eval.encoder.Evaluator: accuracies looked up from a table by the merge params."""
 
     def __init__(self, table):
         self.table = table

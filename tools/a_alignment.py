@@ -12,7 +12,7 @@ import torch
 
 from lorakit.lora.measures import cosine_matrix
 from lorakit.profiles import get_profile
-from lorakit.train import train_all
+from lorakit.train.encoder import train_all
 
 
 def mean_abs_off_diagonal_cosine(A_by_task: list[dict[str, torch.Tensor]]) -> tuple[float, int]:

@@ -1,10 +1,10 @@
 """The benchmark's evaluation, old code against new, on the same work in one process.
 
-Builds one :class:`lorakit.evaluate.Evaluator` for a profile's tasks and sizes (default: the
+Builds one :class:`lorakit.eval.encoder.Evaluator` for a profile's tasks and sizes (default: the
 ``cpu`` profile — six tasks, 128 validation and 400 test texts each, max length 64), gets one
 adapter per task and times, interleaved and repeated, two ways of scoring the same list of calls:
 
-* ``old``: a frozen copy (below) of ``Evaluator.score`` and ``lorakit.fit.predict`` as they were
+* ``old``: a frozen copy (below) of ``Evaluator.score`` and ``lorakit.train.loop.predict`` as they were
   before the packed path (ΔW added in place, a clone per module restored after, HF's padded
   forward on length-sorted batches of ``eval_batch_size`` cut to their longest text, ``no_grad``);
 * ``new``: ``Evaluator.score`` as it is now.
@@ -39,14 +39,14 @@ from pathlib import Path
 
 import torch
 
-from lorakit.evaluate import Evaluator
+from lorakit.eval.encoder import Evaluator
 from lorakit.lora.update import LoRAUpdate
 from lorakit.profiles import get_profile
 from lorakit.results.tables import machine_description
-from lorakit.train import TrainedAdapter, train_adapter
+from lorakit.train.encoder import TrainedAdapter, train_adapter
 
 
-# --- the old evaluation, frozen (lorakit.fit.predict and Evaluator.score before the packed path) ---
+# --- the old evaluation, frozen (lorakit.train.loop.predict and Evaluator.score before the packed path) ---
 
 @torch.no_grad()
 def old_predict(model, encodings, batch_size: int = 64, device: str = "cpu") -> torch.Tensor:

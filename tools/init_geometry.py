@@ -2,7 +2,7 @@
 
 For each ``A`` initialisation in ``RUN/results.json`` (``standard``, ``osrm``, the controls), and for
 each of the run's seeds when the init depends on the seed, computes
-:func:`lorakit.inits.init_geometry_for_tasks` on the run's tasks with the run's profile: the mean
+:func:`lorakit.train.inits.init_geometry_for_tasks` on the run's tasks with the run's profile: the mean
 projector overlap :math:`O_{ij} = \\lVert P_i P_j \\rVert_F^2 / r` over task pairs, and each task's
 own feature energy :math:`E_t = \\operatorname{tr}(P_t H_t^\\top H_t) / \\operatorname{tr}(H_t^\\top H_t)`
 (docs/methods.md §2.13). Features are collected once. Writes ``RUN/init_geometry.json`` and
@@ -25,7 +25,7 @@ from pathlib import Path
 
 def geometry_of_run(folder: Path, progress: bool = True) -> dict:
     from lorakit.errors import LorakitError
-    from lorakit.inits import init_depends_on_seed, init_geometry_for_tasks
+    from lorakit.train.inits import init_depends_on_seed, init_geometry_for_tasks
     from lorakit.osrm import osrm_init_for_tasks
     from lorakit.profiles import get_profile
 

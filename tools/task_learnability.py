@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from lorakit.data.tasks import load_task  # noqa: E402
 from lorakit.profiles import get_profile  # noqa: E402
-from lorakit.train import train_adapter  # noqa: E402
+from lorakit.train.encoder import train_adapter  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                          "q_proj k_proj v_proj o_proj, MLP: gate_proj up_proj down_proj)")
     run.add_argument("--tasks", nargs="+", help="task names (default: the profile's)")
     run.add_argument("--methods", nargs="+", help="merge methods (default: the profile's)")
-    run.add_argument("--inits", nargs="+", help="LoRA A initialisations (default: the profile's; `lorakit.inits`)")
+    run.add_argument("--inits", nargs="+", help="LoRA A initialisations (default: the profile's; `lorakit.train.inits`)")
     run.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the profile's)")
     run.add_argument("--steps", type=int, help="training steps per adapter (default: the profile's)")
     run.add_argument("--task-seeds", choices=["shared", "per_task"],

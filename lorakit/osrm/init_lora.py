@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 from ..data.models import load_base, load_tokenizer
-from ..cache import cached_init_A, texts_digest
+from ..train.cache import cached_init_A, texts_digest
 from ..errors import LorakitError
 from ..lora.peft import peft_key
 from ..profiles import get_profile
@@ -138,7 +138,7 @@ def osrm_init_for_tasks(
     peft models share) and device; ``target_modules`` and ``rank`` are the profile's. The
     profile's ``extra`` may override :data:`OSRM_DEFAULTS` (``osrm_samples``, ``osrm_mode``,
     ``osrm_max_rows`` rows kept per module and task, ``osrm_seed``). ``A`` is kept on disk by its
-    recipe (:func:`osrm_recipe`, :func:`lorakit.cache.cached_init_A`): another thread count changes its
+    recipe (:func:`osrm_recipe`, :func:`lorakit.train.cache.cached_init_A`): another thread count changes its
     last bits, and with them the cache key of every adapter trained from it.
 
     Args:
@@ -174,7 +174,7 @@ def osrm_init_from_inputs(
 
     ``load_model()`` gives the base model, ``encode(tokenizer, inputs)`` one task's batches; both run
     only when ``A`` is not yet on disk under its recipe (:func:`osrm_recipe`,
-    :func:`lorakit.cache.cached_init_A`). With ``return_features`` it computes and caches nothing.
+    :func:`lorakit.train.cache.cached_init_A`). With ``return_features`` it computes and caches nothing.
     """
     def compute():
         tokenizer = load_tokenizer(p.model)
@@ -199,7 +199,7 @@ def osrm_options(p, mode: str | None = None) -> dict:
 
 
 def osrm_recipe(p, texts: Mapping[str, Sequence[str]], opts: Mapping, track: str) -> dict:
-    """What OSRM-INIT's ``A`` depends on beyond rounding: the cache key of :func:`lorakit.cache.cached_init_A`.
+    """What OSRM-INIT's ``A`` depends on beyond rounding: the cache key of :func:`lorakit.train.cache.cached_init_A`.
 
     Each task's feature inputs (a digest of its texts or prompts, in order), the model, target
     modules, rank, ``max_length`` and the OSRM options; not the thread count, batch size or device,

@@ -1,11 +1,11 @@
 """The causal-LM track's main job (``lorakit run --model smollm2``): the encoder track's grid on generative tasks.
 
 For every init and seed: one LoRA adapter per generative task on the causal base model (no heads;
-:mod:`lorakit.causal_train`), each adapter alone and the base model alone scored by greedy exact
+:mod:`lorakit.train.causal`), each adapter alone and the base model alone scored by greedy exact
 match (the normalizer and the floor), then every merge method with λ and its second
 hyperparameter chosen on validation and reported on test: the grid both tracks share
 (:func:`lorakit.run.grid.run_grid`, the same search and budget as the encoder track) with
-:data:`CAUSAL`, whose evaluator is :class:`lorakit.causal_eval.CausalEvaluator`. The run folder gets what the encoder track writes (``results.json``,
+:data:`CAUSAL`, whose evaluator is :class:`lorakit.eval.causal.CausalEvaluator`. The run folder gets what the encoder track writes (``results.json``,
 ``results.md``, ``RUN.md``, figures: the same statistics) plus ``predictions.jsonl``, one line per
 test example of every scored model. The track's design choices: docs/methods.md §5.7.
 """
@@ -24,13 +24,13 @@ from typing import Mapping, Sequence
 from ..data.models import model_kind
 from .encoder import Log, write_results
 from ..causal import exact_match
-from ..causal_eval import CausalEvaluator
+from ..eval.causal import CausalEvaluator
 from ..causal_profiles import get_causal_profile
-from ..causal_train import prepare_causal_init_A, train_all_causal
+from ..train.causal import prepare_causal_init_A, train_all_causal
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
 from ..data.generative import GenerativeTaskData, load_generative_task
-from ..inits import get_init, task_seed
+from ..train.inits import get_init, task_seed
 from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads
 from ..results.tables import mean

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import LorakitError
-from ..inits import INIT_NAMES
+from ..train.inits import INIT_NAMES
 from ..profiles import ALL_METHODS
 from ..results.tables import load_results
 
@@ -56,7 +56,7 @@ def combine_results(runs: Sequence[Mapping]) -> dict:
     ``individual_orthogonalized``) by (init, seed); a key present in several runs is kept from the
     first (the same cached adapters give the same numbers) after checking that its test accuracy
     agrees. Seeds, inits and methods are the unions (seeds sorted; inits and methods in the registries'
-    order, :data:`lorakit.inits.INIT_NAMES` and :data:`lorakit.profiles.ALL_METHODS`, unknown names after); timings add
+    order, :data:`lorakit.train.inits.INIT_NAMES` and :data:`lorakit.profiles.ALL_METHODS`, unknown names after); timings add
     up; ``commands`` lists each run's command.
     """
     if not runs:

@@ -2,7 +2,7 @@
 
 ``run_benchmark`` is what ``lorakit run`` calls: its checks, then the grid both tracks share
 (:func:`lorakit.run.grid.run_grid`) with :data:`ENCODER`, the encoder's :class:`~lorakit.run.grid.Track`
-(classification tasks, per-task heads, :class:`lorakit.evaluate.Evaluator`). For every init (``standard``,
+(classification tasks, per-task heads, :class:`lorakit.eval.encoder.Evaluator`). For every init (``standard``,
 ``osrm``) and seed it trains (or loads from cache) one adapter per task, scores each adapter alone (the
 normalizer), merges all of them with each method, picks the method's hyperparameters on validation
 (:mod:`lorakit.run.search`) and reports test accuracy. The run folder gets ``results.json``,
@@ -21,15 +21,15 @@ from typing import Callable, Mapping, Sequence
 
 from ..data.models import model_kind
 from ..errors import LorakitError
-from ..evaluate import Evaluator
+from ..eval.encoder import Evaluator
 from ..fsutil import atomic_folder
-from ..inits import get_init, init_freezes_A, prepare_init_A
+from ..train.inits import get_init, init_freezes_A, prepare_init_A
 from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads, get_profile
 from ..results.tables import format_table, run_note
 from .grid import Track, run_grid
 from ..data.tasks import TaskData, get_card, load_task
-from ..train import task_seed, train_all
+from ..train.encoder import task_seed, train_all
 
 Log = Callable[[str], object]
 

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import __version__
 from ..lora.measures import magnitude_variance
-from ..evaluate import TaskScorer, accuracies
-from ..inits import init_depends_on_seed, init_uses_A
+from ..eval.encoder import TaskScorer, accuracies
+from ..train.inits import init_depends_on_seed, init_uses_A
 from ..merge import METHODS, resolve_variant
 from ..profiles import Profile
 from .progress import RunProgress
@@ -41,7 +41,7 @@ class Track:
     Attributes:
         name: ``encoder`` or ``causal`` (the progress bar's label).
         load_task: ``(task name, profile) → task data``.
-        evaluator: ``(task data list, profile) → scorer`` (:class:`lorakit.evaluate.TaskScorer`).
+        evaluator: ``(task data list, profile) → scorer`` (:class:`lorakit.eval.encoder.TaskScorer`).
         task_info: ``{task: data} → {task: {"majority", "n_test", …, "individual": [], "floor": []}}``.
         prepare_init_A: ``(init, {task: data}, profile, seed or None, progress) → {task: {module: A}}``
             (seed None: the seed-independent A, OSRM's, made once per init).

@@ -1,6 +1,6 @@
 r"""Run the magnitude-variance study (claims (a), (b), (c), :mod:`lorakit.run.mv_study`) for a profile, tasks and seeds.
 
-Per seed: LoRA adapters from the cache (:func:`lorakit.train.train_all`, per-task seeds), full
+Per seed: LoRA adapters from the cache (:func:`lorakit.train.encoder.train_all`, per-task seeds), full
 fine-tunes tuned per task (:func:`lorakit.run.mv_study.tune_full_ft`). Then
 
 * (a) every kept task merged at once, per method, per family (LoRA: :func:`lorakit.merge.merge_adapters`;
@@ -20,14 +20,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import LorakitError
-from ..evaluate import Evaluator
+from ..eval.encoder import Evaluator
 from ..merge import merge_adapters
 from .mv_study import (FT_LR_FACTORS, MAJORITY_MARGIN, claim_a_record, claim_b_record, claim_c_record, group_mv,
                        merge_dense, pair_mv_matrix, task_groups, tune_full_ft)
 from ..profiles import Profile, apply_threads, get_profile
 from ..results.tables import decode_correct
 from .search import method_grid, select_and_report
-from ..train import TrainedAdapter, train_all
+from ..train.encoder import TrainedAdapter, train_all
 
 CLAIM_A_METHODS = ("task_arithmetic", "ties", "dare")
 CLAIM_C_LAMS = (0.4, 0.7, 1.0)

@@ -1,6 +1,6 @@
 r"""The magnitude-variance claims (a), (b), (c) of docs/methods.md §3.5, as tested pieces.
 
-* **Full fine-tuning, tuned:** :func:`tune_full_ft` trains :func:`lorakit.train.train_full` at a few
+* **Full fine-tuning, tuned:** :func:`tune_full_ft` trains :func:`lorakit.train.encoder.train_full` at a few
   learning rates, picks one per task on validation (:func:`choose_lr`) and keeps the task only if the
   chosen model beats the majority class by a margin (:func:`beats_majority`); an excluded task is
   recorded with its numbers.
@@ -37,7 +37,7 @@ from ..stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one
 from ..profiles import Profile, get_profile
 from ..stats.paired import paired_t_interval, verdict
 from ..data.tasks import load_task
-from ..train import TrainedAdapter, task_seed, train_full
+from ..train.encoder import TrainedAdapter, task_seed, train_full
 
 #: full-FT weight learning rates tried, as multiples of train_full's default ``lr / 20``; the ci profile
 #: chose × 3 (the top of (1/3, 1, 3)) for two of its three tasks, hence the × 10 point
@@ -98,7 +98,7 @@ def tune_full_ft(task: str, profile: str | Profile | None, lrs: Sequence[float],
     The sweep trains ``lrs`` × ``tune_seeds`` (default: the first seed only) and picks the lr with the
     best mean validation accuracy (:func:`choose_lr`); the other ``seeds`` are trained at that lr.
     Each run is ``train_fn(task, profile, seed=task_seed(seed, task, profile.task_seeds), lr=lr)``
-    (cached by :func:`lorakit.train.train_full`), so full FT and LoRA use the same per-task seeds.
+    (cached by :func:`lorakit.train.encoder.train_full`), so full FT and LoRA use the same per-task seeds.
     The task is kept iff the chosen lr's mean validation accuracy over all ``seeds`` beats the
     validation majority rate by ``margin`` (the test split plays no part in either choice).
     """

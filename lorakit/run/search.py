@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from ..errors import LorakitError
-from ..evaluate import TaskScorer, accuracies, normalized_accuracy
+from ..eval.encoder import TaskScorer, accuracies, normalized_accuracy
 from ..lora.peft import LoRAUpdate
 from ..merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from ..profiles import Profile

@@ -63,7 +63,7 @@ for name, prof in PROFILES.items():
 
 # %%
 from lorakit.data.tasks import load_task
-from lorakit.train import train_adapter
+from lorakit.train.encoder import train_adapter
 
 tasks = ["rt_subjectivity", "election_tweets"]
 adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
@@ -79,7 +79,7 @@ for t, a in adapters.items():
 # its individual level (normalized accuracy = merged ÷ individual = 1).
 
 # %%
-from lorakit.evaluate import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator, normalized_accuracy
 from lorakit.merge import merge_adapters
 
 ev = Evaluator(tasks, P)

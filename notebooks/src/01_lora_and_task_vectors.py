@@ -144,7 +144,7 @@ print(task.card.title, "|", task.sizes(), "| labels:", task.label_names)
 
 # %% [markdown]
 # **The training loop, written out.** `train_adapter` builds the peft model and hands it to
-# `lorakit.fit.fit`. Nothing in that loop is specific to LoRA: AdamW on the trainable parameters,
+# `lorakit.train.loop.fit`. Nothing in that loop is specific to LoRA: AdamW on the trainable parameters,
 # the learning rate warmed up linearly over the first 6 % of the steps and then decayed linearly to 0,
 # mini-batches drawn from a seeded shuffle (reshuffled after each pass over the data), and each batch
 # cut to its longest text. Here it is in a few lines. The cell runs it and the package's `fit` for 14
@@ -155,7 +155,7 @@ print(task.card.title, "|", task.sizes(), "| labels:", task.label_names)
 # NBVAL_CHECK_OUTPUT
 import copy
 from lorakit.data.models import load_base, load_tokenizer
-from lorakit.fit import fit
+from lorakit.train.loop import fit
 from lorakit.profiles import get_profile
 
 def my_fit(model, texts, labels, steps, lr, batch_size, seed, max_length):
@@ -189,14 +189,14 @@ torch.manual_seed(1)
 theirs = fit(package_model, task, get_profile(P, steps=steps), [{"params": [q for q in package_model.parameters() if q.requires_grad], "lr": P.lr}],
              seed=0, progress=False, desc="")
 assert mine == theirs and all(torch.equal(a, b) for a, b in zip(mine_model.parameters(), package_model.parameters()))
-print(f"{steps} steps: my_fit and lorakit.fit.fit give the same losses and the same weights:", mine == theirs)
+print(f"{steps} steps: my_fit and lorakit.train.loop.fit give the same losses and the same weights:", mine == theirs)
 
 # %% [markdown]
 # Now the package's `train_adapter`: the same loop for the profile's number of steps, then the
 # accuracy on the validation and test splits, and the adapter saved to the cache.
 
 # %%
-from lorakit.train import train_adapter
+from lorakit.train.encoder import train_adapter
 
 adapter = train_adapter("rt_subjectivity", P, progress=show_progress(P))
 acc, majority = adapter.metrics["test_acc"], adapter.metrics["majority_test"]
@@ -233,7 +233,7 @@ ax.set_xlabel("index"); ax.set_ylabel("singular value of ΔW"); ax.set_title(f"{
 # uses float32.)
 
 # %%
-from lorakit.evaluate import Evaluator
+from lorakit.eval.encoder import Evaluator
 ev = Evaluator([task], P, eval_dtype="float32")
 same_acc = ev.score(adapter.deltas, adapter.head, "rt_subjectivity", "test")
 assert abs(same_acc - acc) < 1e-9

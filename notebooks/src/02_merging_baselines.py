@@ -396,7 +396,7 @@ assert _grid("ties", P)[0]["density"] == _grid("knots", P)[0]["density"] == 0.2 
 assert TUNE_GRID == {"density": (0.1, 0.4), "drop_rate": (0.3, 0.7), "gamma": (0.3, 3.0), "lam": (0.8, 1.25)}
 
 # %%
-from lorakit.train import train_adapter
+from lorakit.train.encoder import train_adapter
 
 tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)
 adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
@@ -459,7 +459,7 @@ print(f"relative error of ΔW over {len(true_sum)} layers: linear {min(errors['l
 # NBVAL_CHECK_OUTPUT
 import copy
 from lorakit.data.models import load_tokenizer
-from lorakit.evaluate import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator, normalized_accuracy
 from lorakit.results.tables import mean
 from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters

@@ -262,7 +262,7 @@ print(f"mean R = {R_mags.mean():.3f} ≥ N − 1 = {N - 1}; equal magnitudes: {e
 # %%
 import math
 import time
-from lorakit.train import train_adapter, train_full
+from lorakit.train.encoder import train_adapter, train_full
 
 tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)
 t0 = time.perf_counter()
@@ -479,7 +479,7 @@ print("the mean share alone", "ranks them the same way (smaller share, larger R_
 # %%
 from itertools import combinations
 from lorakit.stats.correlation import group_correlation
-from lorakit.evaluate import Evaluator
+from lorakit.eval.encoder import Evaluator
 from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
 

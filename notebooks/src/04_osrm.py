@@ -425,7 +425,7 @@ print("B = 0 → the OSRM-initialised model's logits equal the base model's exac
 # so a second run of this notebook, or `lorakit run` after it, reuses them.
 
 # %%
-from lorakit.train import train_all
+from lorakit.train.encoder import train_all
 
 adapters = {"standard": train_all(tasks, P, progress=show_progress(P)),
             "osrm": train_all(tasks, P, init="osrm", init_A_by_task=A_by_task, progress=show_progress(P))}
@@ -526,7 +526,7 @@ print(f"predicted mean R for frozen OSRM subspaces {float(R_pred[off].mean()):.2
 # `lorakit.results.tables.summary_rows`.
 
 # %%
-from lorakit.evaluate import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator, normalized_accuracy
 from lorakit.merge import resolve_variant
 from lorakit.results.tables import summary_rows
 from lorakit.run.search import method_grid, select_and_report

@@ -442,7 +442,7 @@ assert result["out"][1] < 1e-12 and result["out"][0] > 1e-3    # "out" keeps the
 # the author of 2016 election tweets, and Reuters news topics.
 
 # %%
-from lorakit.train import train_adapter
+from lorakit.train.encoder import train_adapter
 
 tasks = course_tasks(P)  # the profile's course tasks (cpu: 5 of its 8; lorakit.course.notebook.course_tasks)
 adapters = {t: train_adapter(t, P, progress=show_progress(P)) for t in tasks}
@@ -583,7 +583,7 @@ ax.set_title(layer.split("encoder.")[-1]); ax.legend();
 # (off, off) cell is the plain base method bit for bit (docs/methods.md D9).
 
 # %%
-from lorakit.evaluate import Evaluator
+from lorakit.eval.encoder import Evaluator
 from lorakit.run.search import method_grid, select_and_report
 
 bases = ("task_arithmetic", "ties")

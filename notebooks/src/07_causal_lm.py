@@ -118,7 +118,7 @@ for t, d in show.items():
 # OSRM (notebook 04) chooses task $t$'s $A_t$ from the directions the *other* tasks' features use
 # least. On a causal LM the features $H_j$ of task $j$ are the inputs of each target module over
 # task $j$'s training **prompts** (the answers are not shown to the base model: they are what the
-# adapter will learn), left-padded with the padding rows dropped (`lorakit.causal_train.causal_osrm_init`).
+# adapter will learn), left-padded with the padding rows dropped (`lorakit.train.causal.causal_osrm_init`).
 # Every prompt of a task shares its template, so the other tasks' templates are what $A_t$ avoids.
 #
 # The geometry of notebook 04 measures it: $E_t$, the share of task $t$'s own feature energy that
@@ -126,7 +126,7 @@ for t, d in show.items():
 # subspace gets $r/d_{in}$ for both.
 
 # %%
-from lorakit.causal_train import causal_osrm_init, prepare_causal_init_A
+from lorakit.train.causal import causal_osrm_init, prepare_causal_init_A
 from lorakit.osrm import init_geometry
 
 osrm_A, feats = causal_osrm_init(show, C, return_features=True)
@@ -189,7 +189,7 @@ Markdown(format_table(live))
 
 # %%
 from transformers import AutoModelForCausalLM
-from lorakit.causal_eval import CausalEvaluator
+from lorakit.eval.causal import CausalEvaluator
 from lorakit.lora.peft import read_adapter
 from lorakit.merge import merge_adapter_folders, merge_adapters
 

@@ -7,8 +7,8 @@
 # %%
 from lorakit.course.notebook import setup
 from lorakit.course import exercises
-from lorakit.evaluate import Evaluator, normalized_accuracy
-from lorakit.train import train_adapter
+from lorakit.eval.encoder import Evaluator, normalized_accuracy
+from lorakit.train.encoder import train_adapter
 
 P = setup()
 tasks = ["rt_subjectivity", "election_tweets"]

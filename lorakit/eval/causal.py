@@ -8,7 +8,7 @@ split :math:`S`,
 
 (:func:`lorakit.causal.exact_match`, the accuracy every table reports), and the same with
 :func:`lorakit.causal.normalized_match` as a second metric of the chosen merge.
-:class:`CausalEvaluator` has the encoder :class:`lorakit.evaluate.Evaluator`'s interface
+:class:`CausalEvaluator` has the encoder :class:`lorakit.eval.encoder.Evaluator`'s interface
 (``correct``, ``correct_tasks``, ``score_tasks``, ``individual``), so
 :func:`lorakit.run.search.select_and_report` chooses λ on validation exactly as on the encoder track.
 """
@@ -21,14 +21,14 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .data.models import load_base, load_tokenizer, quiet
-from .causal import _ids, exact_match, greedy_generate, normalized_match
-from .errors import LorakitError
-from .evaluate import TaskScorer
-from .data.generative import GenerativeTaskData
-from .osrm import find_linear_modules
+from ..data.models import load_base, load_tokenizer, quiet
+from ..causal import _ids, exact_match, greedy_generate, normalized_match
+from ..errors import LorakitError
+from .encoder import TaskScorer
+from ..data.generative import GenerativeTaskData
+from ..osrm import find_linear_modules
 from .packed_bert import resolve_eval_dtype
-from .profiles import Profile, get_profile
+from ..profiles import Profile, get_profile
 
 SPLITS = ("val", "test")
 #: cap of the new tokens generated per prompt (the longest target of the task + eos decides below it)

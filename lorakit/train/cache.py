@@ -18,8 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .data.models import cache_dir
-from .fsutil import atomic_file
+from ..data.models import cache_dir
+from ..fsutil import atomic_file
 
 #: bump when the code that computes an init's ``A`` changes what it produces
 INIT_A_CACHE_VERSION = 1

@@ -3,8 +3,8 @@ r"""The causal-LM track's adapters: one LoRA adapter per generative task (no hea
 :func:`train_causal_adapter` fine-tunes :math:`s\,BA` on the profile's target modules of the causal
 base model (:func:`lorakit.causal.train_causal_lora`: loss on the target tokens only) and caches the
 PEFT adapter folder under a key of everything that changes it, as the encoder track's
-:func:`lorakit.train.train_adapter` does; the result is a :class:`lorakit.train.TrainedAdapter` with
-an empty head. :func:`prepare_causal_init_A` gives every registered init of :mod:`lorakit.inits` on a
+:func:`lorakit.train.encoder.train_adapter` does; the result is a :class:`lorakit.train.encoder.TrainedAdapter` with
+an empty head. :func:`prepare_causal_init_A` gives every registered init of :mod:`lorakit.train.inits` on a
 causal model: OSRM's ``A_t`` from the other tasks' **prompt-token** features (left-padded prompts,
 padding masked: :func:`lorakit.osrm.osrm_init`), or the random-orthonormal control.
 """
@@ -18,18 +18,18 @@ from typing import Mapping, Sequence
 
 import torch
 
-from . import __version__
-from .data.models import cache_dir, load_base, load_tokenizer, quiet
+from .. import __version__
+from ..data.models import cache_dir, load_base, load_tokenizer, quiet
 from .cache import cache_key
-from .causal import encode_prompts, train_causal_lora
-from .errors import LorakitError
-from .fsutil import atomic_folder
-from .data.generative import GenerativeTaskData
+from ..causal import encode_prompts, train_causal_lora
+from ..errors import LorakitError
+from ..fsutil import atomic_folder
+from ..data.generative import GenerativeTaskData
 from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
-from .lora.peft import read_adapter
-from .osrm import find_linear_modules, osrm_init_from_inputs, osrm_options
-from .profiles import Profile, apply_threads
-from .train import TrainedAdapter, tensor_digest
+from ..lora.peft import read_adapter
+from ..osrm import find_linear_modules, osrm_init_from_inputs, osrm_options
+from ..profiles import Profile, apply_threads
+from .encoder import TrainedAdapter, tensor_digest
 
 CAUSAL_CACHE_VERSION = 1  # bump when train_causal_lora changes what it produces
 
@@ -48,15 +48,15 @@ def train_causal_adapter(data: GenerativeTaskData, p: Profile, init: str = "stan
                          progress: bool = True) -> TrainedAdapter:
     """One task's LoRA adapter on the profile's causal base model (cached); ``head`` is empty.
 
-    ``init`` is any name of :data:`lorakit.inits.INIT_NAMES`; an init with a computed ``A`` needs
+    ``init`` is any name of :data:`lorakit.train.inits.INIT_NAMES`; an init with a computed ``A`` needs
     ``init_A`` (:func:`prepare_causal_init_A`). The seed of ``A``, of peft's init and of the batch
-    order is :func:`lorakit.inits.task_seed` of ``seed`` and the task. ``metrics`` holds
+    order is :func:`lorakit.train.inits.task_seed` of ``seed`` and the task. ``metrics`` holds
     ``train_loss`` per step, ``seconds``, ``steps``, ``n_train`` and ``examples_per_second``.
     """
     quiet()
     get_init(init)
     if init_uses_A(init) and not init_A:
-        raise LorakitError(f"init={init!r} needs init_A (compute it with lorakit.causal_train.prepare_causal_init_A)")
+        raise LorakitError(f"init={init!r} needs init_A (compute it with lorakit.train.causal.prepare_causal_init_A)")
     freeze_A = init_freezes_A(init)
     apply_threads(p)
     config = causal_train_config(data.name, p, init, freeze_A, seed, init_A if init_uses_A(init) else None)
@@ -118,7 +118,7 @@ def causal_osrm_init(data: Mapping[str, GenerativeTaskData], p: Profile, mode: s
     ``osrm_samples`` training **prompts** (no target, so the subspace does not see the answers),
     left-padded with the padding masked out; the rest is the encoder track's
     (:func:`lorakit.osrm.osrm_init` with the profile's :data:`lorakit.osrm.OSRM_DEFAULTS` overrides).
-    ``A`` is kept on disk by its recipe (:func:`lorakit.cache.cached_init_A`), so a run on another
+    ``A`` is kept on disk by its recipe (:func:`lorakit.train.cache.cached_init_A`), so a run on another
     thread count starts from the same bits and finds the same cached adapters.
     """
     opts = osrm_options(p, mode)
@@ -135,7 +135,7 @@ def causal_osrm_init(data: Mapping[str, GenerativeTaskData], p: Profile, mode: s
 
 def prepare_causal_init_A(init: str, data: Mapping[str, GenerativeTaskData], p: Profile, seed: int = 0,
                           progress: bool = False) -> dict[str, dict[str, torch.Tensor]] | None:
-    """:func:`lorakit.inits.prepare_init_A` on the causal track: None for peft's inits, else ``{task: {module: A}}``."""
+    """:func:`lorakit.train.inits.prepare_init_A` on the causal track: None for peft's inits, else ``{task: {module: A}}``."""
     spec = get_init(init)
     if spec.source is None:
         return None

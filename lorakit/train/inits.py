@@ -32,14 +32,14 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .data.models import load_base
-from .errors import LorakitError
-from .fit import set_seed
-from .lora.peft import read_adapter
-from .merge.registry import layer_seed
-from .osrm import find_linear_modules, init_geometry, osrm_init_for_tasks
-from .profiles import Profile, get_profile
-from .data.tasks import load_task
+from ..data.models import load_base
+from ..errors import LorakitError
+from .loop import set_seed
+from ..lora.peft import read_adapter
+from ..merge.registry import layer_seed
+from ..osrm import find_linear_modules, init_geometry, osrm_init_for_tasks
+from ..profiles import Profile, get_profile
+from ..data.tasks import load_task
 
 TASK_SEEDS = ("shared", "per_task")
 

@@ -19,21 +19,21 @@ from typing import Callable, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .data.models import cache_dir, load_base, quiet
+from .. import __version__
+from ..data.models import cache_dir, load_base, quiet
 from .cache import cache_key  # noqa: F401  (re-exported: it lived here)
-from .errors import LorakitError
-from .fit import accuracy, encode_texts, fit, predict, set_seed, task_metrics  # noqa: F401  (re-exported)
-from .fsutil import atomic_folder
+from ..errors import LorakitError
+from .loop import accuracy, encode_texts, fit, predict, set_seed, task_metrics  # noqa: F401  (re-exported)
+from ..fsutil import atomic_folder
 from .inits import (  # noqa: F401  (TASK_SEEDS, task_seed: re-exported, they lived here)
     INIT_NAMES, TASK_SEEDS, get_init, init_freezes_A, init_uses_A, make_peft_model, task_seed,
 )
-from .lora.peft import LoRAUpdate, read_adapter, read_head
-from .osrm import init_lora_A
-from .profiles import Profile, apply_threads, get_profile
-from .data.tasks import TaskData, load_task
+from ..lora.peft import LoRAUpdate, read_adapter, read_head
+from ..osrm import init_lora_A
+from ..profiles import Profile, apply_threads, get_profile
+from ..data.tasks import TaskData, load_task
 
-INITS = INIT_NAMES  # the old name; the registry is lorakit.inits
+INITS = INIT_NAMES  # the old name; the registry is lorakit.train.inits
 TRAIN_CACHE_VERSION = 1  # bump when the training loop changes what it produces
 
 
@@ -120,12 +120,12 @@ def train_adapter(
     Args:
         task: task name (or loaded :class:`TaskData` of the same profile sizes).
         profile: profile name or object; ``overrides`` replace its fields (``steps=...``).
-        init: a name of :data:`lorakit.inits.INIT_NAMES`: ``standard`` (peft's default:
+        init: a name of :data:`lorakit.train.inits.INIT_NAMES`: ``standard`` (peft's default:
             Kaiming-uniform A, B = 0), ``gaussian`` (peft's gaussian: A ~ N(0, 1/r²), B = 0), or one
             whose A is computed (``osrm``, ``random_orthonormal``, ``osrm_task_mean``,
             ``osrm_frozen``: ``init_A`` gives A per module, B = 0). The name is part of the cache key.
         init_A: ``{module: A (r × d_in)}`` for an init with a computed A
-            (:func:`lorakit.inits.prepare_init_A`); ignored otherwise.
+            (:func:`lorakit.train.inits.prepare_init_A`); ignored otherwise.
         freeze_A: keep ``lora_A`` fixed during training (LoRA-FA style); always on for an init
             that freezes A (``osrm_frozen``).
         seed: seeds the head's init, A's init and the batch order (mixed with the task name when
@@ -141,7 +141,7 @@ def train_adapter(
     quiet()
     get_init(init)  # an unknown init: a one-line error naming the choices
     if init_uses_A(init) and not init_A:
-        raise LorakitError(f"init={init!r} needs init_A (compute it with lorakit.inits.prepare_init_A)")
+        raise LorakitError(f"init={init!r} needs init_A (compute it with lorakit.train.inits.prepare_init_A)")
     freeze_A = freeze_A or init_freezes_A(init)
     p = get_profile(profile, **overrides)
     apply_threads(p)

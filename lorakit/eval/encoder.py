@@ -18,12 +18,12 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .data.models import load_base, load_tokenizer, quiet
-from .errors import LorakitError
+from ..data.models import load_base, load_tokenizer, quiet
+from ..errors import LorakitError
 from .packed_bert import PackedBert, PackedSet, onednn_linear_works, resolve_eval_dtype
-from .profiles import Profile, get_profile
-from .data.tasks import TaskData, load_task
-from .train import TrainedAdapter, encode_texts, predict
+from ..profiles import Profile, get_profile
+from ..data.tasks import TaskData, load_task
+from ..train.encoder import TrainedAdapter, encode_texts, predict
 
 
 def accuracies(correct: Mapping[str, torch.Tensor]) -> dict[str, float]:

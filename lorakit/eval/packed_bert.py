@@ -1,4 +1,4 @@
-r"""The packed fast path of :class:`lorakit.evaluate.Evaluator`: BERT sequence classifiers on the CPU without padding.
+r"""The packed fast path of :class:`lorakit.eval.encoder.Evaluator`: BERT sequence classifiers on the CPU without padding.
 
 :class:`PackedBert` computes what ``model(**batch).logits`` computes for a
 ``BertForSequenceClassification`` (MiniLM), minus work that does not change a prediction: no
@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from .errors import LorakitError
+from ..errors import LorakitError
 
 
 def onednn_linear_works() -> bool:

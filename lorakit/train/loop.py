@@ -1,4 +1,4 @@
-"""The training loop and the accuracy shared by LoRA (:mod:`lorakit.train`) and full fine-tuning.
+"""The training loop and the accuracy shared by LoRA (:mod:`lorakit.train.encoder`) and full fine-tuning.
 
 :func:`fit` trains whatever parameter groups it is given (AdamW, 6% linear warm-up, then linear
 decay to zero over the profile's ``steps``) on a task's training split; :func:`predict` and
@@ -14,11 +14,11 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .data.models import load_tokenizer
-from .errors import LorakitError
-from .packed_bert import resolve_eval_dtype
-from .profiles import Profile
-from .data.tasks import TaskData
+from ..data.models import load_tokenizer
+from ..errors import LorakitError
+from ..eval.packed_bert import resolve_eval_dtype
+from ..profiles import Profile
+from ..data.tasks import TaskData
 
 
 def set_seed(seed: int) -> None:
@@ -83,7 +83,7 @@ def optimizer_step(loss: torch.Tensor, optimizer, schedule, what: str) -> float:
 
 def fit(model, data: TaskData, p: Profile, param_groups: list[dict], seed: int, progress: bool, desc: str) -> list[float]:
     """The training loop shared by LoRA and full fine-tuning: AdamW, 6% warm-up, linear decay."""
-    from tqdm.auto import tqdm  # lazy: keeps `import lorakit.train` (and evaluate, benchmark) light
+    from tqdm.auto import tqdm  # lazy: keeps `import lorakit.train.encoder` (and evaluate, benchmark) light
 
     device = torch.device(p.device)
     model.to(device)

@@ -1,4 +1,4 @@
-"""Tests of lorakit.diagnose and ``lorakit diagnose``: factored numbers against dense numpy brute
+"""Tests of lorakit.adapters.diagnose and ``lorakit diagnose``: factored numbers against dense numpy brute
 force, against lorakit.lora.measures on the same adapters, the bias-free magnitude variance, the A
 overlap and the shared-initial-A artefact, the verdict, and the command line on adapter folders."""
 
@@ -13,7 +13,7 @@ import torch
 
 from lorakit.lora import measures as analysis
 from lorakit.cli import main
-from lorakit.diagnose import HIGH_MV_FROBENIUS, SHARED_A, SHARED_A_COSINE, column_norms, diagnose_adapters, diagnose_folders
+from lorakit.adapters.diagnose import HIGH_MV_FROBENIUS, SHARED_A, SHARED_A_COSINE, column_norms, diagnose_adapters, diagnose_folders
 from lorakit.errors import LorakitError
 from lorakit.lora.peft import LoRAUpdate, write_adapter
 
@@ -321,7 +321,7 @@ def test_same_folder_twice_is_the_shared_a_case(folders, capsys):
 
 
 def test_short_layer_names_keep_the_layer_index():
-    from lorakit.diagnose import short_layer_name
+    from lorakit.adapters.diagnose import short_layer_name
 
     assert short_layer_name("encoder.layer.3.attention.self.query") == "3.query"
     assert short_layer_name("model.layers.12.self_attn.q_proj") == "12.q_proj"

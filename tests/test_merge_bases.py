@@ -3,7 +3,7 @@
 The packaged MiniLM is a bare ``BertModel`` (``architectures: ["BertModel"]``); adapters trained
 on ``BertForSequenceClassification`` name their modules ``bert.encoder…``. The base is loaded in
 the class the adapters say (peft's ``task_type``, else their head), or their names are matched
-modulo the wrapper prefix ``bert.`` (lorakit.merge.bases). References: peft's own
+modulo the wrapper prefix ``bert.`` (lorakit.adapters.base_model). References: peft's own
 ``merge_and_unload`` weight changes, and the written adapter's outputs through peft.
 """
 
@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from lorakit.data.models import resolve_model_path
 from lorakit.cli import main
 from lorakit.lora.peft import read_head
-from lorakit.merge.folders import SUMMARY_FILE
+from lorakit.adapters.merge_folders import SUMMARY_FILE
 
 transformers.logging.set_verbosity_error()
 MODULES = [f"encoder.layer.{i}.attention.self.{t}" for i in range(6) for t in ("query", "value")]

@@ -1,4 +1,4 @@
-"""``lorakit merge`` on real PEFT adapter folders (lorakit.merge.folders, lorakit.cli.merge).
+"""``lorakit merge`` on real PEFT adapter folders (lorakit.adapters.merge_folders, lorakit.cli.merge).
 
 Every adapter is made by peft itself (``get_peft_model`` + ``save_pretrained``) on one tiny random
 BERT classifier saved to disk, with ``lora_B`` and the classifier head randomised (peft starts B
@@ -30,8 +30,8 @@ from lorakit.cli import main
 from lorakit.lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAUpdate, factorize_delta, read_adapter, read_head
 from lorakit.merge import METHODS, merge_adapters
 from lorakit.cli.merge import parse_params, parse_value
-from lorakit.merge.folders import SUMMARY_FILE, merge_adapter_folders
-from lorakit.merge.refactor import truncate_factors
+from lorakit.adapters.merge_folders import SUMMARY_FILE, merge_adapter_folders
+from lorakit.adapters.factors import truncate_factors
 
 transformers.logging.set_verbosity_error()
 
@@ -318,9 +318,9 @@ def test_parse_param_values():
 
 
 def test_python_api_through_lorakit_merge(zoo):
-    import lorakit.merge
+    import lorakit.adapters.merge_folders
 
-    summary = lorakit.merge.merge_adapter_folders([zoo.paths["plain"], zoo.paths["bin"]], "dare", progress=False)
+    summary = lorakit.adapters.merge_folders.merge_adapter_folders([zoo.paths["plain"], zoo.paths["bin"]], "dare", progress=False)
     assert summary["out"] is None and summary["layers"] == len(MODULES) and summary["params"]["drop_rate"] == 0.5
 
 

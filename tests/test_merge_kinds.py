@@ -1,4 +1,4 @@
-"""``lorakit merge`` on every layer kind peft adapts in models people use (lorakit.merge.folders).
+"""``lorakit merge`` on every layer kind peft adapts in models people use (lorakit.adapters.merge_folders).
 
 Each case is a tiny random model saved to disk and two adapters made by peft itself
 (``get_peft_model`` + ``save_pretrained``, ``lora_B``, lora biases and heads randomised: peft
@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from lorakit.errors import LorakitError
 from lorakit.lora.peft import read_head
 from lorakit.merge import METHODS
-from lorakit.merge.folders import merge_adapter_folders
+from lorakit.adapters.merge_folders import merge_adapter_folders
 
 transformers.logging.set_verbosity_error()
 # peft 0.21 warns about its own 1-D lora_B.bias tensors when saving a lora_bias adapter

@@ -28,7 +28,7 @@ from lorakit.merge import (
     normeq_coefficients,
     resolve_variant,
 )
-from lorakit.merge.folders import SUMMARY_FILE
+from lorakit.adapters.merge_folders import SUMMARY_FILE
 
 
 def random_updates(ranks=(4, 2, 6), d_out=20, d_in=16, scales=(1.0, 7.0, 0.2), scalings=(2.0, 0.5, 4.0),

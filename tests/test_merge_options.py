@@ -23,8 +23,8 @@ from transformers import AutoModelForSequenceClassification
 
 from lorakit.errors import LorakitError
 from lorakit.lora.peft import ADAPTER_WEIGHTS
-from lorakit.merge.folders import SUMMARY_FILE, merge_adapter_folders
-from lorakit.merge.plan import parse_size
+from lorakit.adapters.merge_folders import SUMMARY_FILE, merge_adapter_folders
+from lorakit.adapters.plan import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 

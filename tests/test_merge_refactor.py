@@ -1,11 +1,11 @@
-"""lorakit.merge.refactor: writing a dense merged layer as LoRA factors (exact and randomized SVD)."""
+"""lorakit.adapters.factors: writing a dense merged layer as LoRA factors (exact and randomized SVD)."""
 
 import numpy as np
 import pytest
 import torch
 
 from lorakit.lora.peft import factorize_delta
-from lorakit.merge.refactor import RSVD_OVERSAMPLE, randomized_factors, refactor_dense, use_randomized
+from lorakit.adapters.factors import RSVD_OVERSAMPLE, randomized_factors, refactor_dense, use_randomized
 
 
 def spectrum_matrix(d_out, d_in, singular_values, seed=0):

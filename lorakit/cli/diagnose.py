@@ -1,4 +1,4 @@
-"""``lorakit diagnose``: look at N PEFT LoRA adapters before merging them (:mod:`lorakit.diagnose`).
+"""``lorakit diagnose``: look at N PEFT LoRA adapters before merging them (:mod:`lorakit.adapters.diagnose`).
 
 ::
 
@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..diagnose import SHARED_A, SHARED_A_COSINE, Diagnosis, diagnose_folders, diagnosis_figure
+from ..adapters.diagnose import SHARED_A, SHARED_A_COSINE, Diagnosis, diagnose_folders, diagnosis_figure
 from ..errors import LorakitError
 from ..fsutil import atomic_file
 

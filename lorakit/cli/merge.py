@@ -1,4 +1,4 @@
-"""``lorakit merge``: command-line and YAML front end of :func:`lorakit.merge.merge_adapter_folders`.
+"""``lorakit merge``: command-line and YAML front end of :func:`lorakit.adapters.merge_folders.merge_adapter_folders`.
 
 ::
 
@@ -31,8 +31,9 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..errors import LorakitError
-from ..merge import METHODS, merge_adapter_folders
-from ..merge.plan import DTYPES
+from ..merge import METHODS
+from ..adapters.merge_folders import merge_adapter_folders
+from ..adapters.plan import DTYPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -144,7 +144,7 @@ def layer_magnitude_variance(mags: torch.Tensor, pairwise: bool = False) -> floa
     population CV. ``pairwise=True``: :func:`magnitude_variance_pairwise`'s bias-free form, the
     mean over the :math:`\binom N2` task pairs of (3.2) for that pair alone. Columns zero in every
     task (of the pair) are left out; a layer (pair) with no nonzero column gives 0. For callers
-    that compute the magnitudes themselves (e.g. factored, :mod:`lorakit.diagnose`).
+    that compute the magnitudes themselves (e.g. factored, :mod:`lorakit.adapters.diagnose`).
     """
     mags = mags.to(torch.float64)
     if mags.ndim != 2 or mags.shape[0] < 1:

@@ -68,7 +68,6 @@ from .do import (
     recompose,
 )
 from .normeq import ZERO_RTOL, factored_frobenius_sq, normeq_coefficients, ta_normeq_merge
-from .folders import merge_adapter_folders
 
 __all__ = [
     "BASE_DEFAULTS", "BASE_PARAMS", "METHODS", "MergeMethod", "check_layer", "get_method", "layer_params",
@@ -79,5 +78,5 @@ __all__ = [
     "ORTHO_LR", "ORTHO_MIN_STEP", "ORTHO_OPTIONS", "ORTHO_STEPS", "OrthoReport", "factor_cross_terms", "orthogonalize_factors",
     "EPS", "DOReport", "decouple", "decouple_update", "do_merge", "do_merge_with_report",
     "orthogonalize_adapters", "orthogonalize_updates", "recompose", "ZERO_RTOL", "factored_frobenius_sq",
-    "normeq_coefficients", "ta_normeq_merge", "merge_adapter_folders",
+    "normeq_coefficients", "ta_normeq_merge",
 ]

@@ -356,7 +356,7 @@ fig.tight_layout();
 # `lorakit diagnose ADAPTER...` looks at PEFT adapters *before* they are merged: per layer and
 # overall, each adapter's $\lVert \Delta W \rVert_F$, the magnitude variance, the cosines of the
 # $\Delta W$, the overlap of the $A$ subspaces, a data-free estimate of the interference, and a
-# short verdict on which method the numbers favour. Its function `lorakit.diagnose.diagnose_adapters`
+# short verdict on which method the numbers favour. Its function `lorakit.adapters.diagnose.diagnose_adapters`
 # works on the adapters trained above, from the factors $A$ and $B$ (it never forms $\Delta W$). It
 # takes every task's LoRA adapter (the cell above only those both families learned), and the cell
 # checks its magnitude variances against (3.2) computed directly.
@@ -386,7 +386,7 @@ fig.tight_layout();
 # %%
 from lorakit.lora.measures import magnitude_variance_pairwise, subspace_overlap
 from lorakit.stats.correlation import spearman_rho
-from lorakit.diagnose import diagnose_adapters
+from lorakit.adapters.diagnose import diagnose_adapters
 
 lora_updates = [lora[t].updates for t in tasks]
 diagnosis = diagnose_adapters(lora_updates, names=tasks)

@@ -191,7 +191,8 @@ Markdown(format_table(live))
 from transformers import AutoModelForCausalLM
 from lorakit.eval.causal import CausalEvaluator
 from lorakit.lora.peft import read_adapter
-from lorakit.merge import merge_adapter_folders, merge_adapters
+from lorakit.merge import merge_adapters
+from lorakit.adapters.merge_folders import merge_adapter_folders
 
 folders = [next(e["adapter"] for e in live["tasks"][t]["individual"] if e["init"] == "standard") for t in C.tasks]
 summary = merge_adapter_folders(folders, "task_arithmetic", {"lam": 0.5}, out=f"{live_dir}/merged", format="merged",

@@ -1,7 +1,7 @@
 r"""Merge PEFT adapter folders on disk into one PEFT adapter or one merged model, layer by layer.
 
 The Python side of ``lorakit merge`` (:func:`merge_adapter_folders`, also reachable as
-``lorakit.merge.merge_adapter_folders``). For every adapted Linear layer, with adapter
+``lorakit.adapters.merge_folders.merge_adapter_folders``). For every adapted Linear layer, with adapter
 :math:`i = 1 \dots N` read from disk (peft's scaling :math:`s_i = \alpha_i / r_i`, or
 :math:`\alpha_i / \sqrt{r_i}` with rsLoRA, folded in by :mod:`lorakit.lora.peft`):
 
@@ -24,7 +24,7 @@ Output (``format``):
   :math:`\sum_{j \le k} \sigma_j^2 / \sum_j \sigma_j^2` (reported per layer).
 * ``"merged"`` — the base model with :math:`W_0 + \Delta W^*` in every layer, saved for
   ``AutoModel…from_pretrained`` (needs ``base``), in the class the adapters were trained on
-  (:mod:`lorakit.merge.bases`), sharded with ``max_shard_size``. Each layer's
+  (:mod:`lorakit.adapters.base_model`), sharded with ``max_shard_size``. Each layer's
   :math:`W_0 + \Delta W^*` is added in float32 and rounded once to the base's dtype.
 
 ``dtype`` (``float32``, ``bfloat16``, ``float16``) is the dtype of what is written: the factors
@@ -62,10 +62,10 @@ from tqdm.auto import tqdm
 from ..errors import LorakitError
 from ..fsutil import atomic_file, atomic_folder
 from ..lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, adapter_config, check_compatible, peft_key, peft_lora_key
-from .bases import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for, meta_base_for, module_map
+from .base_model import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for, meta_base_for, module_map
 from .plan import DTYPES, FORMATS, MergePlan, check_options, estimate_memory, parse_size  # noqa: F401
-from .refactor import SafetensorsStream
-from .registry import resolve_params
+from .factors import SafetensorsStream
+from ..merge.registry import resolve_params
 from .sources import LORA_BIAS, choose_head, head_modules, read_source, check_same_base
 
 #: A record of the merge written beside the weights (peft and transformers ignore it).

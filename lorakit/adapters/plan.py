@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import LorakitError
-from .refactor import concat_factors, refactor_dense, truncate_factors, weighted
-from .registry import METHODS, layer_params
+from .factors import concat_factors, refactor_dense, truncate_factors, weighted
+from ..merge.registry import METHODS, layer_params
 from .sources import SourceAdapter
 
 FORMATS = ("adapter", "merged")

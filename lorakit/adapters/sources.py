@@ -1,4 +1,4 @@
-"""Reading and checking PEFT adapter folders (the base model is :mod:`lorakit.merge.bases`).
+"""Reading and checking PEFT adapter folders (the base model is :mod:`lorakit.adapters.base_model`).
 
 The input side of :func:`lorakit.merge.merge_adapter_folders`: every error is one line that
 names the folder and says what to do.
@@ -15,7 +15,7 @@ import torch
 
 from ..errors import LorakitError
 from ..lora.peft import Adapter, read_adapter, read_adapter_config, read_head
-from .bases import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for  # noqa: F401  (the old home of these)
+from .base_model import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for  # noqa: F401  (the old home of these)
 
 #: The key suffix of peft's ``lora_bias`` (a bias on lora_B: ΔW x + Δb with Δb = s·b).
 LORA_BIAS = ".lora_B.bias"

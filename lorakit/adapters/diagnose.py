@@ -66,10 +66,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .lora.measures import layer_magnitude_variance
-from .errors import LorakitError
-from .lora.peft import LoRAUpdate, check_compatible
-from .merge.sources import check_same_base, read_source
+from ..lora.measures import layer_magnitude_variance
+from ..errors import LorakitError
+from ..lora.peft import LoRAUpdate, check_compatible
+from .sources import check_same_base, read_source
 
 SHARED_A = 0.5
 SHARED_A_COSINE = 0.3

@@ -1,4 +1,4 @@
-"""lorakit.causal on a tiny random Llama (GQA) with the packaged WordPiece tokenizer: loss masking against a
+"""The causal track's primitives (lorakit.data.generative, lorakit.train.causal, lorakit.eval.causal) on a tiny random Llama (GQA) with the packaged WordPiece tokenizer: loss masking against a
 brute-force log-softmax sum, batched left-padded greedy decoding against an unbatched, cache-free argmax loop."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorakit.causal import (IGNORE_INDEX, encode_for_training, encode_prompts, exact_match, format_prompt,
-                            greedy_generate, masked_lm_loss, normalize_answer, normalized_match)
+from lorakit.data.generative import IGNORE_INDEX, encode_for_training, encode_prompts, format_prompt
+from lorakit.eval.causal import exact_match, greedy_generate, normalize_answer, normalized_match
+from lorakit.train.causal import masked_lm_loss
 from lorakit.errors import LorakitError
 
 PROMPTS = ["walk", "the cat sat on the mat", "run fast", "jump over the lazy brown dog today", "eat"]
@@ -120,7 +121,8 @@ def test_causal_lora_learns_a_toy_task_and_merged_weights_generate_the_same(toke
     copy of the base model (lorakit.lora.peft.apply_deltas) generates exactly what the peft model does."""
     import copy
 
-    from lorakit.causal import LLAMA_ATTENTION_TARGETS, train_causal_lora
+    from lorakit.profiles import LLAMA_ATTENTION_TARGETS
+    from lorakit.train.causal import train_causal_lora
     from lorakit.lora.peft import apply_deltas
 
     base = copy.deepcopy(tiny_llama)

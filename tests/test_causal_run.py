@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorakit.causal import exact_match, greedy_generate, train_causal_lora
+from lorakit.eval.causal import exact_match, greedy_generate
+from lorakit.train.causal import train_causal_lora
 from lorakit.eval.causal import CausalEvaluator, delta_fingerprint
-from lorakit.causal_profiles import get_causal_profile
+from lorakit.profiles import get_causal_profile
 from lorakit.run.causal import check_causal_profile, check_generative_tasks, run_causal_benchmark
 from lorakit.train.causal import causal_osrm_init, prompt_batches, train_causal_adapter
 from lorakit.errors import LorakitError
@@ -272,7 +273,7 @@ def test_an_index_without_the_bigbench_release_gets_a_one_line_error_that_says_w
 
 
 def test_mlp_projections_are_an_option(profile, data):
-    from lorakit.causal_profiles import LLAMA_MLP_TARGETS
+    from lorakit.profiles import LLAMA_MLP_TARGETS
 
     p = profile.replace(target_modules=("q_proj", "v_proj") + LLAMA_MLP_TARGETS, steps=2)
     a = train_causal_adapter(data["verb_past"], p, seed=0, cache=False, progress=False)

@@ -19,7 +19,7 @@ import torch
 
 import lorakit.data.tasks as tasks_mod
 from lorakit.run.encoder import run_benchmark
-from lorakit.causal_profiles import CAUSAL_PROFILES, get_causal_profile
+from lorakit.profiles import CAUSAL_PROFILES, get_causal_profile
 from lorakit.run.causal import run_causal_benchmark
 from lorakit.data.export import export_data
 from lorakit.eval.packed_bert import PackedBert

@@ -3,7 +3,7 @@
 This test cannot be skipped: it has no skip and no importorskip. With an empty ``LORAKIT_CACHE``, no
 ``LORAKIT_DATA`` export, the hub switched off and every network connection refused, it loads each task
 of the ``ci``, ``cpu`` and ``gpu`` default lists of the encoder track (:data:`lorakit.profiles.PROFILES`)
-and of the causal-LM track (:data:`lorakit.causal_profiles.CAUSAL_PROFILES`), and checks that each split
+and of the causal-LM track (:data:`lorakit.profiles.CAUSAL_PROFILES`), and checks that each split
 holds what the profile asks for. A task that needs a download (BIG-bench's sdist through pip, a hub
 dataset) fails here instead of being skipped, which is how the product broke unnoticed before.
 
@@ -26,7 +26,7 @@ import pytest
 
 import lorakit.data.bigbench as bigbench
 import lorakit.data.tasks as tasks
-from lorakit.causal_profiles import CAUSAL_PROFILES
+from lorakit.profiles import CAUSAL_PROFILES
 from lorakit.data.generative import load_generative_task
 from lorakit.profiles import PROFILES
 from lorakit.data.splits import _cut_splits

@@ -67,7 +67,7 @@ class TaskCard:
     #: ``classification`` (text → one of ``labels``; the encoder track) or ``generative`` (input → a short
     #: target string; the causal-LM track, :func:`load_generative_task`)
     task_type: str = "classification"
-    #: generative: the prompt template (``{input}`` marks the input; lorakit.causal.format_prompt)
+    #: generative: the prompt template (``{input}`` marks the input; lorakit.data.generative.format_prompt)
     prompt: str = ""
     #: generative: targets longer than this many words are dropped; a task that would lose over 5 % is refused
     max_target_words: int = 12

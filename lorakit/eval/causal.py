@@ -1,13 +1,16 @@
 r"""Score merged causal LMs: greedy generation of every task's prompts, exact match, no heads.
 
 The merged model is :math:`W_0 + \Delta W^*` on the adapted Linear layers and nothing else: a causal
-LM keeps no per-task head, so one model answers every task (lorakit.causal). For task :math:`t` and
+LM keeps no per-task head, so one model answers every task. For task :math:`t` and
 split :math:`S`,
 
 .. math:: \text{EM}_t = \frac{1}{|S|}\sum_{(x, y) \in S} [\,\text{greedy}(W_0 + \Delta W^*, p(x)) = y\,]
 
-(:func:`lorakit.causal.exact_match`, the accuracy every table reports), and the same with
-:func:`lorakit.causal.normalized_match` as a second metric of the chosen merge.
+(:func:`exact_match`, the accuracy every table reports), and the same with
+:func:`normalized_match` as a second metric of the chosen merge. Decoding is greedy and batched, prompts
+**left**-padded so that every row's next token is at the same position, with the KV cache of
+``model.generate`` (:func:`greedy_generate`); :func:`exact_match` is whitespace-stripped equality and
+:func:`normalized_match` also case-folds, collapses inner whitespace and drops surrounding punctuation.
 :class:`CausalEvaluator` has the encoder :class:`lorakit.eval.encoder.Evaluator`'s interface
 (``correct``, ``correct_tasks``, ``score_tasks``, ``individual``), so
 :func:`lorakit.run.search.select_and_report` chooses λ on validation exactly as on the encoder track.
@@ -16,13 +19,15 @@ split :math:`S`,
 from __future__ import annotations
 
 import hashlib
+import re
+import string
 import time
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from ..data.models import load_base, load_tokenizer, quiet
-from ..causal import _ids, exact_match, greedy_generate, normalized_match
+from ..data.generative import encode_prompts, eos_token_id, pad_token_id, token_ids
 from ..errors import LorakitError
 from .encoder import TaskScorer
 from ..data.generative import GenerativeTaskData
@@ -86,7 +91,7 @@ class CausalEvaluator(TaskScorer):
     def _new_tokens(self, data: GenerativeTaskData) -> int:
         """The longest target of the task in tokens, + 1 for eos, capped at :data:`MAX_NEW_TOKENS`."""
         targets = [t for split in ("train", "val", "test") for t in getattr(data, split)[1]]
-        longest = max((len(_ids(self.tokenizer, " " + t.strip())) for t in targets), default=1)
+        longest = max((len(token_ids(self.tokenizer, " " + t.strip())) for t in targets), default=1)
         return min(longest + 1, int(self.profile.extra.get("max_new_tokens", MAX_NEW_TOKENS)))
 
     def _check(self, deltas: Mapping[str, torch.Tensor]) -> None:
@@ -109,7 +114,7 @@ class CausalEvaluator(TaskScorer):
                               max_length=self.profile.max_length, batch_size=self.profile.eval_batch_size)
         self.seconds += time.perf_counter() - t0
         self.prompts_generated += len(prompts)
-        self.new_tokens += sum(len(_ids(self.tokenizer, o)) + 1 for o in out)
+        self.new_tokens += sum(len(token_ids(self.tokenizer, o)) + 1 for o in out)
         return out
 
     def predictions_many(self, deltas: Mapping[str, torch.Tensor], keys: Sequence[tuple[str, str]]) -> dict:
@@ -180,3 +185,55 @@ class CausalEvaluator(TaskScorer):
         return {"prompts": self.prompts_generated, "new_tokens": self.new_tokens, "seconds": round(self.seconds, 2),
                 "prompts_per_second": round(self.prompts_generated / s, 2),
                 "new_tokens_per_second": round(self.new_tokens / s, 2)}
+
+
+@torch.inference_mode()
+def greedy_generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, max_length: int = 256,
+                    batch_size: int = 32) -> list[str]:
+    """Greedy continuations of ``prompts`` (in their order), up to ``max_new_tokens`` or eos.
+
+    Prompts are sorted by token length so each batch pads little, left-padded (:func:`encode_prompts`)
+    and decoded with ``model.generate`` (KV cache, ``do_sample=False``); only the new tokens are
+    decoded, special tokens dropped, each string stripped.
+    """
+    was_training = model.training
+    model.eval()
+    eos, pad = eos_token_id(tokenizer), pad_token_id(tokenizer)
+    lengths = [len(token_ids(tokenizer, p)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    out: list[str] = [""] * len(prompts)
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = encode_prompts(tokenizer, [prompts[i] for i in idx], max_length)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=pad, num_beams=1)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            for row, i in zip(new.tolist(), idx):
+                if eos in row:
+                    row = row[:row.index(eos)]
+                out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def exact_match(prediction: str, target: str) -> bool:
+    """``prediction`` equals ``target`` after stripping surrounding whitespace."""
+    return prediction.strip() == target.strip()
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_answer(text: str) -> str:
+    """Case-folded, inner whitespace collapsed to one space, surrounding whitespace and punctuation removed."""
+    return _SPACE.sub(" ", text.casefold()).strip().strip(string.punctuation + " ")
+
+
+def normalized_match(prediction: str, target: str) -> bool:
+    """:func:`normalize_answer` of both sides are equal (``"Walked."`` matches ``"walked"``)."""
+    return normalize_answer(prediction) == normalize_answer(target)
+

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
-from ..causal import exact_match, normalize_answer
+from ..eval.causal import exact_match, normalize_answer
 from ..errors import LorakitError
 from ..data.generative import load_generative_task
 from .reference import reference_dir

@@ -23,9 +23,9 @@ from typing import Mapping, Sequence
 
 from ..data.models import model_kind
 from .encoder import Log, write_results
-from ..causal import exact_match
+from ..eval.causal import exact_match
 from ..eval.causal import CausalEvaluator
-from ..causal_profiles import get_causal_profile
+from ..profiles import get_causal_profile
 from ..train.causal import prepare_causal_init_A, train_all_causal
 from ..errors import LorakitError
 from ..fsutil import atomic_folder

@@ -1,12 +1,19 @@
 r"""The causal-LM track's adapters: one LoRA adapter per generative task (no head), cached; its A initialisations.
 
 :func:`train_causal_adapter` fine-tunes :math:`s\,BA` on the profile's target modules of the causal
-base model (:func:`lorakit.causal.train_causal_lora`: loss on the target tokens only) and caches the
+base model (:func:`train_causal_lora`: loss on the target tokens only) and caches the
 PEFT adapter folder under a key of everything that changes it, as the encoder track's
 :func:`lorakit.train.encoder.train_adapter` does; the result is a :class:`lorakit.train.encoder.TrainedAdapter` with
 an empty head. :func:`prepare_causal_init_A` gives every registered init of :mod:`lorakit.train.inits` on a
 causal model: OSRM's ``A_t`` from the other tasks' **prompt-token** features (left-padded prompts,
 padding masked: :func:`lorakit.osrm.osrm_init`), or the random-orthonormal control.
+
+The loss is on the target and eos only (labels of :func:`lorakit.data.generative.encode_for_training`):
+
+.. math:: \mathcal L = -\frac{1}{|\mathcal T|}\sum_{t \in \mathcal T} \log p_\theta(x_t \mid x_{<t}),
+   \qquad \mathcal T = \{t : \ell_t \ne -100\}
+
+(:func:`masked_lm_loss`; logits at position :math:`t - 1` predict token :math:`t`; logits ``(batch, length, vocab)``).
 """
 
 from __future__ import annotations
@@ -17,18 +24,20 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .. import __version__
 from ..data.models import cache_dir, load_base, load_tokenizer, quiet
 from .cache import cache_key
-from ..causal import encode_prompts, train_causal_lora
+from ..data.generative import IGNORE_INDEX, encode_for_training, encode_prompts
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
 from ..data.generative import GenerativeTaskData
+from .loop import optimizer_step, set_seed, warmup_linear_schedule
 from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
 from ..lora.peft import read_adapter
-from ..osrm import find_linear_modules, osrm_init_from_inputs, osrm_options
-from ..profiles import Profile, apply_threads
+from ..osrm import find_linear_modules, init_lora_A, osrm_init_from_inputs, osrm_options
+from ..profiles import LLAMA_ATTENTION_TARGETS, Profile, apply_threads
 from .encoder import TrainedAdapter, tensor_digest
 
 CAUSAL_CACHE_VERSION = 1  # bump when train_causal_lora changes what it produces
@@ -106,7 +115,7 @@ def train_all_causal(data: Mapping[str, GenerativeTaskData], p: Profile, init: s
 
 
 def prompt_batches(tokenizer, prompts: Sequence[str], max_length: int, batch_size: int) -> list[dict]:
-    """Left-padded batches of ``prompts`` (:func:`lorakit.causal.encode_prompts`): OSRM's feature input."""
+    """Left-padded batches of ``prompts`` (:func:`lorakit.data.generative.encode_prompts`): OSRM's feature input."""
     return [encode_prompts(tokenizer, prompts[i:i + batch_size], max_length) for i in range(0, len(prompts), batch_size)]
 
 
@@ -144,3 +153,73 @@ def prepare_causal_init_A(init: str, data: Mapping[str, GenerativeTaskData], p: 
     model = load_base(p.model)
     shapes = {m: int(model.get_submodule(m).in_features) for m in find_linear_modules(model, p.target_modules)}
     return {t: random_orthonormal_A(shapes, p.rank, task_seed(seed, t, "per_task")) for t in data}
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r""":math:`\mathcal L` of the module docstring: mean next-token cross-entropy over the positions whose
+    label is not ``-100``. ``logits (B, L, V)`` at position t predict ``labels[:, t + 1]``."""
+    shifted, target = logits[:, :-1, :], labels[:, 1:]
+    if not bool((target != IGNORE_INDEX).any()):
+        raise LorakitError("no target tokens to train on: every label is masked")
+    if shifted.dtype in (torch.float16, torch.bfloat16):  # half-precision logits: the softmax in float32
+        shifted = shifted.float()
+    return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], *, steps: int,
+                      batch_size: int = 8, lr: float = 2e-3, rank: int = 8, alpha: float = 16,
+                      target_modules: Sequence[str] = LLAMA_ATTENTION_TARGETS, max_length: int = 64,
+                      seed: int = 0, progress: bool = False, init_A: Mapping[str, torch.Tensor] | None = None,
+                      freeze_A: bool = False, init_lora_weights: bool | str = True):
+    r"""Fine-tune LoRA factors on ``model`` (a causal LM, wrapped by peft here) for prompt → target.
+
+    Minimises :func:`masked_lm_loss` (target tokens and eos only) with AdamW and lorakit's schedule
+    (:func:`lorakit.train.loop.warmup_linear_schedule`); batches of ``batch_size`` drawn without replacement
+    from a ``seed``-ed permutation, cut to their longest row. No head: the LM head and embeddings stay
+    frozen. Returns ``(peft_model, updates, losses)``: ``updates`` is
+    :func:`lorakit.lora.peft.read_adapter` of the trained model, ``{module: LoRAUpdate}`` with
+    ``A (r, d_in)``, ``B (d_out, r)``, scaling ``alpha / r`` (for grouped-query attention ``k_proj`` and
+    ``v_proj`` have ``d_out = n_kv_heads · head_dim``, smaller than ``q_proj``'s).
+
+    ``init_A`` (``{module: A (r × d_in)}``, OSRM's or a control's, :mod:`lorakit.train.inits`) is written
+    into ``lora_A`` with ``lora_B ← 0`` before the first step (:func:`lorakit.osrm.init_lora_A`);
+    ``freeze_A`` trains ``B`` only; ``init_lora_weights`` is peft's (``True`` Kaiming-uniform A,
+    ``"gaussian"``).
+    """
+    from peft import LoraConfig, get_peft_model  # lazy: peft imports transformers
+    from tqdm.auto import tqdm
+
+    if steps < 1 or batch_size < 1:
+        raise LorakitError(f"steps and batch_size must be ≥ 1, got {steps} and {batch_size}")
+    enc = encode_for_training(tokenizer, prompts, targets, max_length)
+    set_seed(seed)
+    config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha, target_modules=list(target_modules),
+                        lora_dropout=0.0, init_lora_weights=init_lora_weights)
+    peft_model = get_peft_model(model, config)
+    if init_A:
+        init_lora_A(peft_model, init_A, freeze_A=freeze_A)
+    elif freeze_A:
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)
+    params = [q for q in peft_model.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = warmup_linear_schedule(optimizer, steps)
+    gen = torch.Generator().manual_seed(seed)
+    n = enc["input_ids"].shape[0]
+    order, cursor, losses = torch.randperm(n, generator=gen), 0, []
+    device = next(peft_model.parameters()).device
+    peft_model.train()
+    for _ in tqdm(range(steps), desc="train causal LoRA", disable=not progress, leave=False):
+        if cursor + min(batch_size, n) > n:
+            order, cursor = torch.randperm(n, generator=gen), 0
+        idx = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        width = int(enc["attention_mask"][idx].sum(1).max())
+        batch = {k: v[idx, :width].to(device) for k, v in enc.items()}
+        logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        value = optimizer_step(masked_lm_loss(logits, batch["labels"]), optimizer, schedule, "causal LoRA training")
+        losses.append(round(value, 5))
+    peft_model.eval()
+    return peft_model, read_adapter(peft_model), losses
+

@@ -37,7 +37,7 @@ P = setup()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.causal_profiles import CAUSAL_PROFILES, LEXICON_TASKS, get_causal_profile
+from lorakit.profiles import CAUSAL_PROFILES, LEXICON_TASKS, get_causal_profile
 from lorakit.data.generative import load_generative_task
 
 C = get_causal_profile(P.name)
@@ -58,7 +58,7 @@ for name in LEXICON_TASKS:
 # \qquad \mathcal T = \{t > P\},$$
 #
 # implemented by labels $\ell_t = x_t$ for $t > P$ and $\ell_t = -100$ (ignored) on the prompt and
-# the padding (`lorakit.causal.encode_for_training`, `masked_lm_loss`). The target is tokenised on
+# the padding (`lorakit.data.generative.encode_for_training`, `masked_lm_loss`). The target is tokenised on
 # its own, with a leading space, so the boundary is exactly where generation will start; the eos
 # label teaches the model to *stop*, without which exact match fails on every extra word.
 
@@ -71,7 +71,8 @@ base = load_base(C.model).eval()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lorakit.causal import IGNORE_INDEX, encode_for_training, masked_lm_loss
+from lorakit.data.generative import IGNORE_INDEX, encode_for_training
+from lorakit.train.causal import masked_lm_loss
 
 past = load_generative_task("verb_past", profile=C)
 enc = encode_for_training(tok, past.prompts("train")[:2], past.train[1][:2], max_length=C.max_length)
@@ -95,7 +96,7 @@ print(f"masked loss of the base model on the answers: {out.loss.item():.3f} nats
 # %% [markdown]
 # ## 3. Greedy decoding, left padding, and the floor
 #
-# Scoring generates each answer greedily (`lorakit.causal.greedy_generate`): prompts of one batch
+# Scoring generates each answer greedily (`lorakit.eval.causal.greedy_generate`): prompts of one batch
 # are **left**-padded, so every row's next token sits in the same column, and `model.generate`
 # reuses its key/value cache, so each new token costs one position, not the whole prompt again.
 # Exact match compares the decoded answer (up to eos) with the target after stripping spaces.
@@ -104,7 +105,7 @@ print(f"masked loss of the base model on the answers: {out.loss.item():.3f} nats
 # inflection, but nothing tells it to answer with one word and stop:
 
 # %%
-from lorakit.causal import exact_match, greedy_generate
+from lorakit.eval.causal import exact_match, greedy_generate
 
 show = {t: load_generative_task(t, profile=C) for t in C.tasks}
 for t, d in show.items():

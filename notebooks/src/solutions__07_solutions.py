@@ -14,7 +14,7 @@ print(f"exercise 3 uses {ref_name}, seeds {ref['seeds']}")
 
 # %% [markdown]
 # **1.** One label per token of `prompt + target + [eos]`: −100 on the prompt, the tokens themselves
-# on the target and eos. No shift: transformers (and `lorakit.causal.masked_lm_loss`) compare the
+# on the target and eos. No shift: transformers (and `lorakit.train.causal.masked_lm_loss`) compare the
 # logits at position $t-1$ with the label at $t$.
 
 # %%

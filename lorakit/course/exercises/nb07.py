@@ -1,6 +1,6 @@
 r"""Exercise checkers of notebook 07 (the causal-LM track): loss masking, normalized match, what merged models get wrong.
 
-Symbols as in :mod:`lorakit.causal`: prompt tokens :math:`x_1..x_P`, target tokens :math:`y_1..y_T`,
+Symbols as in :mod:`lorakit.data.generative`: prompt tokens :math:`x_1..x_P`, target tokens :math:`y_1..y_T`,
 then eos; the labels of the sequence :math:`(x, y, \text{eos})` are :math:`-100` on the prompt and the
 tokens themselves on the target and eos (transformers shifts them by one inside its loss).
 """
@@ -11,7 +11,8 @@ import random
 from collections import Counter
 from typing import Callable, Mapping, Sequence
 
-from ...causal import IGNORE_INDEX, normalized_match
+from ...data.generative import IGNORE_INDEX
+from ...eval.causal import normalized_match
 from ...results.causal import ANSWER_KINDS, answer_kinds
 from ._common import check_choice as _check_choice, ok as _ok, report_prediction as _report_prediction
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lorakit.train.cache import cache_key, cached_init_A, texts_digest
-from lorakit.osrm import osrm_options, osrm_recipe
+from lorakit.train.inits import osrm_options, osrm_recipe
 from lorakit.profiles import get_profile
 
 

@@ -306,7 +306,7 @@ def test_bfloat16_generation_sums_w0_and_delta_in_float32_first(profile, data, t
 def test_selection_keeps_the_first_point_when_no_adapter_learned_anything():
     """Individual accuracy 0 on every task makes every point's normalized score NaN (a causal adapter can learn
     nothing in a few steps): the first point is kept and reported, instead of no point at all."""
-    from lorakit.eval.encoder import TaskScorer
+    from lorakit.eval.scorer import TaskScorer
     from lorakit.run.search import select_and_report
 
     class Scorer(TaskScorer):

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from lorakit.cli import main
-from lorakit.results.tables import decode_correct, record_correct
+from lorakit.eval.correctness import decode_correct, record_correct
 
 
 def run_cli(*args, env=None):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lorakit.course import exercises
-from lorakit.results.correctness import record_correct
+from lorakit.eval.correctness import record_correct
 from lorakit.errors import LorakitError
 from lorakit.course.exercises import nb06
 from lorakit.results.reference import reference_runs

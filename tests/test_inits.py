@@ -29,7 +29,8 @@ from lorakit.train.inits import (
     random_orthonormal_A,
     task_seed,
 )
-from lorakit.osrm import init_geometry, leave_one_out_subspaces, osrm_init_for_tasks, own_energy_fraction, subspace
+from lorakit.osrm import init_geometry, leave_one_out_subspaces, own_energy_fraction, subspace
+from lorakit.train.inits import osrm_init_for_tasks
 from lorakit.profiles import Profile, get_profile
 from lorakit.data.tasks import load_task
 from lorakit.train.encoder import cache_key, train_adapter, train_config

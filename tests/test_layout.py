@@ -137,7 +137,7 @@ def test_cli_import_stays_light():
 #: lorakit-internal imports allowed inside a function (so the circle test above still sees every
 #: other dependency): ``(module, imported module) → why``.
 LAZY_INTERNAL = {
-    ("lorakit.run.encoder", "lorakit.results.plots"): "plots imports matplotlib; only writing a run's figures needs it",
+    ("lorakit.run.grid", "lorakit.results.plots"): "plots imports matplotlib; only writing a run's figures needs it",
 }
 
 
@@ -191,15 +191,15 @@ def _code_strings(tree: ast.Module) -> list[ast.Constant]:
 
 
 def test_peft_key_names_only_in_lora():
-    """PEFT's ``base_model.model.`` prefix and ``lora_A.weight`` key layout are spelled out in lorakit.lora.peft only."""
+    """PEFT's ``base_model.model.`` prefix and ``lora_A.weight`` key layout are spelled out in lorakit.lora (names, peft) only."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "peft.py" and path.parent == PACKAGE / "lora":
+        if path.parent == PACKAGE / "lora" and path.name in ("names.py", "peft.py"):
             continue
         for node in _code_strings(ast.parse(path.read_text(), str(path))):
             if "base_model.model" in node.value or ".lora_A.weight" in node.value or ".lora_B.weight" in node.value:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r}")
-    assert not found, f"PEFT key names outside lorakit.lora.peft (use peft_key / peft_lora_key): {found}"
+    assert not found, f"PEFT key names outside lorakit.lora (use peft_key / peft_lora_key): {found}"
 
 
 def test_one_atomic_writer():
@@ -214,3 +214,60 @@ def test_one_atomic_writer():
                     node.func.value, ast.Name) and node.func.value.id in ("os", "tempfile"):
                 calls.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.func.value.id}.{node.func.attr}")
     assert not calls, f"hand-written atomic writes (use lorakit.fsutil): {calls}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Floors: each package imports only the packages below it (docs/layout.md of the team's spec)
+# ----------------------------------------------------------------------------------------------
+
+#: package (or ground module) → floor; a module imports only lower floors, or its own package
+FLOORS = {
+    "lorakit.errors": 0,
+    "lorakit": 1, "lorakit.fsutil": 1, "lorakit.profiles": 1, "lorakit.stats": 1,  # lorakit: __version__
+    "lorakit.lora": 2, "lorakit.data": 2,
+    "lorakit.merge": 3, "lorakit.osrm": 3,
+    "lorakit.train": 4, "lorakit.adapters": 4,
+    "lorakit.eval": 5,
+    "lorakit.results": 6,
+    "lorakit.run": 7, "lorakit.course": 7,
+    "lorakit.cli": 8,
+}
+MAX_TOP_LEVEL = 17
+
+
+def home(module: str) -> str:
+    """The entry of :data:`FLOORS` a module belongs to (``lorakit.run.grid`` → ``lorakit.run``)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def test_every_module_has_a_floor_and_lorakit_has_few_entries():
+    assert {home(m) for m in module_files()} <= set(FLOORS), "a new subpackage needs its floor in FLOORS"
+    entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert len(entries) <= MAX_TOP_LEVEL, sorted(entries)
+
+
+def test_no_import_goes_up_or_sideways_a_floor():
+    bad = []
+    for module, deps in import_graph().items():
+        for dep in deps:
+            a, b = home(module), home(dep)
+            if a == b:
+                continue
+            if FLOORS[b] >= FLOORS[a]:
+                bad.append(f"{module} (floor {FLOORS[a]}) imports {dep} (floor {FLOORS[b]})")
+    assert not bad, "imports that go up or sideways a floor:\n" + "\n".join(sorted(bad))
+
+
+def test_math_below_io_and_tracks_apart():
+    """merge/ and osrm/ read LoRA math from lora.update, never the PEFT I/O of lora.peft; no track's
+    causal.py imports an encoder.py, nor the reverse."""
+    bad = []
+    for module, deps in import_graph().items():
+        if home(module) in ("lorakit.merge", "lorakit.osrm") and "lorakit.lora.peft" in deps:
+            bad.append(f"{module} imports lorakit.lora.peft")
+        leaf = module.rsplit(".", 1)[-1]
+        for dep in deps:
+            if {leaf, dep.rsplit(".", 1)[-1]} == {"causal", "encoder"}:
+                bad.append(f"{module} imports {dep}")
+    assert not bad, bad

@@ -561,7 +561,7 @@ def test_minilm_osrm_init_end_to_end():
 def test_osrm_init_for_tasks_on_ci_profile_real_data():
     """The benchmark's entry point: real task texts, MiniLM, the ci profile's rank and targets."""
     from lorakit.data.models import load_base, load_tokenizer
-    from lorakit.osrm import osrm_init_for_tasks
+    from lorakit.train.inits import osrm_init_for_tasks
     from lorakit.profiles import get_profile
     from lorakit.data.tasks import load_task
 
@@ -591,6 +591,5 @@ def test_package_reexports_every_public_name():
 
     for name in osrm.__all__:
         assert getattr(osrm, name) is not None, name
-    assert osrm.PEFT_PREFIX is lorakit.lora.peft.PEFT_PREFIX
     assert osrm.collect_features.__module__ == "lorakit.osrm.features"
     assert osrm.subspace.__module__ == "lorakit.osrm.subspace"

@@ -306,7 +306,7 @@ def test_variant_pairs_skip_names_this_registry_does_not_know():
 def test_per_example_correctness_round_trips(n):
     import numpy as np
 
-    from lorakit.results.tables import decode_correct, encode_correct
+    from lorakit.eval.correctness import decode_correct, encode_correct
 
     bits = np.random.default_rng(n).random(n) < 0.6
     encoded = encode_correct(bits)
@@ -315,7 +315,7 @@ def test_per_example_correctness_round_trips(n):
 
 
 def test_malformed_per_example_correctness_is_a_one_line_error():
-    from lorakit.results.tables import decode_correct, record_correct
+    from lorakit.eval.correctness import decode_correct, record_correct
 
     with pytest.raises(LorakitError, match="re-run the benchmark"):
         decode_correct({"n": 20, "bits": "AA=="})  # 8 bits for 20 examples

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lorakit.results.correctness import decode_correct, record_correct
+from lorakit.eval.correctness import decode_correct, record_correct
 from lorakit.results.reference import claims_report, reference_runs, run_setting
 from lorakit.results.tables import load_results
 

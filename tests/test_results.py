@@ -13,7 +13,8 @@ import pytest
 
 from lorakit.errors import LorakitError
 from lorakit.results.metrics import metric_interval, metric_row, tasks_at_or_below_majority
-from lorakit.results.tables import encode_correct, format_table, summary_rows
+from lorakit.results.tables import format_table, summary_rows
+from lorakit.eval.correctness import encode_correct
 
 TASKS = {"a": 240, "b": 160, "c": 200}
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.eval.encoder import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator
+from lorakit.eval.scorer import normalized_accuracy
 from lorakit.run.search import select_and_report
 from lorakit.errors import LorakitError
 from lorakit.train.encoder import cache_key, load_trained, train_adapter, train_config
@@ -384,7 +385,7 @@ def test_cached_embedding_output_follows_in_place_changes_to_the_embeddings(ci_a
 def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
     """``correct`` un-sorts the length-sorted set: index i is the split's example i, as HF predicts it."""
     from lorakit.data.models import load_base, load_tokenizer
-    from lorakit.results.tables import decode_correct, encode_correct
+    from lorakit.eval.correctness import decode_correct, encode_correct
     from lorakit.train.encoder import encode_texts, predict
 
     task = "rt_subjectivity"
@@ -409,7 +410,7 @@ def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
 def test_bf16_packed_path_keeps_delta_apart_and_agrees_with_float32(ci_adapters):
     """eval_dtype=bfloat16: logits within bf16 rounding of float32's (W_0 + ΔW formed in float32 first:
     the same logits as rounding the merged weights), and predictions equal on almost every text."""
-    from lorakit.eval.packed_bert import native_bf16
+    from lorakit.profiles import native_bf16
 
     task = "election_tweets"
     adapter = ci_adapters[task]

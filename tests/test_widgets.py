@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.eval.encoder import normalized_accuracy
-from lorakit.results.tables import mean
+from lorakit.eval.scorer import normalized_accuracy
+from lorakit.eval.correctness import mean
 from lorakit.run.search import select_and_report
 from lorakit.course.widgets import (
     available_splits,

@@ -43,7 +43,8 @@ from lorakit.eval.encoder import Evaluator
 from lorakit.lora.update import LoRAUpdate
 from lorakit.profiles import get_profile
 from lorakit.results.tables import machine_description
-from lorakit.train.encoder import TrainedAdapter, train_adapter
+from lorakit.train.encoder import train_adapter
+from lorakit.train.loop import TrainedAdapter
 
 
 # --- the old evaluation, frozen (lorakit.train.loop.predict and Evaluator.score before the packed path) ---

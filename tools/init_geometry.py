@@ -26,7 +26,7 @@ from pathlib import Path
 def geometry_of_run(folder: Path, progress: bool = True) -> dict:
     from lorakit.errors import LorakitError
     from lorakit.train.inits import init_depends_on_seed, init_geometry_for_tasks
-    from lorakit.osrm import osrm_init_for_tasks
+    from lorakit.train.inits import osrm_init_for_tasks
     from lorakit.profiles import get_profile
 
     res = json.loads((folder / "results.json").read_text())

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from ..data.models import model_kind
-from ..run.encoder import run_benchmark, write_results
+from ..run.encoder import run_benchmark
+from ..run.grid import write_results
 from ..run.causal import run_causal_benchmark, write_predictions
 from ..run.combine import combine_run_folders
 from ..errors import LorakitError

@@ -29,11 +29,10 @@ import torch
 from ..data.models import load_base, load_tokenizer, quiet
 from ..data.generative import encode_prompts, eos_token_id, pad_token_id, token_ids
 from ..errors import LorakitError
-from .encoder import TaskScorer
+from .scorer import TaskScorer
 from ..data.generative import GenerativeTaskData
 from ..osrm import find_linear_modules
-from .packed_bert import resolve_eval_dtype
-from ..profiles import Profile, get_profile
+from ..profiles import Profile, get_profile, resolve_eval_dtype
 
 SPLITS = ("val", "test")
 #: cap of the new tokens generated per prompt (the longest target of the task + eos decides below it)

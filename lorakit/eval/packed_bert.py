@@ -19,7 +19,6 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from ..errors import LorakitError
 
 
 def onednn_linear_works() -> bool:
@@ -43,40 +42,6 @@ def onednn_linear_works() -> bool:
 
 _ONEDNN: bool | None = None
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-
-#: compute dtypes of the packed path (``Profile.eval_dtype``); ``auto`` resolves with :func:`resolve_eval_dtype`
-EVAL_DTYPES = ("float32", "bfloat16", "auto")
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AMX-BF16 or AVX512-BF16) and oneDNN supports it.
-
-    Without native support oneDNN emulates bf16 GEMMs, which is slower than float32, so ``auto``
-    keeps float32 there.
-    """
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-        flags = open("/proc/cpuinfo").read()
-    except (OSError, AttributeError, RuntimeError):
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
-def resolve_eval_dtype(name: str, device: str = "cpu") -> torch.dtype:
-    """``float32`` / ``bfloat16`` / ``auto`` → the packed path's compute dtype.
-
-    ``auto``: bfloat16 on a CPU with native bf16 GEMMs (:func:`native_bf16`), else float32. bfloat16
-    keeps 8 bits of mantissa: logits move by about 1e-2 and a prediction flips only where two
-    classes' logits are that close (on the ``cpu`` profile's tasks, a few in a thousand texts). Every
-    method of a run is scored with the same dtype, so paired comparisons stay paired.
-    """
-    if name not in EVAL_DTYPES:
-        raise LorakitError(f"unknown eval_dtype {name!r}; choose one of {', '.join(EVAL_DTYPES)}")
-    if name == "auto":
-        return torch.bfloat16 if str(device) == "cpu" and native_bf16() else torch.float32
-    return torch.bfloat16 if name == "bfloat16" else torch.float32
-
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """``F.linear`` (then the exact, erf GELU if ``gelu``), through oneDNN on the CPU when it works:

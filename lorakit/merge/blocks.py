@@ -25,7 +25,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 
 #: Entries (all N tasks together) in one block of the chunked kernels; see the module docstring.
 BLOCK_ENTRIES = 1 << 20

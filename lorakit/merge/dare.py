@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 from .blocks import (
     DenseBlocks,
     FactorBlocks,

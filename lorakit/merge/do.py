@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lora.measures import column_magnitudes, norm_dim
-from ..lora.peft import LoRAUpdate, check_compatible
+from ..lora.update import LoRAUpdate, check_compatible
 from .ortho import ORTHO_GAMMA, ORTHO_LR, ORTHO_OPTIONS, ORTHO_STEPS, OrthoReport, orthogonalize_factors
 from .registry import BASE_PARAMS, METHODS, is_bool, is_int, is_real, register
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 from .registry import BASE_PARAMS, METHODS, is_bool, register
 
 

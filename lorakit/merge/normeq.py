@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 from .registry import register
 from .task_arithmetic import task_arithmetic_merge
 

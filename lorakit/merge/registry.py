@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LorakitError
-from ..lora.peft import LoRAUpdate, check_compatible
+from ..lora.update import LoRAUpdate, check_compatible
 
 #: The parameters an outer method (KnOTS, DO-Merging) forwards to its ``base``, with their defaults.
 BASE_DEFAULTS: Mapping[str, Any] = MappingProxyType(

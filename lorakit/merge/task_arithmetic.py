@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 from .blocks import compute_dtype
 from .registry import register
 

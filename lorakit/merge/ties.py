@@ -39,7 +39,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 from .blocks import DenseBlocks, FactorBlocks, TaskBlocks, elect_disjoint_mean_
 from .registry import register
 

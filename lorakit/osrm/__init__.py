@@ -52,18 +52,9 @@ public name is importable from ``lorakit.osrm`` itself.
 
 from __future__ import annotations
 
-from ..lora.peft import PEFT_PREFIX  # noqa: F401  (the old lorakit.osrm.PEFT_PREFIX; peft naming lives in lora)
 from .features import FEATURE_MODES, collect_features
 from .geometry import init_geometry, own_energy_fraction
-from .init_lora import (
-    OSRM_DEFAULTS,
-    init_lora_A,
-    osrm_init,
-    osrm_init_for_tasks,
-    osrm_init_from_inputs,
-    osrm_options,
-    osrm_recipe,
-)
+from .init_lora import init_lora_A, osrm_init
 from .interference import (
     Counterexample,
     counterexample,
@@ -75,8 +66,7 @@ from .modules import find_linear_modules
 from .subspace import TIE_RTOL, leave_one_out_subspaces, subspace, subspace_from_gram
 
 __all__ = [
-    "FEATURE_MODES", "OSRM_DEFAULTS", "PEFT_PREFIX", "TIE_RTOL", "Counterexample", "collect_features",
+    "FEATURE_MODES", "TIE_RTOL", "Counterexample", "collect_features",
     "counterexample", "find_linear_modules", "init_geometry", "init_lora_A", "interference_matrix",
-    "interference_ratio", "leave_one_out_subspaces", "mean_interference_ratio", "osrm_init", "osrm_init_for_tasks",
-    "osrm_init_from_inputs", "osrm_options", "osrm_recipe", "own_energy_fraction", "subspace", "subspace_from_gram",
+    "interference_ratio", "leave_one_out_subspaces", "mean_interference_ratio", "osrm_init", "own_energy_fraction", "subspace", "subspace_from_gram",
 ]

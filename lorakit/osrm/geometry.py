@@ -28,7 +28,7 @@ import torch
 
 from ..lora.measures import row_space_projector, subspace_overlap
 from ..errors import LorakitError
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 
 
 def _as_update(A: torch.Tensor) -> LoRAUpdate:

@@ -11,12 +11,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from ..data.models import load_base, load_tokenizer
-from ..train.cache import cached_init_A, texts_digest
 from ..errors import LorakitError
-from ..lora.peft import peft_key
-from ..profiles import get_profile
-from ..data.tasks import load_task
+from ..lora.names import peft_key
 from .features import collect_features
 from .modules import _resolve_modules, find_linear_modules
 from .subspace import leave_one_out_subspaces
@@ -120,91 +116,3 @@ def osrm_init(
     }
     subspaces = leave_one_out_subspaces(features, r)
     return (subspaces, features) if return_features else subspaces
-
-
-# Defaults of osrm_init_for_tasks; a profile's ``extra`` dict overrides them under these keys.
-OSRM_DEFAULTS = {"osrm_samples": 100, "osrm_mode": "tokens", "osrm_max_rows": 2048, "osrm_seed": 0}
-
-
-def osrm_init_for_tasks(
-    tasks: Sequence[str], profile=None, progress: bool = True, mode: str | None = None,
-    return_features: bool = False,
-):
-    """:func:`osrm_init` for registry tasks in a run profile (what ``lorakit run`` uses for ``init=osrm``).
-
-    Features come from the first ``osrm_samples`` training texts of each task (100, as in the
-    official code), tokenized to the profile's ``max_length`` with padding masked, on the
-    profile's base model (its sequence-classification model, whose module names ``train``'s
-    peft models share) and device; ``target_modules`` and ``rank`` are the profile's. The
-    profile's ``extra`` may override :data:`OSRM_DEFAULTS` (``osrm_samples``, ``osrm_mode``,
-    ``osrm_max_rows`` rows kept per module and task, ``osrm_seed``). ``A`` is kept on disk by its
-    recipe (:func:`osrm_recipe`, :func:`lorakit.train.cache.cached_init_A`): another thread count changes its
-    last bits, and with them the cache key of every adapter trained from it.
-
-    Args:
-        mode: the feature mode, overriding the profile's ``osrm_mode``: ``"task_mean"`` is the
-            official code's variant (one masked mean vector per task and module, docs/methods.md §2.4).
-        return_features: also return the features ``{task: {module: H_j}}`` the subspaces were built from.
-
-    Returns:
-        ``{task: {module: A_t (rank × d_in, float64)}}``, or ``(that, features)`` with ``return_features``.
-    """
-    p = get_profile(profile)
-    opts = osrm_options(p, mode)
-    texts = {}
-    for task in tasks:
-        texts[task] = load_task(task, profile=p).train[0][: opts["osrm_samples"]]
-        if not texts[task]:
-            raise LorakitError(f"task {task} has no training texts to compute OSRM features from")
-
-    def encode(tokenizer, t: Sequence[str]) -> list[dict]:
-        return [dict(tokenizer(t[i : i + p.eval_batch_size], truncation=True, max_length=p.max_length,
-                               padding=True, return_tensors="pt"))
-                for i in range(0, len(t), p.eval_batch_size)]
-
-    return osrm_init_from_inputs(p, texts, opts, "encoder", lambda: load_base(p.model, num_labels=2, device=p.device),
-                                 encode, progress=progress, return_features=return_features)
-
-
-def osrm_init_from_inputs(
-    p, inputs: Mapping[str, Sequence[str]], opts: Mapping, track: str, load_model: Callable[[], torch.nn.Module],
-    encode: Callable[[object, Sequence[str]], list[dict]], progress: bool = False, return_features: bool = False,
-):
-    """:func:`osrm_init` on the profile's model from each task's feature inputs (texts or prompts), ``A`` cached.
-
-    ``load_model()`` gives the base model, ``encode(tokenizer, inputs)`` one task's batches; both run
-    only when ``A`` is not yet on disk under its recipe (:func:`osrm_recipe`,
-    :func:`lorakit.train.cache.cached_init_A`). With ``return_features`` it computes and caches nothing.
-    """
-    def compute():
-        tokenizer = load_tokenizer(p.model)
-        model = load_model()
-        return osrm_init(
-            model, {t: encode(tokenizer, x) for t, x in inputs.items()}, find_linear_modules(model, p.target_modules),
-            p.rank, mode=opts["osrm_mode"], max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"],
-            progress=progress, return_features=return_features,
-        )
-
-    if return_features:
-        return compute()
-    return cached_init_A(osrm_recipe(p, inputs, opts, track), compute)
-
-
-def osrm_options(p, mode: str | None = None) -> dict:
-    """:data:`OSRM_DEFAULTS` with the profile's ``extra`` overrides, and ``mode`` (when given) as ``osrm_mode``."""
-    opts = {**OSRM_DEFAULTS, **{k: v for k, v in (p.extra or {}).items() if k in OSRM_DEFAULTS}}
-    if mode is not None:
-        opts["osrm_mode"] = mode
-    return opts
-
-
-def osrm_recipe(p, texts: Mapping[str, Sequence[str]], opts: Mapping, track: str) -> dict:
-    """What OSRM-INIT's ``A`` depends on beyond rounding: the cache key of :func:`lorakit.train.cache.cached_init_A`.
-
-    Each task's feature inputs (a digest of its texts or prompts, in order), the model, target
-    modules, rank, ``max_length`` and the OSRM options; not the thread count, batch size or device,
-    which change only the last bits.
-    """
-    return {"init": f"osrm-{opts['osrm_mode']}", "track": track, "model": p.model, "rank": p.rank,
-            "target_modules": list(p.target_modules), "max_length": p.max_length, "options": dict(opts),
-            "texts": {t: texts_digest(x) for t, x in texts.items()}}

@@ -17,7 +17,7 @@ from typing import Mapping, NamedTuple
 import torch
 
 from ..errors import LorakitError
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 
 
 def _feature_response(update: LoRAUpdate, H: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import LorakitError
-from ..lora.peft import peft_key, strip_peft_prefix
+from ..lora.names import peft_key, strip_peft_prefix
 
 
 def _resolve_modules(model: torch.nn.Module, module_names: Iterable[str]) -> dict[str, torch.nn.Module]:

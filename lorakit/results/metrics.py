@@ -38,7 +38,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .correctness import decode_correct
+from ..eval.correctness import decode_correct
 from ..errors import LorakitError
 from ..stats.bootstrap import ScoresBootstrap, bootstrap_scores, data_accuracies, percentile_interval, resampled_accuracies
 from ..stats.paired import floor_adjusted_normalized

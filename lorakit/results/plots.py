@@ -10,7 +10,8 @@ from typing import Mapping
 import matplotlib.pyplot as plt  # matplotlib falls back to Agg without a display
 
 from .metrics import METRIC_LABELS
-from .tables import lambda_curve, mean, summary_rows
+from .tables import lambda_curve, summary_rows
+from ..eval.correctness import mean
 from ..stats.paired import paired_t_interval
 
 

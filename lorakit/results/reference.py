@@ -27,7 +27,8 @@ from .claims import (  # noqa: F401  (ClaimRow, variant_pairs: public here too)
 from ..errors import LorakitError
 from ..fsutil import checkout_data_dir
 from .metrics import can_bootstrap, check_metric
-from .tables import load_results, mean, summary_rows
+from .tables import load_results, summary_rows
+from ..eval.correctness import mean
 
 
 def reference_dir() -> Path:

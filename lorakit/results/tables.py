@@ -19,16 +19,9 @@ from typing import Iterable, Mapping
 
 import torch
 
-# per-example correctness lives in lorakit.results.correctness; these names stay importable from here
-from .correctness import decode_correct, encode_correct, record_correct  # noqa: F401
+from ..eval.correctness import mean
 from ..errors import LorakitError
 from .metrics import METRICS, can_bootstrap, has_floor, metric_row, seed_std, tasks_at_or_below_majority
-
-
-def mean(values: Iterable[float]) -> float:
-    """The mean of ``values`` ignoring NaNs; NaN when nothing is left."""
-    values = [v for v in values if v == v]
-    return sum(values) / len(values) if values else float("nan")
 
 
 def machine_description(device: str = "cpu") -> dict:

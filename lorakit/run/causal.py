@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..data.models import model_kind
-from .encoder import Log, write_results
+from .grid import Log, write_results
 from ..eval.causal import exact_match
 from ..eval.causal import CausalEvaluator
 from ..profiles import get_causal_profile
@@ -33,7 +33,7 @@ from ..data.generative import GenerativeTaskData, load_generative_task
 from ..train.inits import get_init, task_seed
 from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads
-from ..results.tables import mean
+from ..eval.correctness import mean
 from .grid import Track, run_grid
 from ..data.tasks import get_card, list_tasks
 

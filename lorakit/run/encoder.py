@@ -11,6 +11,8 @@ normalizer), merges all of them with each method, picks the method's hyperparame
 
 from __future__ import annotations
 
+from .grid import write_results
+
 import datetime as _dt
 import json
 import os
@@ -30,9 +32,6 @@ from ..results.tables import format_table, run_note
 from .grid import Track, run_grid
 from ..data.tasks import TaskData, get_card, load_task
 from ..train.encoder import task_seed, train_all
-
-Log = Callable[[str], object]
-
 
 def run_benchmark(
     profile: str | Profile | None = None,
@@ -111,14 +110,3 @@ ENCODER = Track(
 )
 
 
-def write_results(results: Mapping, folder: Path, figures: bool = True) -> None:
-    """``results.json``, ``results.md``, ``RUN.md`` and (``figures=True``) the figures into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    (folder / "results.md").write_text(format_table(results))
-    (folder / "RUN.md").write_text(run_note(results))
-    if figures:
-        from ..results.plots import plot_results  # lazy: matplotlib is slow to import and only needed for figures
-
-        plot_results(results, folder)

@@ -13,18 +13,21 @@ describe the tasks, prepare OSRM's ``A``, train the adapters, and what the track
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import __version__
 from ..lora.measures import magnitude_variance
-from ..eval.encoder import TaskScorer, accuracies
+from ..eval.scorer import TaskScorer, accuracies
 from ..train.inits import init_depends_on_seed, init_uses_A
 from ..merge import METHODS, resolve_variant
 from ..profiles import Profile
 from .progress import RunProgress
-from ..results.tables import encode_correct, machine_description, mean
+from ..results.tables import format_table, machine_description, run_note
+from ..eval.correctness import encode_correct, mean
 from .search import PreparedSources, search_method
 
 Log = Callable[[str], object]
@@ -173,3 +176,16 @@ def merge_methods(evaluator: TaskScorer, adapters: Mapping, tasks: Sequence[str]
         if bar is not None:
             bar.step(f"{init} seed {seed}: {method}")
     return records
+
+
+def write_results(results: Mapping, folder: Path, figures: bool = True) -> None:
+    """``results.json``, ``results.md``, ``RUN.md`` and (``figures=True``) the figures into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    (folder / "results.md").write_text(format_table(results))
+    (folder / "RUN.md").write_text(run_note(results))
+    if figures:
+        from ..results.plots import plot_results  # lazy: matplotlib is slow to import and only needed for figures
+
+        plot_results(results, folder)

@@ -25,9 +25,10 @@ from ..merge import merge_adapters
 from .mv_study import (FT_LR_FACTORS, MAJORITY_MARGIN, claim_a_record, claim_b_record, claim_c_record, group_mv,
                        merge_dense, pair_mv_matrix, task_groups, tune_full_ft)
 from ..profiles import Profile, apply_threads, get_profile
-from ..results.tables import decode_correct
+from ..eval.correctness import decode_correct
 from .search import method_grid, select_and_report
-from ..train.encoder import TrainedAdapter, train_all
+from ..train.encoder import train_all
+from ..train.loop import TrainedAdapter
 
 CLAIM_A_METHODS = ("task_arithmetic", "ties", "dare")
 CLAIM_C_LAMS = (0.4, 0.7, 1.0)

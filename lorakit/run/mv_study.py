@@ -37,7 +37,8 @@ from ..stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one
 from ..profiles import Profile, get_profile
 from ..stats.paired import paired_t_interval, verdict
 from ..data.tasks import load_task
-from ..train.encoder import TrainedAdapter, task_seed, train_full
+from ..train.encoder import task_seed, train_full
+from ..train.loop import TrainedAdapter
 
 #: full-FT weight learning rates tried, as multiples of train_full's default ``lr / 20``; the ci profile
 #: chose × 3 (the top of (1/3, 1, 3)) for two of its three tasks, hence the × 10 point

@@ -25,11 +25,11 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from ..errors import LorakitError
-from ..eval.encoder import TaskScorer, accuracies, normalized_accuracy
+from ..eval.scorer import TaskScorer, accuracies, normalized_accuracy
 from ..lora.peft import LoRAUpdate
 from ..merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from ..profiles import Profile
-from ..results.tables import encode_correct, mean
+from ..eval.correctness import encode_correct, mean
 
 Refine = Callable[[Mapping], Sequence[dict]]
 

@@ -62,3 +62,16 @@ def cached_init_A(recipe: Mapping, compute: Callable[[], InitA], cache: bool = T
         torch.save({t: {m: a.detach().cpu().contiguous() for m, a in mods.items()} for t, mods in result.items()},
                    tmp)
     return result
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor] | None) -> str | None:
+    """A short content hash of named tensors (for cache keys)."""
+    if not tensors:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().float().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]

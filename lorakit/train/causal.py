@@ -34,11 +34,13 @@ from ..errors import LorakitError
 from ..fsutil import atomic_folder
 from ..data.generative import GenerativeTaskData
 from .loop import optimizer_step, set_seed, warmup_linear_schedule
-from .inits import get_init, init_freezes_A, init_uses_A, peft_init, random_orthonormal_A, task_seed
+from .inits import (get_init, init_freezes_A, init_uses_A, osrm_init_from_inputs, osrm_options, peft_init,
+                    random_orthonormal_A, task_seed)
 from ..lora.peft import read_adapter
-from ..osrm import find_linear_modules, init_lora_A, osrm_init_from_inputs, osrm_options
+from ..osrm import find_linear_modules, init_lora_A
 from ..profiles import LLAMA_ATTENTION_TARGETS, Profile, apply_threads
-from .encoder import TrainedAdapter, tensor_digest
+from .cache import tensor_digest
+from .loop import TrainedAdapter
 
 CAUSAL_CACHE_VERSION = 1  # bump when train_causal_lora changes what it produces
 
@@ -126,7 +128,7 @@ def causal_osrm_init(data: Mapping[str, GenerativeTaskData], p: Profile, mode: s
     The features ``H_j`` of task ``j`` are the inputs of each target module over the first
     ``osrm_samples`` training **prompts** (no target, so the subspace does not see the answers),
     left-padded with the padding masked out; the rest is the encoder track's
-    (:func:`lorakit.osrm.osrm_init` with the profile's :data:`lorakit.osrm.OSRM_DEFAULTS` overrides).
+    (:func:`lorakit.osrm.osrm_init` with the profile's :data:`lorakit.train.inits.OSRM_DEFAULTS` overrides).
     ``A`` is kept on disk by its recipe (:func:`lorakit.train.cache.cached_init_A`), so a run on another
     thread count starts from the same bits and finds the same cached adapters.
     """

@@ -8,6 +8,10 @@ adapters instead of retraining.
 
 from __future__ import annotations
 
+from .cache import tensor_digest
+
+from .loop import TrainedAdapter
+
 import hashlib
 import json
 import os
@@ -35,46 +39,6 @@ from ..data.tasks import TaskData, load_task
 
 INITS = INIT_NAMES  # the old name; the registry is lorakit.train.inits
 TRAIN_CACHE_VERSION = 1  # bump when the training loop changes what it produces
-
-
-@dataclass
-class TrainedAdapter:
-    """One task's fine-tuned LoRA adapter and head.
-
-    Attributes:
-        task: task name.
-        updates: ``{module name: LoRAUpdate}`` (module names of the base model).
-        head: ``{"classifier.weight": (K, d), "classifier.bias": (K,)}``.
-        label_names: the task's label names (K of them).
-        metrics: ``val_acc``, ``test_acc``, ``train_loss`` (per step), ``seconds``, ``steps``.
-        config: everything that went into the cache key.
-        path: the cached PEFT adapter folder.
-    """
-
-    task: str
-    updates: dict[str, LoRAUpdate]
-    head: dict[str, torch.Tensor]
-    label_names: list[str]
-    metrics: dict
-    config: dict
-    path: Path | None = None
-
-    @property
-    def deltas(self) -> dict[str, torch.Tensor]:
-        return {m: u.delta() for m, u in self.updates.items()}
-
-
-def tensor_digest(tensors: Mapping[str, torch.Tensor] | None) -> str | None:
-    """A short content hash of named tensors (for cache keys)."""
-    if not tensors:
-        return None
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().float().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def train_config(task: str, profile: Profile, init: str, freeze_A: bool, seed: int, init_A=None, lr=None) -> dict:

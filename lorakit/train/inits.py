@@ -9,7 +9,7 @@ Every init starts ``B = 0`` (so :math:`\Delta W = s B A = 0` at step 0) and diff
   :math:`A_{kl} \sim N(0, 1/r^2)`, row norm ≈ :math:`\sqrt{d_{in}}/r`. The official OSRM code's
   ``LoraConfig`` and its baseline LoRA (docs/methods.md §2.3, §2.5).
 * ``osrm`` — OSRM's leave-one-out subspace of the other tasks' features
-  (:func:`lorakit.osrm.osrm_init_for_tasks`; orthonormal rows, so row norm 1).
+  (:func:`osrm_init_for_tasks`; orthonormal rows, so row norm 1).
 * ``random_orthonormal`` — the scale-matched control of ``osrm``: per task and module a uniformly
   random ``r``-dimensional subspace, :math:`A = Q^\top` from the QR of a seeded
   ``d_in × r`` Gaussian (signs fixed by ``diag(R) > 0``), so ``A Aᵀ = I_r`` and every row has
@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
-from ..data.models import load_base
+from ..data.models import load_base, load_tokenizer
 from ..errors import LorakitError
+from .cache import cached_init_A, texts_digest
 from .loop import set_seed
 from ..lora.peft import read_adapter
 from ..merge.registry import layer_seed
-from ..osrm import find_linear_modules, init_geometry, osrm_init_for_tasks
+from ..osrm import find_linear_modules, init_geometry, osrm_init
 from ..profiles import Profile, get_profile
 from ..data.tasks import load_task
 
@@ -216,7 +217,7 @@ def init_geometry_for_tasks(init: str, tasks: Sequence[str], profile=None, seed:
                             progress: bool = False, osrm_A_and_features: tuple | None = None) -> dict:
     """:func:`lorakit.osrm.init_geometry` of ``init`` on registry tasks: overlap and own-task energy.
 
-    Features are those :func:`lorakit.osrm.osrm_init_for_tasks` collects with the profile's settings
+    Features are those :func:`osrm_init_for_tasks` collects with the profile's settings
     (per-token by default, the first ``osrm_samples`` training texts); ``A`` is
     :func:`prepare_init_A`'s, or :func:`peft_A` for peft's inits. Pass ``osrm_A_and_features``
     (what ``osrm_init_for_tasks(..., return_features=True)`` returns) to reuse one collection for
@@ -234,3 +235,95 @@ def init_geometry_for_tasks(init: str, tasks: Sequence[str], profile=None, seed:
     else:
         A = prepare_init_A(init, tasks, p, seed, progress)
     return {"init": init, "seed": seed, **init_geometry(A, features)}
+
+
+# ----------------------------------------------------------------------------------------------
+# OSRM-INIT for a run: features from the profile's tasks and model, A cached by its recipe
+# ----------------------------------------------------------------------------------------------
+
+# Defaults of osrm_init_for_tasks; a profile's ``extra`` dict overrides them under these keys.
+OSRM_DEFAULTS = {"osrm_samples": 100, "osrm_mode": "tokens", "osrm_max_rows": 2048, "osrm_seed": 0}
+
+
+def osrm_init_for_tasks(
+    tasks: Sequence[str], profile=None, progress: bool = True, mode: str | None = None,
+    return_features: bool = False,
+):
+    """:func:`osrm_init` for registry tasks in a run profile (what ``lorakit run`` uses for ``init=osrm``).
+
+    Features come from the first ``osrm_samples`` training texts of each task (100, as in the
+    official code), tokenized to the profile's ``max_length`` with padding masked, on the
+    profile's base model (its sequence-classification model, whose module names ``train``'s
+    peft models share) and device; ``target_modules`` and ``rank`` are the profile's. The
+    profile's ``extra`` may override :data:`OSRM_DEFAULTS` (``osrm_samples``, ``osrm_mode``,
+    ``osrm_max_rows`` rows kept per module and task, ``osrm_seed``). ``A`` is kept on disk by its
+    recipe (:func:`osrm_recipe`, :func:`lorakit.train.cache.cached_init_A`): another thread count changes its
+    last bits, and with them the cache key of every adapter trained from it.
+
+    Args:
+        mode: the feature mode, overriding the profile's ``osrm_mode``: ``"task_mean"`` is the
+            official code's variant (one masked mean vector per task and module, docs/methods.md §2.4).
+        return_features: also return the features ``{task: {module: H_j}}`` the subspaces were built from.
+
+    Returns:
+        ``{task: {module: A_t (rank × d_in, float64)}}``, or ``(that, features)`` with ``return_features``.
+    """
+    p = get_profile(profile)
+    opts = osrm_options(p, mode)
+    texts = {}
+    for task in tasks:
+        texts[task] = load_task(task, profile=p).train[0][: opts["osrm_samples"]]
+        if not texts[task]:
+            raise LorakitError(f"task {task} has no training texts to compute OSRM features from")
+
+    def encode(tokenizer, t: Sequence[str]) -> list[dict]:
+        return [dict(tokenizer(t[i : i + p.eval_batch_size], truncation=True, max_length=p.max_length,
+                               padding=True, return_tensors="pt"))
+                for i in range(0, len(t), p.eval_batch_size)]
+
+    return osrm_init_from_inputs(p, texts, opts, "encoder", lambda: load_base(p.model, num_labels=2, device=p.device),
+                                 encode, progress=progress, return_features=return_features)
+
+
+def osrm_init_from_inputs(
+    p, inputs: Mapping[str, Sequence[str]], opts: Mapping, track: str, load_model: Callable[[], torch.nn.Module],
+    encode: Callable[[object, Sequence[str]], list[dict]], progress: bool = False, return_features: bool = False,
+):
+    """:func:`osrm_init` on the profile's model from each task's feature inputs (texts or prompts), ``A`` cached.
+
+    ``load_model()`` gives the base model, ``encode(tokenizer, inputs)`` one task's batches; both run
+    only when ``A`` is not yet on disk under its recipe (:func:`osrm_recipe`,
+    :func:`lorakit.train.cache.cached_init_A`). With ``return_features`` it computes and caches nothing.
+    """
+    def compute():
+        tokenizer = load_tokenizer(p.model)
+        model = load_model()
+        return osrm_init(
+            model, {t: encode(tokenizer, x) for t, x in inputs.items()}, find_linear_modules(model, p.target_modules),
+            p.rank, mode=opts["osrm_mode"], max_rows_per_module=opts["osrm_max_rows"], seed=opts["osrm_seed"],
+            progress=progress, return_features=return_features,
+        )
+
+    if return_features:
+        return compute()
+    return cached_init_A(osrm_recipe(p, inputs, opts, track), compute)
+
+
+def osrm_options(p, mode: str | None = None) -> dict:
+    """:data:`OSRM_DEFAULTS` with the profile's ``extra`` overrides, and ``mode`` (when given) as ``osrm_mode``."""
+    opts = {**OSRM_DEFAULTS, **{k: v for k, v in (p.extra or {}).items() if k in OSRM_DEFAULTS}}
+    if mode is not None:
+        opts["osrm_mode"] = mode
+    return opts
+
+
+def osrm_recipe(p, texts: Mapping[str, Sequence[str]], opts: Mapping, track: str) -> dict:
+    """What OSRM-INIT's ``A`` depends on beyond rounding: the cache key of :func:`lorakit.train.cache.cached_init_A`.
+
+    Each task's feature inputs (a digest of its texts or prompts, in order), the model, target
+    modules, rank, ``max_length`` and the OSRM options; not the thread count, batch size or device,
+    which change only the last bits.
+    """
+    return {"init": f"osrm-{opts['osrm_mode']}", "track": track, "model": p.model, "rank": p.rank,
+            "target_modules": list(p.target_modules), "max_length": p.max_length, "options": dict(opts),
+            "texts": {t: texts_digest(x) for t, x in texts.items()}}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -16,9 +18,9 @@ import torch
 
 from ..data.models import load_tokenizer
 from ..errors import LorakitError
-from ..eval.packed_bert import resolve_eval_dtype
-from ..profiles import Profile
+from ..profiles import Profile, resolve_eval_dtype
 from ..data.tasks import TaskData
+from ..lora.update import LoRAUpdate
 
 
 def set_seed(seed: int) -> None:
@@ -132,3 +134,30 @@ def _task_metrics(model, data: TaskData, p: Profile, tokenizer) -> dict:
         "test_acc": accuracy(model, encode_texts(tokenizer, data.test[0], p.max_length), data.test[1], p.eval_batch_size, p.device),
         "majority_test": data.majority_baseline("test"),
     }
+
+
+@dataclass
+class TrainedAdapter:
+    """One task's fine-tuned LoRA adapter and head.
+
+    Attributes:
+        task: task name.
+        updates: ``{module name: LoRAUpdate}`` (module names of the base model).
+        head: ``{"classifier.weight": (K, d), "classifier.bias": (K,)}``.
+        label_names: the task's label names (K of them).
+        metrics: ``val_acc``, ``test_acc``, ``train_loss`` (per step), ``seconds``, ``steps``.
+        config: everything that went into the cache key.
+        path: the cached PEFT adapter folder.
+    """
+
+    task: str
+    updates: dict[str, LoRAUpdate]
+    head: dict[str, torch.Tensor]
+    label_names: list[str]
+    metrics: dict
+    config: dict
+    path: Path | None = None
+
+    @property
+    def deltas(self) -> dict[str, torch.Tensor]:
+        return {m: u.delta() for m, u in self.updates.items()}

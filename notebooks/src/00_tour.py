@@ -79,7 +79,8 @@ for t, a in adapters.items():
 # its individual level (normalized accuracy = merged ÷ individual = 1).
 
 # %%
-from lorakit.eval.encoder import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator
+from lorakit.eval.scorer import normalized_accuracy
 from lorakit.merge import merge_adapters
 
 ev = Evaluator(tasks, P)

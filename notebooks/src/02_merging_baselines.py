@@ -459,8 +459,9 @@ print(f"relative error of ΔW over {len(true_sum)} layers: linear {min(errors['l
 # NBVAL_CHECK_OUTPUT
 import copy
 from lorakit.data.models import load_tokenizer
-from lorakit.eval.encoder import Evaluator, normalized_accuracy
-from lorakit.results.tables import mean
+from lorakit.eval.encoder import Evaluator
+from lorakit.eval.scorer import normalized_accuracy
+from lorakit.eval.correctness import mean
 from lorakit.run.search import method_grid, select_and_report
 from lorakit.merge import merge_adapters
 

@@ -289,7 +289,7 @@ print(f"{len(names)} modules; H has one row per non-padding token ({n_tokens} of
 
 # %%
 import time
-from lorakit.osrm import OSRM_DEFAULTS, osrm_init_for_tasks
+from lorakit.train.inits import OSRM_DEFAULTS, osrm_init_for_tasks
 
 t0 = time.perf_counter()
 A_by_task = osrm_init_for_tasks(tasks, P, progress=False)     # {task: {module: A_t (r × d_in)}}
@@ -526,7 +526,8 @@ print(f"predicted mean R for frozen OSRM subspaces {float(R_pred[off].mean()):.2
 # `lorakit.results.tables.summary_rows`.
 
 # %%
-from lorakit.eval.encoder import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator
+from lorakit.eval.scorer import normalized_accuracy
 from lorakit.merge import resolve_variant
 from lorakit.results.tables import summary_rows
 from lorakit.run.search import method_grid, select_and_report

@@ -517,7 +517,8 @@ print(f"all {len(reports)} layers: largest ρ on A {rho_max['A']:.3f}, on B {rho
 
 # %%
 from lorakit.data.models import load_base, load_tokenizer
-from lorakit.osrm import OSRM_DEFAULTS, collect_features, interference_matrix
+from lorakit.osrm import collect_features, interference_matrix
+from lorakit.train.inits import OSRM_DEFAULTS
 from lorakit.data.tasks import load_task
 
 tok, base = load_tokenizer(P.model), load_base(P.model, num_labels=2)

@@ -301,7 +301,7 @@ if "random_orthonormal" in geom["inits"]:
 # %%
 # NBVAL_CHECK_OUTPUT
 import numpy as np
-from lorakit.results.correctness import decode_correct
+from lorakit.eval.correctness import decode_correct
 from lorakit.stats.paired import paired_bootstrap
 
 def entries(results, key, init):

@@ -7,7 +7,8 @@
 # %%
 from lorakit.course.notebook import setup
 from lorakit.course import exercises
-from lorakit.eval.encoder import Evaluator, normalized_accuracy
+from lorakit.eval.encoder import Evaluator
+from lorakit.eval.scorer import normalized_accuracy
 from lorakit.train.encoder import train_adapter
 
 P = setup()

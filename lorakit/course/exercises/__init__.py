@@ -3,7 +3,7 @@
 Each ``check_*`` function takes the learner's answer (usually a function), tests it against
 lorakit's reference implementation on fresh random inputs, and either prints a short success line
 or raises ``AssertionError`` with a hint. The solutions notebooks call the same checkers, so
-``from lorakit import exercises; exercises.check_lora_delta(...)`` works for every notebook.
+``from lorakit.course import exercises; exercises.check_lora_delta(...)`` works for every notebook.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ...results.correctness import encode_correct
+from ...eval.correctness import encode_correct
 from ...errors import LorakitError
 from ...results.metrics import merged_scores, seeds_of
 from ...results.reference import claims_report, reference_runs

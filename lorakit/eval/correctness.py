@@ -8,7 +8,7 @@ of them can be compared example by example later (:mod:`lorakit.results.metrics`
 from __future__ import annotations
 
 import base64
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -44,3 +44,9 @@ def record_correct(record: Mapping, task: str) -> np.ndarray:
     if "test_correct" not in record:
         raise LorakitError("this run has no per-example predictions (made before they were recorded); re-run it")
     return decode_correct(record["test_correct"][task])
+
+
+def mean(values: Iterable[float]) -> float:
+    """The mean of ``values`` ignoring NaNs; NaN when nothing is left."""
+    values = [v for v in values if v == v]
+    return sum(values) / len(values) if values else float("nan")

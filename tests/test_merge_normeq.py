@@ -19,10 +19,10 @@ from transformers import AutoModelForSequenceClassification
 
 from lorakit.errors import LorakitError
 from lorakit.lora.peft import LoRAUpdate, read_adapter
+from lorakit.adapters.merge_folders import merge_adapter_folders
 from lorakit.merge import (
     METHODS,
     factored_frobenius_sq,
-    merge_adapter_folders,
     merge_adapters,
     merge_layer,
     normeq_coefficients,

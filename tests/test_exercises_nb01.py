@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lorakit.course import exercises
-from lorakit.lora.peft import lora_delta, lora_scaling
+from lorakit.lora.update import lora_delta, lora_scaling
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__01_solutions.py"
 

@@ -13,7 +13,7 @@ import torch
 
 from lorakit.course import exercises
 from lorakit.course.exercises.nb04 import centered_subspace, graded_features
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.osrm import interference_ratio, subspace
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "solutions__04_solutions.py"

@@ -24,7 +24,7 @@ TEXTS = ["a gripping, beautifully shot film", "the plot follows a young detectiv
 
 def _clear_caches() -> None:
     tasks_mod.task_cards.cache_clear()
-    tasks_mod._read_pools.cache_clear()
+    tasks_mod.read_pools.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +170,7 @@ def test_default_task_that_cannot_be_read_is_skipped_named_one_fails(tmp_path, m
         return (("good film", "subjective"), ("a plot", "objective")), None
 
     monkeypatch.setattr(export_mod, "default_export_tasks", lambda: ["rt_subjectivity", "fine_foods"])
-    monkeypatch.setattr(tasks_mod, "_read_pools", fake_pools)
+    monkeypatch.setattr(tasks_mod, "read_pools", fake_pools)
     notes = []
     export_data(tmp_path / "a", log=notes.append)
     manifest = verify_export(tmp_path / "a")

@@ -15,7 +15,6 @@ import json
 import socket
 
 import pytest
-import torch
 
 import lorakit.data.tasks as tasks_mod
 from lorakit.run.encoder import run_benchmark
@@ -61,18 +60,18 @@ def test_gpu_profile_is_what_this_test_runs():
 @pytest.mark.slow
 def test_encoder_gpu_profile_runs_end_to_end_from_an_export(cuda_branches, tmp_path, monkeypatch):
     monkeypatch.delenv("LORAKIT_DATA", raising=False)
-    tasks_mod.task_cards.cache_clear(), tasks_mod._read_pools.cache_clear()
+    tasks_mod.task_cards.cache_clear(), tasks_mod.read_pools.cache_clear()
     export = export_data(tmp_path / "gpu-data", tasks=ENCODER_TASKS, log=lambda s: None)
     monkeypatch.setenv("LORAKIT_DATA", str(export))
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(tasks_mod, "_package_file", _refuse)  # every task must come from the export
-    tasks_mod.task_cards.cache_clear(), tasks_mod._read_pools.cache_clear()
+    tasks_mod.task_cards.cache_clear(), tasks_mod.read_pools.cache_clear()
     try:
         res = run_benchmark("gpu", tasks=ENCODER_TASKS, methods=METHODS, out=tmp_path / "run", progress=False,
                             figures=False, log=lambda s: None, **TOY)
     finally:
-        tasks_mod.task_cards.cache_clear(), tasks_mod._read_pools.cache_clear()
+        tasks_mod.task_cards.cache_clear(), tasks_mod.read_pools.cache_clear()
     assert cuda_branches and set(cuda_branches) == {"cpu"}  # asked, and refused: the generic path scored
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["profile"] == "gpu" and saved["profile_config"]["test_curves"] is True

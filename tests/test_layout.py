@@ -271,3 +271,29 @@ def test_math_below_io_and_tracks_apart():
             if {leaf, dep.rsplit(".", 1)[-1]} == {"causal", "encoder"}:
                 bad.append(f"{module} imports {dep}")
     assert not bad, bad
+
+
+def test_no_private_name_crosses_a_module_and_no_reexport():
+    """No ``_name`` is imported from another lorakit module; a module imports a lorakit name only from the
+    module that defines it (a package's ``__init__`` may gather its own package's names)."""
+    files = module_files()
+    defined = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(), str(path))
+        defined[module] = {getattr(n, "name", None) for n in tree.body} | {
+            t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    bad = []
+    for module, path in files.items():
+        for node in import_time_imports(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            source = _targets(node, module, path.name == "__init__.py")[0]
+            if source not in files or files[source].name == "__init__.py":
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    bad.append(f"{module} imports the private {source}.{alias.name}")
+                elif alias.name not in defined[source]:
+                    bad.append(f"{module} imports {alias.name} from {source}, which only re-exports it")
+    assert not bad, bad

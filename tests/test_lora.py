@@ -22,27 +22,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora.peft import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    ADAPTER_WEIGHTS_BIN,
-    PEFT_PREFIX,
-    LoRAUpdate,
-    adapter_deltas,
-    apply_deltas,
-    check_compatible,
-    factorize_delta,
-    lora_delta,
-    lora_scaling,
-    parse_peft_lora_key,
-    peft_key,
-    peft_lora_key,
-    read_adapter,
-    read_head,
-    strip_peft_prefix,
-    write_adapter,
-    write_merged,
-)
+from lorakit.lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_BIN, apply_deltas, read_adapter, read_head, write_adapter, write_merged
+from lorakit.lora.names import PEFT_PREFIX, parse_peft_lora_key, peft_key, peft_lora_key, strip_peft_prefix
+from lorakit.lora.update import LoRAUpdate, adapter_deltas, check_compatible, factorize_delta, lora_delta, lora_scaling
 
 torch.set_num_threads(1)
 transformers.logging.set_verbosity_error()

@@ -13,7 +13,7 @@ from peft.utils import merge_utils as pm
 
 from lorakit.lora.measures import direction_share
 from lorakit.errors import LorakitError
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.merge import (
     METHODS,
     MergeMethod,
@@ -615,7 +615,7 @@ def test_orthogonalising_once_then_merging_without_it_equals_do_bit_for_bit():
 
 def test_precompute_capability_gives_the_same_merge_bit_for_bit():
     """A registered ``precompute`` (DO's orthogonalisation) done once equals the method doing it itself."""
-    from lorakit.lora.peft import LoRAUpdate
+    from lorakit.lora.update import LoRAUpdate
     from lorakit.merge import METHODS, merge_adapters
 
     gen = torch.Generator().manual_seed(7)

@@ -27,7 +27,8 @@ from test_lora import MODULES, VOCAB, batch, logits, lora_layers, tiny_bert
 from transformers import AutoModelForSequenceClassification
 
 from lorakit.cli import main
-from lorakit.lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAUpdate, factorize_delta, read_adapter, read_head
+from lorakit.lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter, read_head
+from lorakit.lora.update import LoRAUpdate, factorize_delta
 from lorakit.merge import METHODS, merge_adapters
 from lorakit.cli.merge import parse_params, parse_value
 from lorakit.adapters.merge_folders import SUMMARY_FILE, merge_adapter_folders

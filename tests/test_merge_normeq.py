@@ -18,7 +18,8 @@ from test_merge_cli import cli, max_diff, peft_deltas_of, zoo  # noqa: F401  (zo
 from transformers import AutoModelForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora.peft import LoRAUpdate, read_adapter
+from lorakit.lora.update import LoRAUpdate
+from lorakit.lora.peft import read_adapter
 from lorakit.adapters.merge_folders import merge_adapter_folders
 from lorakit.merge import (
     METHODS,

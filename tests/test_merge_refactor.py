@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.lora.peft import factorize_delta
+from lorakit.lora.update import factorize_delta
 from lorakit.adapters.factors import RSVD_OVERSAMPLE, randomized_factors, refactor_dense, use_randomized
 
 

@@ -12,7 +12,7 @@ from peft.utils import merge_utils as pm
 
 from lorakit.run.bench import random_updates
 from lorakit.run.timing import peak_memory as _peak, reset_peak as _reset_peak
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.merge import blocks, dare, disjoint_mean, elect_sign, merge_layer, ties, trim_topk
 from lorakit.merge.blocks import FactorBlocks, bernoulli_keep, elect_disjoint_mean_, row_spans, stack_deltas
 

@@ -14,7 +14,7 @@ import torch
 from lorakit.lora.measures import magnitude_variance_pairwise
 from lorakit.stats.correlation import spearman_rho
 from lorakit.errors import LorakitError
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.merge import merge_adapters
 from lorakit.stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                               normalized_difference, pair_bootstrap_over_tasks)
@@ -155,7 +155,7 @@ def test_tune_full_ft_keeps_and_excludes_with_per_task_seeds():
         return SimpleNamespace(metrics={"val_acc": val, "test_acc": val - 0.01}, task=task)
 
     from lorakit.profiles import get_profile
-    from lorakit.train.encoder import task_seed
+    from lorakit.train.inits import task_seed
 
     p = get_profile("ci", task_seeds="per_task")
     good = tune_full_ft("rt_subjectivity", p, [1e-4, 1e-3], seeds=(0, 1), train_fn=fake)

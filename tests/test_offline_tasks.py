@@ -29,7 +29,7 @@ import lorakit.data.tasks as tasks
 from lorakit.profiles import CAUSAL_PROFILES
 from lorakit.data.generative import load_generative_task
 from lorakit.profiles import PROFILES
-from lorakit.data.splits import _cut_splits
+from lorakit.data.splits import cut_splits
 
 #: the fewest test examples a task may give, per (track, profile) that may fall short of its ask; the causal
 #: adjective tasks hold 787 lemmas, so 158 test examples in gpu (the evidence issue rebuilds that split)
@@ -63,10 +63,10 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(subprocess, "Popen", refuse)
     monkeypatch.setattr(bigbench, "fetch_folders", refuse)
     tasks.task_cards.cache_clear()
-    tasks._read_pools.cache_clear()
+    tasks.read_pools.cache_clear()
     yield cache
     tasks.task_cards.cache_clear()
-    tasks._read_pools.cache_clear()
+    tasks.read_pools.cache_clear()
     assert not (cache / "bigbench").exists(), "a task wrote into the BIG-bench cache"
 
 
@@ -80,8 +80,8 @@ def test_every_profile_lists_only_offline_sources():
 
 def _capacity(name: str) -> dict[str, int]:
     """Split sizes of the full pools under the split rule (what a profile asking for everything gets)."""
-    train_pool, test_pool = tasks._read_pools(name)
-    train, val, test = _cut_splits(name, train_pool, test_pool)
+    train_pool, test_pool = tasks.read_pools(name)
+    train, val, test = cut_splits(name, train_pool, test_pool)
     return {"train": len(train), "val": len(val), "test": len(test)}
 
 

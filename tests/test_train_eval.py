@@ -10,7 +10,8 @@ from lorakit.eval.encoder import Evaluator
 from lorakit.eval.scorer import normalized_accuracy
 from lorakit.run.search import select_and_report
 from lorakit.errors import LorakitError
-from lorakit.train.encoder import cache_key, load_trained, train_adapter, train_config
+from lorakit.train.cache import cache_key
+from lorakit.train.encoder import load_trained, train_adapter, train_config
 from lorakit.profiles import get_profile
 
 pytestmark = pytest.mark.slow
@@ -97,7 +98,8 @@ def test_normalized_accuracy_definition():
 
 def test_freeze_A_keeps_A_fixed():
     """freeze_A: A stays at its initialisation (compare with a second untrained init of the same seed)."""
-    from lorakit.train.encoder import _make_peft_model, task_seed
+    from lorakit.train.encoder import _make_peft_model
+    from lorakit.train.inits import task_seed
     from lorakit.lora.peft import read_adapter
 
     p = get_profile("ci", steps=2, train_examples=32)
@@ -112,7 +114,7 @@ def test_task_seed_shared_and_per_task():
     """shared: the run's seed for every task; per_task: seed + CRC-32 of the name (checked with binascii)."""
     import binascii
 
-    from lorakit.train.encoder import task_seed
+    from lorakit.train.inits import task_seed
 
     assert task_seed(5, "rt_sentiment") == task_seed(5, "reuters_r8") == 5
     a, b = task_seed(5, "rt_sentiment", "per_task"), task_seed(5, "rt_subjectivity", "per_task")
@@ -386,7 +388,7 @@ def test_correct_is_per_example_in_the_splits_own_order(ci_adapters):
     """``correct`` un-sorts the length-sorted set: index i is the split's example i, as HF predicts it."""
     from lorakit.data.models import load_base, load_tokenizer
     from lorakit.eval.correctness import decode_correct, encode_correct
-    from lorakit.train.encoder import encode_texts, predict
+    from lorakit.train.loop import encode_texts, predict
 
     task = "rt_subjectivity"
     adapter = ci_adapters[task]

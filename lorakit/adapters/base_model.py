@@ -24,7 +24,7 @@ import torch
 
 from ..data.models import quiet, resolve_model_path
 from ..errors import LorakitError
-from ..lora.peft import Adapter
+from ..lora.update import Adapter
 
 #: peft task types whose PeftModel insists on loading a head (modules_to_save) from the adapter.
 HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")

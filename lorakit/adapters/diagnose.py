@@ -68,7 +68,7 @@ from tqdm.auto import tqdm
 
 from ..lora.measures import layer_magnitude_variance
 from ..errors import LorakitError
-from ..lora.peft import LoRAUpdate, check_compatible
+from ..lora.update import LoRAUpdate, check_compatible
 from .sources import check_same_base, read_source
 
 SHARED_A = 0.5

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..errors import LorakitError
-from ..lora.peft import LoRAUpdate, factorize_delta
+from ..lora.update import LoRAUpdate, factorize_delta
 
 
 def weighted(update: LoRAUpdate, weight: float, device: torch.device | str = "cpu") -> LoRAUpdate:

@@ -61,9 +61,11 @@ from tqdm.auto import tqdm
 
 from ..errors import LorakitError
 from ..fsutil import atomic_file, atomic_folder
-from ..lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, adapter_config, check_compatible, peft_key, peft_lora_key
+from ..lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config
+from ..lora.names import PEFT_PREFIX, peft_key, peft_lora_key
+from ..lora.update import check_compatible
 from .base_model import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for, meta_base_for, module_map
-from .plan import DTYPES, FORMATS, MergePlan, check_options, estimate_memory, parse_size  # noqa: F401
+from .plan import DTYPES, MergePlan, check_options, estimate_memory, parse_size
 from .factors import SafetensorsStream
 from ..merge.registry import resolve_params
 from .sources import LORA_BIAS, choose_head, head_modules, read_source, check_same_base

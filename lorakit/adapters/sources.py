@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import LorakitError
-from ..lora.peft import Adapter, read_adapter, read_adapter_config, read_head
-from .base_model import AUTO_CLASSES, HEAD_TASKS, check_base_fits, load_base_for  # noqa: F401  (the old home of these)
+from ..lora.update import Adapter
+from ..lora.peft import read_adapter, read_adapter_config, read_head
 
 #: The key suffix of peft's ``lora_bias`` (a bias on lora_B: ΔW x + Δb with Δb = s·b).
 LORA_BIAS = ".lora_B.bias"

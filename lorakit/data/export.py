@@ -35,12 +35,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from . import tasks as task_sources  # module, not names: _read_pools is looked up at call time (tests patch it)
+from . import tasks as task_sources  # module, not names: read_pools is looked up at call time (tests patch it)
 from .models import PACKAGED_MODELS, resolve_model_path
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
 from ..profiles import PROFILES
-from .tasks import bigbench_cache, cards_dir, get_card
+from .bigbench import bigbench_cache
+from .tasks import cards_dir, get_card
 
 #: Largest allowed export (fp16), in bytes (decimal megabytes: 60 MB).
 EXPORT_LIMIT_BYTES = 60_000_000
@@ -191,7 +192,7 @@ def export_pools(
     for name in names:
         log(f"exporting {name}")
         try:
-            train, test = task_sources._read_pools(name)
+            train, test = task_sources.read_pools(name)
         except LorakitError as exc:
             if explicit:
                 raise

@@ -22,8 +22,8 @@ from typing import Sequence
 import torch
 
 from ..errors import LorakitError
-from .splits import _cut_splits, _split_sizes
-from .tasks import TaskCard, _read_pools, get_card
+from .splits import cut_splits, profile_split_sizes
+from .tasks import TaskCard, read_pools, get_card
 
 IGNORE_INDEX = -100
 PROMPT_TEMPLATE = "{input}\nAnswer:"
@@ -131,18 +131,18 @@ def load_generative_task(name: str, train_examples: int | None = None, val_examp
     a task that would lose more than 5 % of its examples that way is refused: the causal-LM track
     scores exact match of short answers.
     """
-    train_examples, val_examples, test_examples = _split_sizes(profile, train_examples, val_examples, test_examples)
+    train_examples, val_examples, test_examples = profile_split_sizes(profile, train_examples, val_examples, test_examples)
     card = get_card(name)
     if not card.generative:
         raise LorakitError(f"task {name!r} is a classification task (the encoder track): load it with "
                            "lorakit.data.tasks.load_task")
-    train_pool, test_pool = _read_pools(name)
+    train_pool, test_pool = read_pools(name)
     rows = list(train_pool) + list(test_pool or ())
     long = sum(len(t.split()) > card.max_target_words for _, t in rows)
     if long > 0.05 * len(rows):
         raise LorakitError(f"task {name!r} has {long} of {len(rows)} targets over {card.max_target_words} words; "
                            "the generative track needs short targets (raise max_target_words in its card to accept them)")
-    train, val, test = _cut_splits(name, train_pool, test_pool)
+    train, val, test = cut_splits(name, train_pool, test_pool)
 
     def keep(split: list, n: int | None) -> tuple[list[str], list[str]]:
         split = [r for r in split if len(r[1].split()) <= card.max_target_words][: n if n is not None else None]

@@ -83,7 +83,7 @@ def quiet() -> None:
         pass
 
 
-def _package_dir(module: str, distribution: str) -> Path | None:
+def package_dir(module: str, distribution: str) -> Path | None:
     """Folder of an installed package without importing it (some asset packages fail on import)."""
     spec = importlib.util.find_spec(module)
     if spec is not None and spec.submodule_search_locations:
@@ -110,7 +110,7 @@ def resolve_model_path(name: str) -> str:
         info = PACKAGED_MODELS[name]
         if name == "smollm2":
             return str(_smollm2_cache())
-        pkg = _package_dir(info["module"], info["distribution"])
+        pkg = package_dir(info["module"], info["distribution"])
         if pkg is None or not (pkg / info["subdir"] / "config.json").is_file():
             raise LorakitError(
                 f"model {name!r} needs the package {info['distribution']}: run `{install_hint(name)}` "
@@ -135,7 +135,7 @@ def _smollm2_cache() -> Path:
     if (target / "config.json").is_file():
         return target
     info = PACKAGED_MODELS["smollm2"]
-    pkg = _package_dir(info["module"], info["distribution"])
+    pkg = package_dir(info["module"], info["distribution"])
     if pkg is None or not (pkg / info["gguf"]).is_file():
         raise LorakitError(f"model 'smollm2' needs the package {info['distribution']}: run `{install_hint('smollm2')}` "
                            "(or `make venv`, which installs it)")

@@ -23,7 +23,7 @@ def _split(pool: list, fractions: tuple[float, float], rng: random.Random) -> tu
     return pool[:n_train], pool[n_train : n_train + n_val], pool[n_train + n_val :]
 
 
-def _cut_splits(name: str, train_pool, test_pool) -> tuple[list, list, list]:
+def cut_splits(name: str, train_pool, test_pool) -> tuple[list, list, list]:
     """Train / val / test rows of a task's pools: 60/20/20 of one pool (or the train pool and halves of
     the test pool) shuffled with :data:`SPLIT_SEED` and the name; rows whose text is in an earlier split
     are removed from validation and test."""
@@ -41,7 +41,7 @@ def _cut_splits(name: str, train_pool, test_pool) -> tuple[list, list, list]:
     return train, val, test
 
 
-def _split_sizes(profile, train: int | None, val: int | None, test: int | None) -> tuple:
+def profile_split_sizes(profile, train: int | None, val: int | None, test: int | None) -> tuple:
     """Split sizes: the given ones, the profile's where one is None (no profile: None, i.e. all)."""
     if profile is None:
         return train, val, test

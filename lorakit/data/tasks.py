@@ -23,20 +23,13 @@ from pathlib import Path
 
 import yaml
 
-from .models import _package_dir, data_root
-from .bigbench import (  # noqa: F401  (BIGBENCH_SDIST, extract_bigbench: moved there, still importable here)
-    BIGBENCH_SDIST,
-    bigbench_cache,
-    extract_bigbench,
-    fetch_folders,
-    read_generative_json,
-    read_task_json,
-)
+from .models import package_dir, data_root
+from .bigbench import bigbench_cache, fetch_folders, read_generative_json, read_task_json
 from . import corpora
 from ..errors import LorakitError
 from ..fsutil import checkout_data_dir
 from .lexicon import read_inflections
-from .splits import SPLIT_SEED, _cut_splits, _split, _split_sizes  # noqa: F401  (SPLIT_SEED, _split: importable here)
+from .splits import SPLIT_SEED, cut_splits, profile_split_sizes
 
 csv.field_size_limit(2**31 - 1)
 
@@ -160,7 +153,7 @@ def _package_file(card: TaskCard, rel: str) -> Path:
         return root / "raw" / rel
     package = card.source["package"]
     top = rel.split("/")[0]
-    pkg = _package_dir(top, package)
+    pkg = package_dir(top, package)
     if top == "orangecontrib":  # a namespace package: find the distribution's files
         pkg = None
         try:
@@ -313,7 +306,7 @@ def read_exported_pools(path: Path) -> tuple[tuple, tuple | None]:
 
 
 @lru_cache(maxsize=32)
-def _read_pools(name: str) -> tuple[tuple, tuple | None]:
+def read_pools(name: str) -> tuple[tuple, tuple | None]:
     card = get_card(name)
     exported = exported_pools_path(name)
     if exported is not None and exported.is_file():  # the export holds the reader's exact output
@@ -339,13 +332,13 @@ def load_task(
     profile's test set is a prefix of a larger one's; texts that occur in more than one split are
     removed from validation and test.
     """
-    train_examples, val_examples, test_examples = _split_sizes(profile, train_examples, val_examples, test_examples)
+    train_examples, val_examples, test_examples = profile_split_sizes(profile, train_examples, val_examples, test_examples)
     card = get_card(name)
     if card.generative:
         raise LorakitError(f"task {name!r} is generative (the causal-LM track): load it with "
                            "lorakit.data.generative.load_generative_task")
-    train_pool, test_pool = _read_pools(name)
-    train, val, test = _cut_splits(name, train_pool, test_pool)
+    train_pool, test_pool = read_pools(name)
+    train, val, test = cut_splits(name, train_pool, test_pool)
     label_names = list(card.labels) if card.labels else sorted({y for _, y in train_pool} | {y for _, y in (test_pool or ())})
     index = {y: i for i, y in enumerate(label_names)}
 

@@ -14,7 +14,7 @@ the validation split and the score is reported on the test split (:func:`lorakit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -24,8 +24,7 @@ from .packed_bert import PackedBert, PackedSet, onednn_linear_works
 from .scorer import TaskScorer
 from ..profiles import Profile, get_profile, resolve_eval_dtype
 from ..data.tasks import TaskData, load_task
-from ..train.encoder import encode_texts, predict
-from ..train.loop import TrainedAdapter
+from ..train.loop import encode_texts, predict
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence, Union
 import torch
 
 from ..errors import LorakitError
-from .peft import LoRAUpdate
+from .update import LoRAUpdate
 
 Delta = Union[torch.Tensor, LoRAUpdate]
 TaskInput = Union[Delta, Mapping[str, Delta]]

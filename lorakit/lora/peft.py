@@ -33,16 +33,8 @@ from safetensors import SafetensorError
 
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
-from .names import LORA_PARTS, PEFT_PREFIX, parse_peft_lora_key, peft_key, peft_lora_key, strip_peft_prefix
-from .update import (  # noqa: F401  (re-exported: the public names of lorakit.lora.peft)
-    Adapter,
-    LoRAUpdate,
-    adapter_deltas,
-    check_compatible,
-    factorize_delta,
-    lora_delta,
-    lora_scaling,
-)
+from .names import parse_peft_lora_key, peft_key, peft_lora_key, strip_peft_prefix
+from .update import Adapter, LoRAUpdate, lora_scaling
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 import torch
 
 from ..errors import LorakitError
-from .modules import _is_linear, _resolve_modules
+from .modules import is_linear, resolve_modules
 
 FEATURE_MODES = ("tokens", "task_mean")
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -72,9 +72,9 @@ def _adapters_off(model: torch.nn.Module):
 
 def _linear_targets(model: torch.nn.Module, module_names: Iterable[str]) -> dict[str, torch.nn.Module]:
     """``{short name: module}`` for the named modules; each must be a Linear layer (or peft's LoRA wrapper of one)."""
-    modules = _resolve_modules(model, module_names)
+    modules = resolve_modules(model, module_names)
     for name, module in modules.items():
-        if not _is_linear(module):
+        if not is_linear(module):
             raise LorakitError(f"module {name} is a {type(module).__name__}, not a Linear layer; pass Linear modules")
     return modules
 

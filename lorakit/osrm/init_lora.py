@@ -7,14 +7,14 @@ OSRM-INIT (docs/methods.md §2.8): features of every task on the pre-trained mod
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import torch
 
 from ..errors import LorakitError
 from ..lora.names import peft_key
 from .features import collect_features
-from .modules import _resolve_modules, find_linear_modules
+from .modules import resolve_modules
 from .subspace import leave_one_out_subspaces
 
 
@@ -42,7 +42,7 @@ def init_lora_A(
     Returns:
         The initialised module names (relative to the base model).
     """
-    modules = _resolve_modules(peft_model, A_by_module)
+    modules = resolve_modules(peft_model, A_by_module)
     for name, module in modules.items():
         lora_A = getattr(module, "lora_A", None)
         if lora_A is None or not hasattr(lora_A, "keys") or adapter_name not in lora_A.keys():

@@ -10,7 +10,7 @@ from ..errors import LorakitError
 from ..lora.names import peft_key, strip_peft_prefix
 
 
-def _resolve_modules(model: torch.nn.Module, module_names: Iterable[str]) -> dict[str, torch.nn.Module]:
+def resolve_modules(model: torch.nn.Module, module_names: Iterable[str]) -> dict[str, torch.nn.Module]:
     """``{short name: module}`` for names given relative to the base model or to the peft model."""
     if isinstance(module_names, str):
         module_names = [module_names]
@@ -30,7 +30,7 @@ def _resolve_modules(model: torch.nn.Module, module_names: Iterable[str]) -> dic
     return resolved
 
 
-def _is_linear(module: torch.nn.Module) -> bool:
+def is_linear(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Linear) or isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
 
 
@@ -43,7 +43,7 @@ def find_linear_modules(model: torch.nn.Module, targets: Sequence[str] = ("query
     """
     names = []
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in targets and _is_linear(module):
+        if name.rsplit(".", 1)[-1] in targets and is_linear(module):
             names.append(strip_peft_prefix(name))
     if not names:
         raise LorakitError(f"the model has no Linear module named {list(targets)}; check the target module names")

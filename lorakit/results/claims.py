@@ -27,9 +27,10 @@ import numpy as np
 
 from ..errors import LorakitError
 from ..merge import METHODS, resolve_variant, variant_base
-from .metrics import METRIC_LABELS, check_metric, entry_scores, metric_values, records_of, seeds_of, side_scores
+from .metrics import METRIC_LABELS, entry_scores, metric_values, records_of, seeds_of, side_scores
 from ..stats.bootstrap import ScoresBootstrap, bootstrap_pvalue, bootstrap_scores
-from ..stats.paired import holm, paired_t_interval, t_cdf, verdict
+from ..stats.paired import holm, paired_t_interval, verdict
+from ..stats.tdist import t_cdf
 
 DO_PAPER = "DO-Merging: decoupling and orthogonalizing beats the base merge (docs/methods.md §3.1, §3.7)"
 OSRM_PAPER = "OSRM: the constrained init raises merged accuracy (docs/methods.md §2.10)"

@@ -12,17 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from .claims import (  # noqa: F401  (ClaimRow, variant_pairs: public here too)
-    DO_PAPER,
-    OSRM_PAPER,
-    ClaimRow,
-    ClaimsReport,
-    Options,
-    apply_holm,
-    difference_row,
-    equivalence_row,
-    spread_row,
-    variant_pairs,
+from .claims import (
+    DO_PAPER, OSRM_PAPER, ClaimsReport, Options, apply_holm, difference_row, equivalence_row, spread_row, variant_pairs,
 )
 from ..errors import LorakitError
 from ..fsutil import checkout_data_dir

@@ -15,7 +15,7 @@ import os
 import platform
 import statistics
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 

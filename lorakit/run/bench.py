@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 from .timing import median_time, peak_memory, reset_peak, timed
 from ..merge import METHODS, merge_layer, orthogonalize_factors, resolve_params, resolve_variant
 from ..merge.ortho import ORTHO_OPTIONS

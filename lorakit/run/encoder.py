@@ -14,12 +14,11 @@ from __future__ import annotations
 from .grid import write_results
 
 import datetime as _dt
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from ..data.models import model_kind
 from ..errors import LorakitError
@@ -28,10 +27,10 @@ from ..fsutil import atomic_folder
 from ..train.inits import get_init, init_freezes_A, prepare_init_A
 from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads, get_profile
-from ..results.tables import format_table, run_note
 from .grid import Track, run_grid
 from ..data.tasks import TaskData, get_card, load_task
-from ..train.encoder import task_seed, train_all
+from ..train.inits import task_seed
+from ..train.encoder import train_all
 
 def run_benchmark(
     profile: str | Profile | None = None,

@@ -30,14 +30,15 @@ import torch
 from ..lora.measures import magnitude_variance_pairwise
 from ..stats.correlation import group_correlation
 from ..errors import LorakitError
-from ..lora.peft import LoRAUpdate, check_compatible
+from ..lora.update import LoRAUpdate, check_compatible
 from ..merge import METHODS, layer_params, resolve_params
 from ..stats.mv_study import (bootstrap_spearman, fixed_effects_slope, leave_one_task_out, multi_bootstrap,
                        normalized_difference, pair_bootstrap_over_tasks)
 from ..profiles import Profile, get_profile
 from ..stats.paired import paired_t_interval, verdict
 from ..data.tasks import load_task
-from ..train.encoder import task_seed, train_full
+from ..train.inits import task_seed
+from ..train.encoder import train_full
 from ..train.loop import TrainedAdapter
 
 #: full-FT weight learning rates tried, as multiples of train_full's default ``lr / 20``; the ci profile

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import LorakitError
 from ..eval.scorer import TaskScorer, accuracies, normalized_accuracy
-from ..lora.peft import LoRAUpdate
+from ..lora.update import LoRAUpdate
 from ..merge import METHODS, ORTHO_OPTIONS, merge_adapters, resolve_variant, variant_base
 from ..profiles import Profile
 from ..eval.correctness import encode_correct, mean

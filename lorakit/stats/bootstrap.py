@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from ..errors import LorakitError
-from .paired import Interval, _check_level, _counts
+from .paired import Interval, check_level, row_counts
 
 #: ``{name: (R, S, T) per-seed task accuracies}`` → (R,) values (NaN/inf allowed: dropped, counted)
 ScoresStatistic = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -81,7 +81,7 @@ def _draw_blocks(seed: int, n_resamples: int, block: int, s: int,
     for start in range(0, n_resamples, block):
         size = min(block, n_resamples - start)
         seed_idx = rng.integers(0, s, size=(size, s), dtype=np.int32)
-        counts = [_counts(rng.integers(0, n, size=(size, n), dtype=np.int32), n).astype(np.uint16) for n in ns]
+        counts = [row_counts(rng.integers(0, n, size=(size, n), dtype=np.int32), n).astype(np.uint16) for n in ns]
         for a in (seed_idx, *counts):
             a.flags.writeable = False
         if keep is not None:
@@ -124,7 +124,7 @@ def data_accuracies(scores: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str,
 
 def percentile_interval(resamples: np.ndarray, estimate: float, level: float, method: str) -> tuple[Interval, int]:
     """(equal-tailed percentile CI of the finite resamples, how many were not finite)."""
-    level = _check_level(level)
+    level = check_level(level)
     finite = resamples[np.isfinite(resamples)]
     low, high = (np.quantile(finite, [(1 - level) / 2, (1 + level) / 2]).tolist() if finite.size
                  else (float("nan"), float("nan")))
@@ -152,7 +152,7 @@ def bootstrap_scores(scores: Mapping[str, Mapping[str, np.ndarray]], statistic: 
     int32)``, then per task ``integers(0, n_t, (B, n_t), int32)``), so the mean difference of two sets
     gives the same resamples as it does.
     """
-    _check_level(level)
+    check_level(level)
     point = float(np.asarray(statistic(data_accuracies(scores)), dtype=np.float64).reshape(-1)[0])
     parts = []
     for acc in resampled_accuracies(scores, n_resamples=n_resamples, seed=seed, block=block):

@@ -20,7 +20,8 @@ import numpy as np
 
 from .correlation import spearman_rho
 from ..errors import LorakitError
-from .paired import Interval, t_cdf, t_ppf
+from .paired import Interval
+from .tdist import t_cdf, t_ppf
 
 MultiStatistic = Callable[[np.ndarray], np.ndarray]
 

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence, Union
 import numpy as np
 
 from ..errors import LorakitError
-from .tdist import betainc, t_cdf, t_ppf  # noqa: F401  (public here too)
+from .tdist import t_cdf, t_ppf
 
 ArrayLike = Union[np.ndarray, Sequence]
 TaskScores = Union[np.ndarray, Sequence[ArrayLike], Mapping[str, ArrayLike]]
@@ -26,7 +26,7 @@ Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ALTERNATIVES = ("two-sided", "greater", "less")
 
 
-def _check_level(level: float) -> float:
+def check_level(level: float) -> float:
     if not 0.0 < float(level) < 1.0:
         raise LorakitError(f"level must be a confidence level strictly between 0 and 1 (e.g. 0.95), got {level!r}")
     return float(level)
@@ -71,7 +71,7 @@ def paired_t_interval(a: ArrayLike, b: ArrayLike | None = None, level: float = 0
     Assumes independent, roughly normal :math:`d_j`; :math:`s_d = 0` gives the point :math:`\bar d`.
     Equals ``scipy.stats.ttest_rel(a, b).confidence_interval(level)``.
     """
-    level = _check_level(level)
+    level = check_level(level)
     d = _differences(a, b, min_len=2)
     m, est = d.size, float(d.mean())
     se = float(d.std(ddof=1) / math.sqrt(m))
@@ -172,7 +172,7 @@ def sign_flip_test(d: ArrayLike, alternative: str = "two-sided", level: float = 
     """
     if alternative not in ALTERNATIVES:
         raise LorakitError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
-    level = _check_level(level)
+    level = check_level(level)
     d = _vector(d, "differences")
     n, alpha, tol = d.size, 1.0 - level, 1e-12 * float(np.abs(d).sum())
     if n <= max_exact:
@@ -239,7 +239,7 @@ def _paired_tasks(a: TaskScores, b: TaskScores) -> tuple[list[str], list[np.ndar
     return list(xa), list(xa.values()), [xb[t] for t in xa]
 
 
-def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+def row_counts(idx: np.ndarray, n: int) -> np.ndarray:
     """Row-wise counts: ``idx`` (rows, k) of values in [0, n) → (rows, n) float64 multiplicities."""
     flat = (idx + (np.arange(idx.shape[0], dtype=np.int64) * n)[:, None]).ravel()
     return np.bincount(flat, minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
@@ -254,7 +254,7 @@ def _block(rng: np.random.Generator, xa: list[np.ndarray], xb: list[np.ndarray],
     acc = np.empty((2, size, len(xa)))
     for t, (u, v) in enumerate(zip(xa, xb)):
         k, n = (s if nested else 1), u.shape[1]
-        w = _counts(rng.integers(0, n, size=(size * k, n), dtype=np.int32), n)  # example multiplicities
+        w = row_counts(rng.integers(0, n, size=(size * k, n), dtype=np.int32), n)  # example multiplicities
         sums = (w @ np.concatenate([u, v]).T).reshape(size, k, 2 * s)  # [r, draw, seed of A | of B]
         acc[:, :, t] = sums[r, j, seed_idx].sum(axis=1) / (s * n), sums[r, j, seed_idx + s].sum(axis=1) / (s * n)
     return acc[0], acc[1]
@@ -293,7 +293,7 @@ def paired_bootstrap(a: TaskScores, b: TaskScores, statistic: Statistic | None =
     S), int32)``, then per task in order ``integers(0, n_t, (B·k, n_t), int32)`` with k = 1 (shared)
     or k = S (nested; row ``r·S + j`` for the j-th drawn seed of resample r).
     """
-    level = _check_level(level)
+    level = check_level(level)
     if examples not in ("shared", "nested") or n_resamples < 1 or block < 1:
         raise LorakitError(f"need examples 'shared' or 'nested', n_resamples ≥ 1 and block ≥ 1, got "
                            f"{examples!r}, {n_resamples}, {block}")
@@ -340,7 +340,7 @@ def verdict(ci_low: float, ci_high: float, paper_direction: int = +1, paper_effe
         raise LorakitError(f"a verdict needs a CI with ci_low ≤ ci_high and no NaN, got [{ci_low}, {ci_high}]")
     if paper_direction not in (1, -1):
         raise LorakitError(f"paper_direction must be +1 (paper says ours > baseline) or -1, got {paper_direction!r}")
-    level = _check_level(level)
+    level = check_level(level)
     if paper_effect is not None and not (math.isfinite(paper_effect) and np.sign(paper_effect) == paper_direction):
         raise LorakitError(f"paper_effect {paper_effect!r} must be finite, non-zero and have the sign of "
                            f"paper_direction {paper_direction:+d}")

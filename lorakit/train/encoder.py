@@ -12,11 +12,9 @@ from .cache import tensor_digest
 
 from .loop import TrainedAdapter
 
-import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -27,17 +25,15 @@ from .. import __version__
 from ..data.models import cache_dir, load_base, quiet
 from .cache import cache_key  # noqa: F401  (re-exported: it lived here)
 from ..errors import LorakitError
-from .loop import accuracy, encode_texts, fit, predict, set_seed, task_metrics  # noqa: F401  (re-exported)
+from .loop import fit, set_seed, task_metrics
 from ..fsutil import atomic_folder
-from .inits import (  # noqa: F401  (TASK_SEEDS, task_seed: re-exported, they lived here)
-    INIT_NAMES, TASK_SEEDS, get_init, init_freezes_A, init_uses_A, make_peft_model, task_seed,
-)
-from ..lora.peft import LoRAUpdate, read_adapter, read_head
+from .inits import get_init, init_freezes_A, init_uses_A, make_peft_model, task_seed
+from ..lora.update import LoRAUpdate
+from ..lora.peft import read_adapter, read_head
 from ..osrm import init_lora_A
 from ..profiles import Profile, apply_threads, get_profile
 from ..data.tasks import TaskData, load_task
 
-INITS = INIT_NAMES  # the old name; the registry is lorakit.train.inits
 TRAIN_CACHE_VERSION = 1  # bump when the training loop changes what it produces
 
 

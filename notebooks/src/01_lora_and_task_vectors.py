@@ -39,7 +39,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # %%
 # NBVAL_CHECK_OUTPUT
 import torch
-from lorakit.lora.peft import LoRAUpdate, lora_delta, lora_scaling
+from lorakit.lora.update import LoRAUpdate, lora_delta, lora_scaling
 
 torch.manual_seed(0)
 d_out, d_in, r, alpha = 6, 5, 2, 4

@@ -46,7 +46,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # NBVAL_CHECK_OUTPUT
 import torch
 from peft.utils import merge_utils as pm
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.merge import merge_layer, task_arithmetic_merge
 
 def toy_updates(n=3, d_out=20, d_in=16, r=4, seed=0):

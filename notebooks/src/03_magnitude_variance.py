@@ -55,7 +55,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # NBVAL_CHECK_OUTPUT
 import torch
 from lorakit.lora.measures import column_magnitudes
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.merge import decouple, recompose
 
 torch.manual_seed(0)

@@ -40,7 +40,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # %%
 # NBVAL_CHECK_OUTPUT
 import torch
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.merge import merge_layer
 
 g = torch.Generator().manual_seed(0)

@@ -57,7 +57,7 @@ P = setup()  # profile from LORAKIT_PROFILE (ci in `make test`), else cpu/gpu
 # NBVAL_CHECK_OUTPUT
 import torch
 from lorakit.lora.measures import direction_share
-from lorakit.lora.peft import LoRAUpdate
+from lorakit.lora.update import LoRAUpdate
 from lorakit.merge import merge_layer
 
 def toy_updates(b_scales, d_out=64, d_in=64, r=4, seed=1, scaling=2.0):

@@ -143,7 +143,7 @@ fig.tight_layout();
 # %%
 # NBVAL_CHECK_OUTPUT
 from lorakit.results.metrics import records_of
-from lorakit.results.tables import tasks_at_or_below_majority
+from lorakit.results.metrics import tasks_at_or_below_majority
 
 for init in ref["inits"]:
     for method in ref["methods"]:

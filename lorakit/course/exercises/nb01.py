@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ...lora.peft import LoRAUpdate, lora_delta, lora_scaling
+from ...lora.update import LoRAUpdate, lora_delta, lora_scaling
 from ._common import as_number as _as_number, as_tensor as _as_tensor, assert_unmodified as _assert_unmodified
 from ._common import check_choice as _check_choice, copy_input as _copy, ok as _ok, random_lora as _random_lora
 from ._common import report_prediction as _report_prediction

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ...lora.peft import LoRAUpdate
+from ...lora.update import LoRAUpdate
 from ...merge import disjoint_mean, elect_sign, ties_dense, trim_topk
 from ._common import as_tensor as _as_tensor, assert_unmodified as _assert_unmodified, copy_input as _copy
 from ._common import check_choice as _check_choice, ok as _ok, random_lora as _random_lora

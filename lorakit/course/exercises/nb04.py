@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ...lora.peft import LoRAUpdate
+from ...lora.update import LoRAUpdate
 from ...osrm import interference_ratio, subspace, subspace_from_gram
 from ._common import as_number as _as_number, assert_unmodified as _assert_unmodified, ok as _ok
 from ._common import check_choice as _check_choice, report_prediction as _report_prediction

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ...lora.peft import LoRAUpdate
+from ...lora.update import LoRAUpdate
 from ...merge import decouple, factor_cross_terms, merge_layer
 from ._common import as_number as _as_number, as_tensor as _as_tensor_of_dtype, assert_unmodified as _assert_unmodified
 from ._common import check_choice as _check_choice, ok as _ok, random_lora as _random_lora

@@ -21,7 +21,7 @@ from ...errors import LorakitError
 from ...results.metrics import merged_scores, seeds_of
 from ...results.reference import claims_report, reference_runs
 from ...results.tables import load_results
-from ...stats.paired import _counts, paired_bootstrap
+from ...stats.paired import row_counts, paired_bootstrap
 from ._common import as_number as _as_number, check_choice as _check_choice, ok as _ok
 from ._common import report_prediction as _report_prediction
 
@@ -92,8 +92,8 @@ def variant_resamples(a: Scores, b: Scores, n_resamples: int, seed: int, *, seed
     out = np.zeros(n_resamples)
     for u, v in zip(a.values(), b.values()):
         n = u.shape[1]
-        wa = _counts(rng.integers(0, n, (n_resamples, n)), n)
-        wb = wa if paired else _counts(rng.integers(0, n, (n_resamples, n)), n)
+        wa = row_counts(rng.integers(0, n, (n_resamples, n)), n)
+        wb = wa if paired else row_counts(rng.integers(0, n, (n_resamples, n)), n)
         per_a, per_b = np.take_along_axis(wa @ u.T, idx, 1), np.take_along_axis(wb @ v.T, idx, 1)  # (R, S)
         out += (per_a - per_b).mean(axis=1) / (n * len(a))
     return out

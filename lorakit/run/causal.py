@@ -15,26 +15,21 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..data.models import model_kind
-from .grid import Log, write_results
+from .grid import Log, Track, check_grid, run_to_folder
 from ..eval.causal import exact_match
 from ..eval.causal import CausalEvaluator
 from ..profiles import get_causal_profile
 from ..train.causal import prepare_causal_init_A, train_all_causal
 from ..errors import LorakitError
-from ..fsutil import atomic_folder
 from ..data.generative import GenerativeTaskData, load_generative_task
-from ..train.inits import get_init, task_seed
-from ..merge import resolve_variant
 from ..profiles import Profile, apply_threads
 from ..eval.correctness import mean
-from .grid import Track, run_grid
 from ..data.tasks import get_card, list_tasks
 
 
@@ -79,26 +74,11 @@ def run_causal_benchmark(
     methods, inits = list(methods or p.methods), list(inits or p.inits)
     seeds = list(seeds if seeds is not None else p.seeds)
     check_generative_tasks(tasks)
-    for m in methods:
-        resolve_variant(m)
-    for i in inits:
-        get_init(i)
-    if len(tasks) < 2:
-        raise LorakitError("merging needs at least two tasks; pass more with --tasks")
-    task_seed(0, tasks[0], p.task_seeds)
+    check_grid(tasks, methods, inits, p.task_seeds)
     check_causal_profile(p)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out else Path("runs") / f"{Path(p.model).name}-{p.name}-{stamp}"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LorakitError(f"--out {out_dir} is a file; choose a folder")
-    with atomic_folder(out_dir) as tmp:
-        results = run_grid(CAUSAL, p, tasks, methods, inits, seeds, progress, log)
-        results["command"] = command or " ".join(["lorakit"] + sys.argv[1:])
-        results["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 2)
-        write_results(results, tmp, figures=figures)
-        write_predictions(results, tmp / "predictions.jsonl")
-    results["out"] = str(out_dir)
-    return results
+    return run_to_folder(CAUSAL, p, tasks, methods, inits, seeds, out_dir, progress, log, command, figures, t_start)
 
 
 def causal_task_info(data: Mapping[str, GenerativeTaskData]) -> dict[str, dict]:
@@ -150,6 +130,7 @@ CAUSAL = Track(
         data, p, init, init_A, seed, progress, on_trained=on_trained),
     after_individual=_record_predictions,
     finish=_finish,
+    write_extra=lambda results, folder: write_predictions(results, folder / "predictions.jsonl"),
 )
 
 

@@ -11,11 +11,9 @@ normalizer), merges all of them with each method, picks the method's hyperparame
 
 from __future__ import annotations
 
-from .grid import write_results
 
 import datetime as _dt
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,14 +21,12 @@ from typing import Mapping, Sequence
 from ..data.models import model_kind
 from ..errors import LorakitError
 from ..eval.encoder import Evaluator
-from ..fsutil import atomic_folder
-from ..train.inits import get_init, init_freezes_A, prepare_init_A
-from ..merge import resolve_variant
+from ..train.inits import init_freezes_A, prepare_init_A
 from ..profiles import Profile, apply_threads, get_profile
-from .grid import Track, run_grid
+from .grid import Track, check_grid, run_to_folder
 from ..data.tasks import TaskData, get_card, load_task
-from ..train.inits import task_seed
 from ..train.encoder import train_all
+
 
 def run_benchmark(
     profile: str | Profile | None = None,
@@ -59,23 +55,9 @@ def run_benchmark(
     if model_kind(p.model) == "causal":
         raise LorakitError(f"model {p.model!r} is a causal LM: run the causal-LM track (lorakit run --model "
                            f"{p.model}, lorakit.run.causal.run_causal_benchmark) with generative tasks")
-    for m in methods:
-        resolve_variant(m)
-    for i in inits:
-        get_init(i)  # an unknown init → clear error before any work
-    if len(tasks) < 2:
-        raise LorakitError("merging needs at least two tasks; pass more with --tasks")
-    task_seed(0, tasks[0], p.task_seeds)  # an unknown task_seeds → clear error before any work
+    check_grid(tasks, methods, inits, p.task_seeds)
     out_dir = Path(out) if out else Path("runs") / f"{p.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LorakitError(f"--out {out_dir} is a file; choose a folder")
-    with atomic_folder(out_dir) as tmp:  # nothing half-written on failure or Ctrl-C
-        results = run_grid(ENCODER, p, tasks, methods, inits, seeds, progress, log)
-        results["command"] = command or " ".join(["lorakit"] + sys.argv[1:])
-        results["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 2)
-        write_results(results, tmp, figures=figures)
-    results["out"] = str(out_dir)
-    return results
+    return run_to_folder(ENCODER, p, tasks, methods, inits, seeds, out_dir, progress, log, command, figures, t_start)
 
 
 def _task_info(data: Mapping[str, TaskData]) -> dict[str, dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import __version__
 from ..lora.measures import magnitude_variance
 from ..eval.scorer import TaskScorer, accuracies
-from ..train.inits import init_depends_on_seed, init_uses_A
+from ..train.inits import get_init, init_depends_on_seed, init_uses_A, task_seed
 from ..merge import METHODS, resolve_variant
 from ..profiles import Profile
 from .progress import RunProgress
 from ..results.tables import format_table, machine_description, run_note
+from ..errors import LorakitError
 from ..eval.correctness import encode_correct, mean
+from ..fsutil import atomic_folder
 from .search import PreparedSources, search_method
 
 Log = Callable[[str], object]
@@ -63,6 +66,34 @@ class Track:
     train_all: Callable[..., dict]
     after_individual: Callable[[TaskScorer, Mapping, dict], None] = _no_extra
     finish: Callable[[TaskScorer, dict, dict], dict] = lambda evaluator, task_info, timings: {}
+    write_extra: Callable[[Mapping, Path], None] = lambda results, folder: None
+
+
+def check_grid(tasks: Sequence[str], methods: Sequence[str], inits: Sequence[str], task_seeds: str) -> None:
+    """One-line errors before any work: an unknown method or init, fewer than two tasks, an unknown ``task_seeds``."""
+    for m in methods:
+        resolve_variant(m)
+    for i in inits:
+        get_init(i)
+    if len(tasks) < 2:
+        raise LorakitError("merging needs at least two tasks; pass more with --tasks")
+    task_seed(0, tasks[0], task_seeds)
+
+
+def run_to_folder(track: Track, p: Profile, tasks: list[str], methods: list[str], inits: list[str], seeds: list[int],
+                  out_dir: Path, progress: bool, log: Log, command: str | None, figures: bool, t_start: float) -> dict:
+    """:func:`run_grid`, written to ``out_dir`` (results, run note, figures, the track's extra files) through a
+    temporary folder, so a failure or Ctrl-C leaves nothing half-written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LorakitError(f"--out {out_dir} is a file; choose a folder")
+    with atomic_folder(out_dir) as tmp:
+        results = run_grid(track, p, tasks, methods, inits, seeds, progress, log)
+        results["command"] = command or " ".join(["lorakit"] + sys.argv[1:])
+        results["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        write_results(results, tmp, figures=figures)
+        track.write_extra(results, tmp)
+    results["out"] = str(out_dir)
+    return results
 
 
 def run_grid(track: Track, p: Profile, tasks: list[str], methods: list[str], inits: list[str], seeds: list[int],

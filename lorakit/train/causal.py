@@ -33,14 +33,13 @@ from ..data.generative import IGNORE_INDEX, encode_for_training, encode_prompts
 from ..errors import LorakitError
 from ..fsutil import atomic_folder
 from ..data.generative import GenerativeTaskData
-from .loop import optimizer_step, set_seed, warmup_linear_schedule
+from .loop import TrainedAdapter, freeze_lora_A, optimizer_step, set_seed, warmup_linear_schedule
 from .inits import (get_init, init_freezes_A, init_uses_A, osrm_init_from_inputs, osrm_options, peft_init,
                     random_orthonormal_A, task_seed)
 from ..lora.peft import read_adapter
 from ..osrm import find_linear_modules, init_lora_A
 from ..profiles import LLAMA_ATTENTION_TARGETS, Profile, apply_threads
 from .cache import tensor_digest
-from .loop import TrainedAdapter
 
 CAUSAL_CACHE_VERSION = 1  # bump when train_causal_lora changes what it produces
 
@@ -201,9 +200,7 @@ def train_causal_lora(model, tokenizer, prompts: Sequence[str], targets: Sequenc
     if init_A:
         init_lora_A(peft_model, init_A, freeze_A=freeze_A)
     elif freeze_A:
-        for name, param in peft_model.named_parameters():
-            if "lora_A" in name:
-                param.requires_grad_(False)
+        freeze_lora_A(peft_model)
     params = [q for q in peft_model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = warmup_linear_schedule(optimizer, steps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from .cache import tensor_digest
 
-from .loop import TrainedAdapter
 
 import json
 import os
@@ -25,7 +24,7 @@ from .. import __version__
 from ..data.models import cache_dir, load_base, quiet
 from .cache import cache_key  # noqa: F401  (re-exported: it lived here)
 from ..errors import LorakitError
-from .loop import fit, set_seed, task_metrics
+from .loop import TrainedAdapter, fit, freeze_lora_A, set_seed, task_metrics
 from ..fsutil import atomic_folder
 from .inits import get_init, init_freezes_A, init_uses_A, make_peft_model, task_seed
 from ..lora.update import LoRAUpdate
@@ -118,9 +117,7 @@ def train_adapter(
     if init_uses_A(init):
         init_lora_A(model, init_A, freeze_A=freeze_A)
     elif freeze_A:
-        for name, param in model.named_parameters():
-            if "lora_A" in name:
-                param.requires_grad_(False)
+        freeze_lora_A(model)
     params = [q for q in model.parameters() if q.requires_grad]
     losses = fit(model, data, p, [{"params": params, "lr": config["lr"]}], run_seed, progress, f"train {data.name} ({init})")
     seconds = time.perf_counter() - t0

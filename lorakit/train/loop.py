@@ -23,6 +23,13 @@ from ..data.tasks import TaskData
 from ..lora.update import LoRAUpdate
 
 
+def freeze_lora_A(peft_model) -> None:
+    """Train ``B`` only: every ``lora_A`` parameter of ``peft_model`` stops taking gradients (``freeze_A``)."""
+    for name, param in peft_model.named_parameters():
+        if "lora_A" in name:
+            param.requires_grad_(False)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators (head init, peft's A, batch order)."""
     random.seed(seed)
